@@ -1,0 +1,1 @@
+"""Ploomes webhook monitor: core package (no Flask, no Streamlit)."""
