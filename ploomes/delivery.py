@@ -1,0 +1,148 @@
+"""Parsing and validation of one Ploomes delivery body.
+
+The receiver calls `parse_delivery` before it journals anything, so every journaled
+delivery parses again identically in the ingest worker and in a rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+MAX_DEPTH = 64  # real deliveries nest 3–4 levels; deeper bodies are refused
+MAX_NAME = 100
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+INT_FIELDS = ("AccountId", "ActionUserId", "WebhookId", "WebhookCreatorId", "SecondaryEntityId")
+
+
+class InvalidDelivery(ValueError):
+    """The body is not a Ploomes delivery; the message says why (safe to show)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A validated delivery, with the columns the event store keeps."""
+
+    action: str
+    entity: str
+    account_id: int | None
+    action_user_id: int | None
+    webhook_id: int | None
+    webhook_creator_id: int | None
+    secondary_entity_id: int | None
+    record_id: int | None
+    old: dict | None
+    new: dict | None
+    body: dict
+
+
+def _depth_ok(value: object) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def _int_or_none(body: dict, key: str, where: str = "") -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    # bool is an int in Python but never an id in Ploomes
+    if isinstance(value, bool) or not isinstance(value, int):
+        kind = type(value).__name__
+        raise InvalidDelivery(f"{where}{key} must be an integer or null, got {kind}")
+    if not BIGINT_MIN <= value <= BIGINT_MAX:
+        raise InvalidDelivery(f"{where}{key} is out of range")
+    return value
+
+
+def _record(body: dict, key: str) -> dict | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidDelivery(f"{key} must be an object or null, got {type(value).__name__}")
+    _int_or_none(value, "Id", where=f"{key}.")
+    return value
+
+
+def _name(body: dict, key: str) -> str:
+    value = body.get(key)
+    if value is None:
+        raise InvalidDelivery(f"missing {key}")
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidDelivery(f"{key} must be a non-empty string")
+    if len(value) > MAX_NAME:
+        raise InvalidDelivery(f"{key} is longer than {MAX_NAME} characters")
+    return value
+
+
+def _reject_constant(name: str) -> None:
+    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise json.JSONDecodeError(f"number {text[:20]} is out of range", text, 0)
+    return value
+
+
+def decode_body(raw: bytes) -> dict:
+    """Decode raw bytes into a JSON object, or raise InvalidDelivery."""
+    if not raw:
+        raise InvalidDelivery("empty body")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidDelivery(f"body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise InvalidDelivery("JSON is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidDelivery(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+                              ) from None
+    if not isinstance(body, dict):
+        raise InvalidDelivery(f"body must be a JSON object, got {type(body).__name__}")
+    if not _depth_ok(body):
+        raise InvalidDelivery(f"JSON is nested deeper than {MAX_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(text):
+        try:  # a valid pair decodes to one character; a lone half cannot be encoded
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidDelivery("JSON contains an unpaired UTF-16 surrogate escape") from None
+    return body
+
+
+def validate(body: dict) -> Delivery:
+    """Check the fields the store relies on and return a Delivery."""
+    action, entity = _name(body, "Action"), _name(body, "Entity")
+    ints = {key: _int_or_none(body, key) for key in INT_FIELDS}
+    old, new = _record(body, "Old"), _record(body, "New")
+    record_id = (new or {}).get("Id")
+    if record_id is None:
+        record_id = (old or {}).get("Id")
+    return Delivery(action, entity, ints["AccountId"], ints["ActionUserId"], ints["WebhookId"],
+                    ints["WebhookCreatorId"], ints["SecondaryEntityId"], record_id, old, new, body)
+
+
+def parse_delivery(raw: bytes) -> Delivery:
+    """Decode and validate a delivery body, or raise InvalidDelivery with the reason."""
+    return validate(decode_body(raw))
+
+
+def to_json(value: object) -> str | None:
+    """Serialise a value for a JSON column, keeping accents and every character faithfully."""
+    if value is None:
+        return None
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

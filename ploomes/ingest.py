@@ -1,0 +1,348 @@
+"""The ingest path: journal records → rows of the event store, with the change model.
+
+`Pipeline.apply` is the single way rows enter the store: the receiver's ingest worker
+calls it on each batch of new journal records, `python -m ploomes rebuild` calls it on
+the whole journal, and demo data goes through it too. Each call runs in one transaction
+that also records the last journal sequence applied, so a crash never applies a record
+twice or skips one.
+
+Per delivery it computes, once: the event row, its field changes (`ploomes.diff`),
+whether it repeats an earlier delivery of the same change (duplicate detection), and
+whether its `Old` contradicts what earlier events said the record was (continuity gaps).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import duckdb
+import pyarrow as pa
+
+from ploomes import diff as diffmod
+from ploomes.delivery import Delivery, InvalidDelivery, parse_delivery, to_json
+from ploomes.journal import KIND_CONTROL, KIND_DELIVERY, KIND_REJECTED, Record
+
+DUPLICATE_INDEX_SIZE = 50_000  # fingerprints remembered for duplicate detection
+REJECTED_RAW_LIMIT = 64 * 1024
+# Derived counters move without any delivery (time passes), so they never signal a gap.
+GAP_IGNORED = frozenset({"Id"})
+
+
+def ns_to_datetime(ns: int) -> datetime:
+    """Return a UTC datetime for nanoseconds since the epoch."""
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC)
+
+
+def rejected_payload(status: int, reason: str, raw: bytes, source: str | None) -> bytes:
+    """Encode a refused authenticated delivery as a journal payload."""
+    return json.dumps({
+        "status": status, "reason": reason, "raw_size": len(raw), "source": source,
+        "raw": base64.b64encode(raw[:REJECTED_RAW_LIMIT]).decode("ascii"),
+    }).encode("utf-8")
+
+
+@dataclass
+class _Rows:
+    events: list[tuple] = field(default_factory=list)
+    changes: list[tuple] = field(default_factory=list)
+    gaps: list[tuple] = field(default_factory=list)
+    rejected: list[tuple] = field(default_factory=list)
+    states: dict[tuple[str, int], tuple] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.rejected or self.states)
+
+
+EVENT_SCHEMA = pa.schema([
+    ("id", pa.int64()), ("received_at", pa.timestamp("us", tz="UTC")),
+    ("action", pa.string()), ("entity", pa.string()), ("account_id", pa.int64()),
+    ("action_user_id", pa.int64()), ("webhook_id", pa.int64()),
+    ("webhook_creator_id", pa.int64()), ("secondary_entity_id", pa.int64()),
+    ("record_id", pa.int64()), ("old", pa.string()), ("new", pa.string()),
+    ("payload", pa.string()), ("body_sha256", pa.string()), ("is_demo", pa.bool_()),
+    ("change_fingerprint", pa.string()), ("duplicate_of", pa.int64()),
+])
+CHANGE_SCHEMA = pa.schema([
+    ("event_id", pa.int64()), ("received_at", pa.timestamp("us", tz="UTC")),
+    ("entity", pa.string()), ("record_id", pa.int64()), ("action", pa.string()),
+    ("action_user_id", pa.int64()), ("field", pa.string()), ("old_value", pa.string()),
+    ("new_value", pa.string()), ("old_known", pa.bool_()), ("new_known", pa.bool_()),
+    ("kind", pa.string()), ("summary", pa.string()), ("bookkeeping", pa.bool_()),
+    ("added", pa.string()), ("removed", pa.string()), ("is_duplicate", pa.bool_()),
+    ("is_demo", pa.bool_()),
+])
+GAP_SCHEMA = pa.schema([
+    ("event_id", pa.int64()), ("previous_event_id", pa.int64()),
+    ("received_at", pa.timestamp("us", tz="UTC")), ("entity", pa.string()),
+    ("record_id", pa.int64()), ("fields", pa.string()), ("is_demo", pa.bool_()),
+])
+REJECTED_SCHEMA = pa.schema([
+    ("id", pa.int64()), ("received_at", pa.timestamp("us", tz="UTC")),
+    ("status", pa.int32()), ("reason", pa.string()), ("raw", pa.binary()),
+    ("raw_size", pa.int64()), ("source", pa.string()),
+])
+STATE_SCHEMA = pa.schema([
+    ("entity", pa.string()), ("record_id", pa.int64()), ("state", pa.string()),
+    ("last_event_id", pa.int64()), ("last_received_at", pa.timestamp("us", tz="UTC")),
+    ("deleted", pa.bool_()), ("is_demo", pa.bool_()),
+])
+
+
+def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
+    return pa.table([pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)],
+                    schema=schema)
+
+
+def _json_value(value: object, known: bool) -> str | None:
+    # NULL means "nothing" (unknown or absent); a JSON null is stored as 'null'.
+    if not known:
+        return None
+    return to_json(value) if value is not None else "null"
+
+
+def merge_state(state: dict | None, record: dict | None) -> dict:
+    """Return `state` updated with the fields of `record` (custom fields merged by key)."""
+    out = dict(state or {})
+    for key, value in (record or {}).items():
+        if key == "OtherProperties":
+            merged = dict(diffmod.normalize_other_properties(out.get(key)))
+            merged.update(diffmod.normalize_other_properties(value))
+            out[key] = merged
+        else:
+            out[key] = value
+    return out
+
+
+def find_gap(state: dict, old: dict) -> list[dict]:
+    """Return the fields where a delivery's `Old` disagrees with the known state."""
+    found = []
+    for change in diffmod.diff_record("Update", state, old):
+        if not change.old_known or change.bookkeeping or change.field in GAP_IGNORED:
+            continue  # a field our history never saw cannot contradict it
+        found.append({"field": change.field, "expected": change.old_value,
+                      "found": change.new_value})
+    return found
+
+
+class Pipeline:
+    """Turns journal records into store rows; keeps the memory duplicate detection needs."""
+
+    def __init__(self, duplicate_window_seconds: float = 120.0):
+        self.window_ns = int(duplicate_window_seconds * 1e9)
+        # fingerprint -> (event id, received ns, is_demo), oldest first
+        self._recent: OrderedDict[str, tuple[int, int, bool]] = OrderedDict()
+
+    def load_recent(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Rebuild duplicate-detection memory from the store (after a restart)."""
+        self._recent.clear()
+        rows = con.execute(
+            "SELECT change_fingerprint, id, epoch_ns(received_at), is_demo FROM events "
+            "WHERE duplicate_of IS NULL AND change_fingerprint IS NOT NULL "
+            "ORDER BY id DESC LIMIT ?", [DUPLICATE_INDEX_SIZE]).fetchall()
+        for fp, event_id, ns, demo in reversed(rows):
+            self._remember(fp, event_id, ns, demo)
+
+    def _remember(self, fp: str, event_id: int, ns: int, demo: bool) -> None:
+        self._recent.pop(fp, None)
+        self._recent[fp] = (event_id, ns, demo)
+        if len(self._recent) > DUPLICATE_INDEX_SIZE:
+            self._recent.popitem(last=False)
+
+    def _duplicate_of(self, fp: str, ns: int) -> int | None:
+        hit = self._recent.get(fp)
+        if hit and abs(ns - hit[1]) <= self.window_ns:
+            return hit[0]
+        return None
+
+    # -- the batch entry points -------------------------------------------------------
+
+    def apply(self, con: duckdb.DuckDBPyConnection, records: Sequence[Record],
+              auth_failures: Iterable[tuple[datetime, str | None, str]] = (),
+              journal_name: str = "main") -> int:
+        """Apply journal records in one transaction and record the position; return rows."""
+        con.execute("BEGIN")
+        try:
+            count = self._apply(con, records)
+            failures = list(auth_failures)
+            if failures:
+                con.executemany("INSERT INTO auth_failures VALUES (?, ?, ?)", failures)
+                con.execute(
+                    "DELETE FROM auth_failures WHERE received_at < (SELECT min(received_at) "
+                    "FROM (SELECT received_at FROM auth_failures "
+                    "ORDER BY received_at DESC LIMIT 1000))")
+            if records:
+                con.execute(
+                    "INSERT OR REPLACE INTO ingest_state VALUES (?, ?, now())",
+                    [journal_name, records[-1].seq])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return count
+
+    def _apply(self, con: duckdb.DuckDBPyConnection, records: Sequence[Record]) -> int:
+        items: list[tuple[int, int, Delivery, bool, str, str]] = []
+        rows = _Rows()
+        count = 0
+        for record in records:
+            if record.kind == KIND_DELIVERY:
+                try:
+                    delivery = parse_delivery(record.payload)
+                except InvalidDelivery as exc:  # only if validation rules changed since
+                    rows.rejected.append((record.seq, ns_to_datetime(record.received_ns), 400,
+                                          f"no longer valid: {exc}",
+                                          record.payload[:REJECTED_RAW_LIMIT],
+                                          len(record.payload), None))
+                    continue
+                sha = hashlib.sha256(record.payload).hexdigest()
+                items.append((record.seq, record.received_ns, delivery, record.is_demo, sha,
+                              record.payload.decode("utf-8")))
+            elif record.kind == KIND_REJECTED:
+                info = json.loads(record.payload)
+                rows.rejected.append((record.seq, ns_to_datetime(record.received_ns),
+                                      int(info["status"]), str(info["reason"]),
+                                      base64.b64decode(info["raw"]), int(info["raw_size"]),
+                                      info.get("source")))
+            elif record.kind == KIND_CONTROL:
+                count += self._flush(con, items, rows)
+                items, rows = [], _Rows()
+                self._control(con, json.loads(record.payload))
+        return count + self._flush(con, items, rows)
+
+    def _flush(self, con: duckdb.DuckDBPyConnection, items: list, rows: _Rows) -> int:
+        if items:
+            self._derive(con, items, rows, include_event=True)
+        if rows.rejected:
+            con.register("_rejected", _table(rows.rejected, REJECTED_SCHEMA))
+            con.execute("INSERT INTO rejected_deliveries SELECT * FROM _rejected")
+            con.unregister("_rejected")
+        self._write_derived(con, rows)
+        if rows.events:
+            con.register("_events", _table(rows.events, EVENT_SCHEMA))
+            con.execute(
+                "INSERT INTO events (id, received_at, action, entity, account_id, "
+                "action_user_id, webhook_id, webhook_creator_id, secondary_entity_id, "
+                "record_id, old, new, payload, body_sha256, is_demo, change_fingerprint, "
+                "duplicate_of) SELECT * FROM _events")
+            con.unregister("_events")
+        return len(rows.events) + len(rows.rejected)
+
+    def _load_states(self, con: duckdb.DuckDBPyConnection, keys: set[tuple[str, int]]
+                     ) -> dict[tuple[str, int], tuple]:
+        if not keys:
+            return {}
+        wanted = pa.table({"entity": [k[0] for k in keys], "record_id": [k[1] for k in keys]})
+        con.register("_wanted", wanted)
+        try:
+            rows = con.execute(
+                "SELECT s.entity, s.record_id, s.state, s.last_event_id, s.last_received_at, "
+                "s.deleted, s.is_demo FROM record_state s JOIN _wanted w "
+                "ON s.entity = w.entity AND s.record_id = w.record_id").fetchall()
+        finally:
+            con.unregister("_wanted")
+        return {(r[0], r[1]): (json.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows}
+
+    def _derive(self, con, items, rows: _Rows, include_event: bool) -> None:
+        keys = {(item[2].entity, item[2].record_id) for item in items
+                if item[2].record_id is not None}
+        states = self._load_states(con, keys)
+        for seq, ns, d, demo, sha, text in items:
+            at = ns_to_datetime(ns)
+            fp = diffmod.change_fingerprint(d.entity, d.record_id, d.action, d.action_user_id,
+                                            d.old, d.new)
+            dup_of = self._duplicate_of(fp, ns)
+            if dup_of is None:
+                self._remember(fp, seq, ns, demo)
+            if include_event:
+                rows.events.append((seq, at, d.action, d.entity, d.account_id, d.action_user_id,
+                                    d.webhook_id, d.webhook_creator_id, d.secondary_entity_id,
+                                    d.record_id, to_json(d.old), to_json(d.new),
+                                    text, sha, demo, fp, dup_of))
+            else:
+                rows.events.append((seq, fp, dup_of))
+            for c in diffmod.diff_record(d.action, d.old, d.new):
+                rows.changes.append((
+                    seq, at, d.entity, d.record_id, d.action, d.action_user_id, c.field,
+                    _json_value(c.old_value, c.old_known), _json_value(c.new_value, c.new_known),
+                    c.old_known, c.new_known, c.kind, c.summary, c.bookkeeping,
+                    to_json(list(c.added)) if c.added else None,
+                    to_json(list(c.removed)) if c.removed else None,
+                    dup_of is not None, demo))
+            if dup_of is not None or d.record_id is None:
+                continue
+            key = (d.entity, d.record_id)
+            previous = states.get(key)
+            if previous and not previous[3] and d.old:
+                gap = find_gap(previous[0], d.old)
+                if gap:
+                    rows.gaps.append((seq, previous[1], at, d.entity, d.record_id,
+                                      to_json(gap), demo))
+            base = previous[0] if previous and not previous[3] else None
+            state = merge_state(merge_state(base, d.old), d.new)
+            deleted = d.new is None and d.old is not None
+            states[key] = (state, seq, at, deleted, demo)
+            rows.states[key] = (d.entity, d.record_id, to_json(state), seq, at, deleted, demo)
+
+    def _write_derived(self, con, rows: _Rows) -> None:
+        if rows.changes:
+            con.register("_changes", _table(rows.changes, CHANGE_SCHEMA))
+            con.execute("INSERT INTO field_changes SELECT * FROM _changes")
+            con.unregister("_changes")
+        if rows.gaps:
+            con.register("_gaps", _table(rows.gaps, GAP_SCHEMA))
+            con.execute("INSERT INTO continuity_gaps SELECT * FROM _gaps")
+            con.unregister("_gaps")
+        if rows.states:
+            con.register("_states", _table(list(rows.states.values()), STATE_SCHEMA))
+            con.execute("DELETE FROM record_state s USING _states n "
+                        "WHERE s.entity = n.entity AND s.record_id = n.record_id")
+            con.execute("INSERT INTO record_state SELECT * FROM _states")
+            con.unregister("_states")
+
+    def _control(self, con: duckdb.DuckDBPyConnection, op: dict) -> None:
+        if op.get("op") == "remove_demo":
+            for table in ("events", "field_changes", "continuity_gaps", "record_state"):
+                con.execute(f"DELETE FROM {table} WHERE is_demo")
+            self._recent = OrderedDict((k, v) for k, v in self._recent.items() if not v[2])
+
+    # -- recomputing the change model from stored events --------------------------------
+
+    def rederive_all(self, con: duckdb.DuckDBPyConnection, chunk: int = 5000) -> int:
+        """Recompute field changes, duplicates, gaps and state from `events` (in a transaction)."""
+        for table in ("field_changes", "continuity_gaps", "record_state"):
+            con.execute(f"DELETE FROM {table}")
+        self._recent.clear()
+        last, total = -1, 0
+        while True:
+            batch = con.execute(
+                "SELECT id, epoch_ns(received_at), payload, is_demo, body_sha256 FROM events "
+                "WHERE id > ? ORDER BY id LIMIT ?", [last, chunk]).fetchall()
+            if not batch:
+                return total
+            items = []
+            for event_id, ns, payload, demo, sha in batch:
+                # the payload column holds the whole body, so it re-validates identically
+                items.append((event_id, ns, parse_delivery(payload.encode("utf-8")), demo, sha,
+                              payload))
+            rows = _Rows()
+            self._derive(con, items, rows, include_event=False)
+            self._write_derived(con, rows)
+            con.register("_fp", pa.table({
+                "id": [r[0] for r in rows.events], "fp": [r[1] for r in rows.events],
+                "dup": pa.array([r[2] for r in rows.events], type=pa.int64())}))
+            con.execute("UPDATE events SET change_fingerprint = _fp.fp, duplicate_of = _fp.dup "
+                        "FROM _fp WHERE events.id = _fp.id")
+            con.unregister("_fp")
+            last, total = batch[-1][0], total + len(batch)
+
+
+def rederive(con: duckdb.DuckDBPyConnection) -> int:
+    """Recompute the change model of a store in place (schema migration to v2)."""
+    return Pipeline().rederive_all(con)

@@ -1,0 +1,350 @@
+"""The durable delivery journal: the source of truth the event store is built from.
+
+A journal is a folder of append-only segment files named after the sequence number of
+their first record. Each record is a fixed header followed by its payload:
+
+    magic "PJ" | kind u8 | flags u8 | payload length u32 | crc32 u32 | seq u64 | received_ns i64
+
+The CRC covers kind, flags, seq, received_ns and the payload, so a torn write at the
+tail (a crash in the middle of `write`) is detected and cut off when the journal is
+opened again. Exactly one process appends at a time (it holds `journal/.writer.lock`);
+any process may read.
+
+Durability: `append` returns only once the record is on disk (fdatasync). Concurrent
+appenders share one sync (group commit): the first waiter syncs everything written so
+far while the others wait for it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HEADER = struct.Struct("<2sBBIIQq")
+MAGIC = b"PJ"
+SEGMENT_SUFFIX = ".seg"
+
+KIND_DELIVERY = 1  # an accepted delivery: payload is the body as received
+KIND_REJECTED = 2  # an authenticated delivery that was refused: payload is JSON
+KIND_CONTROL = 3  # an operation on stored data (e.g. remove demo data): payload is JSON
+
+FLAG_DEMO = 1  # the record is demo data, not a real delivery
+
+
+class JournalError(Exception):
+    """The journal cannot be used."""
+
+
+class JournalBusy(JournalError):
+    """Another process is already appending to this journal."""
+
+
+class JournalWriteError(JournalError):
+    """A record could not be made durable; nothing was acknowledged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One journal record."""
+
+    seq: int
+    kind: int
+    flags: int
+    received_ns: int
+    payload: bytes
+
+    @property
+    def is_demo(self) -> bool:
+        """Return whether the record is demo data."""
+        return bool(self.flags & FLAG_DEMO)
+
+
+def _crc(kind: int, flags: int, seq: int, received_ns: int, payload: bytes) -> int:
+    head = struct.pack("<BBQq", kind, flags, seq, received_ns)
+    return zlib.crc32(payload, zlib.crc32(head))
+
+
+def encode(record: Record) -> bytes:
+    """Return the bytes of a record as stored in a segment."""
+    crc = _crc(record.kind, record.flags, record.seq, record.received_ns, record.payload)
+    return HEADER.pack(MAGIC, record.kind, record.flags, len(record.payload), crc,
+                       record.seq, record.received_ns) + record.payload
+
+
+def segment_paths(journal_dir: Path) -> list[Path]:
+    """Return the segment files in sequence order."""
+    if not journal_dir.is_dir():
+        return []
+    return sorted(journal_dir.glob("*" + SEGMENT_SUFFIX), key=lambda p: int(p.stem))
+
+
+def _segment_name(first_seq: int) -> str:
+    return f"{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+def scan_segment(path: Path, start_offset: int = 0) -> Iterator[tuple[Record, int]]:
+    """Yield (record, offset after it) for each intact record; stop at the first bad one."""
+    with path.open("rb") as fh:
+        fh.seek(start_offset)
+        offset = start_offset
+        while True:
+            head = fh.read(HEADER.size)
+            if len(head) < HEADER.size:
+                return
+            magic, kind, flags, length, crc, seq, received_ns = HEADER.unpack(head)
+            if magic != MAGIC:
+                return
+            payload = fh.read(length)
+            if len(payload) < length or _crc(kind, flags, seq, received_ns, payload) != crc:
+                return
+            offset += HEADER.size + length
+            yield Record(seq, kind, flags, received_ns, payload), offset
+
+
+def iter_records(journal_dir: Path, after_seq: int = 0) -> Iterator[Record]:
+    """Yield every intact record with a sequence number above `after_seq`, in order."""
+    segments = segment_paths(journal_dir)
+    firsts = [int(p.stem) for p in segments]
+    for i, path in enumerate(segments):
+        if i + 1 < len(segments) and firsts[i + 1] <= after_seq + 1:
+            continue  # every record of this segment is at or below after_seq
+        for record, _ in scan_segment(path):
+            if record.seq > after_seq:
+                yield record
+
+
+def first_seq(journal_dir: Path) -> int | None:
+    """Return the first sequence number still in the journal, or None if it is empty."""
+    for path in segment_paths(journal_dir):
+        for record, _ in scan_segment(path):
+            return record.seq
+    return None
+
+
+class JournalReader:
+    """Reads records in order, remembering where it stopped (used by the ingest worker)."""
+
+    def __init__(self, journal_dir: Path, after_seq: int = 0):
+        self._dir = journal_dir
+        self._path: Path | None = None
+        self._offset = 0
+        self.last_seq = after_seq
+        self._position(after_seq)
+
+    def _position(self, after_seq: int) -> None:
+        segments = segment_paths(self._dir)
+        chosen = None
+        for path in segments:
+            if int(path.stem) <= after_seq + 1:
+                chosen = path
+        if chosen is None:
+            chosen = segments[0] if segments else None
+        self._path, self._offset = chosen, 0
+        if chosen is None:
+            return
+        for record, end in scan_segment(chosen):
+            if record.seq > after_seq:
+                break
+            self._offset = end
+
+    def read(self, max_records: int, upto_seq: int) -> list[Record]:
+        """Return up to `max_records` records after the last one read, none above upto_seq."""
+        out: list[Record] = []
+        while len(out) < max_records and self.last_seq < upto_seq:
+            if self._path is None:
+                self._position(self.last_seq)
+                if self._path is None:
+                    break
+            got_any = False
+            for record, end in scan_segment(self._path, self._offset):
+                if record.seq > upto_seq or len(out) >= max_records:
+                    break
+                out.append(record)
+                self._offset, self.last_seq, got_any = end, record.seq, True
+            if not got_any:
+                nxt = self._dir / _segment_name(self.last_seq + 1)
+                if nxt.exists() and nxt != self._path:
+                    self._path, self._offset = nxt, 0
+                else:
+                    break
+        return out
+
+
+class Journal:
+    """The appending side of a journal; one per data dir at a time."""
+
+    def __init__(self, journal_dir: Path, segment_bytes: int = 64 * 1024 * 1024):
+        self.dir = journal_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._segment_bytes = segment_bytes
+        self._lock_fd = os.open(self.dir / ".writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._lock_fd)
+            raise JournalBusy(f"another process is writing to {self.dir}") from exc
+        self._cond = threading.Condition()
+        self._broken: str | None = None
+        self._syncing = False
+        self._fd = -1
+        self._size = 0
+        self._recover()
+        self.synced_seq = self.written_seq
+        self.last_received_ns = 0
+
+    def _recover(self) -> None:
+        segments = segment_paths(self.dir)
+        if not segments:
+            self.written_seq = 0
+            self._open_segment(1)
+            return
+        last = segments[-1]
+        end, last_seq = 0, int(last.stem) - 1
+        for record, offset in scan_segment(last):
+            end, last_seq = offset, record.seq
+        if end < last.stat().st_size:  # a torn or corrupt tail from a crash: cut it off
+            with last.open("r+b") as fh:
+                fh.truncate(end)
+                os.fsync(fh.fileno())
+        self.written_seq = last_seq
+        self._fd = os.open(last, os.O_WRONLY | os.O_APPEND)
+        self._size = end
+
+    def _open_segment(self, first: int) -> None:
+        path = self.dir / _segment_name(first)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._size = 0
+        dir_fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the new file's name must survive a crash too
+        finally:
+            os.close(dir_fd)
+
+    @property
+    def broken(self) -> str | None:
+        """Return why the journal stopped accepting records, or None."""
+        return self._broken
+
+    def append(self, payload: bytes, kind: int = KIND_DELIVERY, flags: int = 0,
+               received_ns: int | None = None, durable: bool = True) -> int:
+        """Append one record and return its sequence number once it is on disk."""
+        return self.append_many([payload], kind, flags, [received_ns], durable)[-1]
+
+    def append_many(self, payloads: list[bytes], kind: int = KIND_DELIVERY, flags: int = 0,
+                    received_ns: list[int | None] | None = None, durable: bool = True
+                    ) -> list[int]:
+        """Append several records in one write; return their sequence numbers."""
+        now = time.time_ns()
+        stamps = received_ns or [None] * len(payloads)
+        with self._cond:
+            if self._broken:
+                raise JournalWriteError(self._broken)
+            if self._size >= self._segment_bytes and not self._syncing:
+                self._rotate()
+            seqs, chunks = [], []
+            for payload, stamp in zip(payloads, stamps, strict=True):
+                seq = self.written_seq + 1 + len(seqs)
+                chunks.append(encode(Record(seq, kind, flags, stamp or now, payload)))
+                seqs.append(seq)
+            data = b"".join(chunks)
+            try:
+                written = os.write(self._fd, data)
+                if written != len(data):
+                    raise OSError(f"short write ({written} of {len(data)} bytes)")
+            except OSError as exc:
+                self._undo_partial_write(exc)
+                raise JournalWriteError(f"cannot write the journal: {exc}") from exc
+            self._size += len(data)
+            self.written_seq = seqs[-1]
+            self.last_received_ns = stamps[-1] or now
+            self._cond.notify_all()
+        if durable:
+            self._wait_synced(seqs[-1])
+        return seqs
+
+    def _undo_partial_write(self, exc: OSError) -> None:
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            self._broken = f"journal write failed and could not be undone: {exc}"
+
+    def _rotate(self) -> None:
+        os.fdatasync(self._fd)
+        os.close(self._fd)
+        self.synced_seq = self.written_seq
+        self._open_segment(self.written_seq + 1)
+
+    def _wait_synced(self, seq: int) -> None:
+        with self._cond:
+            while self.synced_seq < seq:
+                if self._broken:
+                    raise JournalWriteError(self._broken)
+                if self._syncing:
+                    self._cond.wait()
+                    continue
+                self._syncing = True
+                target, fd = self.written_seq, self._fd
+                self._cond.release()
+                error = None
+                try:
+                    os.fdatasync(fd)
+                except OSError as exc:
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                    self._syncing = False
+                    if error is None:
+                        self.synced_seq = max(self.synced_seq, target)
+                    else:
+                        # After a failed fsync the kernel may have dropped the pages:
+                        # nothing more can be promised from this file.
+                        self._broken = f"cannot sync the journal: {error}"
+                    self._cond.notify_all()
+            if self._broken and self.synced_seq < seq:
+                raise JournalWriteError(self._broken)
+
+    def sync(self) -> None:
+        """Make every record written so far durable."""
+        self._wait_synced(self.written_seq)
+
+    def wait_for_records(self, after_seq: int, timeout: float) -> int:
+        """Block until a record above after_seq is durable (or timeout); return synced_seq."""
+        with self._cond:
+            if self.synced_seq <= after_seq:
+                self._cond.wait(timeout)
+            return self.synced_seq
+
+    def prune(self, ingested_seq: int, retention_seconds: float) -> list[Path]:
+        """Delete whole segments that are ingested and older than the retention period."""
+        if retention_seconds <= 0:
+            return []
+        removed = []
+        segments = segment_paths(self.dir)
+        cutoff = time.time() - retention_seconds
+        for path, nxt in zip(segments, segments[1:], strict=False):
+            # A segment's last record is just below the next segment's first one.
+            if int(nxt.stem) - 1 <= ingested_seq and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        return removed
+
+    def close(self) -> None:
+        """Sync and release the journal."""
+        with self._cond:
+            if self._fd >= 0:
+                try:
+                    os.fdatasync(self._fd)
+                except OSError:
+                    pass
+                os.close(self._fd)
+                self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1

@@ -1,0 +1,80 @@
+"""A cross-process reader/writer lock over two lock files, letting a waiting writer go first.
+
+DuckDB lets one process open a file read-write *or* several open it read-only; every
+other combination fails at once. Every process of the project therefore opens the
+DuckDB file only inside this lock: readers share it, a writer has it alone.
+
+Writer preference: a writer first takes the *gate* exclusively, so readers that arrive
+after it wait at the gate, then waits for the readers already inside to leave. A reader
+passes through the gate (shared, released at once) before taking the data lock shared.
+flock() locks belong to the open file description, so two threads of one process that
+open the files separately exclude each other just like two processes do.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class LockTimeout(TimeoutError):
+    """The lock was not obtained in time."""
+
+
+def _acquire(fd: int, mode: int, deadline: float) -> None:
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockTimeout("the data store is busy") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
+
+class RWLock:
+    """The reader/writer lock of one data dir."""
+
+    def __init__(self, directory: Path, name: str = "store"):
+        self.directory = directory
+        self._gate = directory / f".{name}-gate.lock"
+        self._data = directory / f".{name}-data.lock"
+
+    def _open(self, path: Path) -> int:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    @contextmanager
+    def shared(self, timeout: float = 30.0) -> Iterator[None]:
+        """Hold the lock as a reader."""
+        deadline = time.monotonic() + timeout
+        gate, data = self._open(self._gate), self._open(self._data)
+        try:
+            _acquire(gate, fcntl.LOCK_SH, deadline)
+            try:
+                _acquire(data, fcntl.LOCK_SH, deadline)
+            finally:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+            yield
+        finally:
+            os.close(data)  # closing the descriptor releases its lock
+            os.close(gate)
+
+    @contextmanager
+    def exclusive(self, timeout: float = 30.0) -> Iterator[None]:
+        """Hold the lock as the only writer."""
+        deadline = time.monotonic() + timeout
+        gate, data = self._open(self._gate), self._open(self._data)
+        try:
+            _acquire(gate, fcntl.LOCK_EX, deadline)
+            _acquire(data, fcntl.LOCK_EX, deadline)
+            yield
+        finally:
+            os.close(data)
+            os.close(gate)

@@ -1,0 +1,265 @@
+"""The event store: the one module that opens the DuckDB file.
+
+Nobody holds the file open for long. Readers use `with store.reader() as con:`, the
+ingest worker and maintenance commands use `with store.writer() as con:`; both open the
+file, do their work and close it, inside the data dir's reader/writer lock
+(`ploomes.locks`). Lock conflicts with programs outside the project are retried until
+`busy_timeout`, then surface as `StoreBusy` with a message a user can act on.
+
+The schema is versioned (`schema_meta.version`) and migrated forward the first time a
+process opens an older file; see ARCHITECTURE.md for the public table contract.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from ploomes.config import Settings
+from ploomes.locks import LockTimeout, RWLock
+
+
+class StoreError(Exception):
+    """The event store cannot do what was asked; the message says what to do."""
+
+
+class StoreBusy(StoreError):
+    """The DuckDB file stayed locked by another program for too long."""
+
+
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id BIGINT NOT NULL,                -- journal sequence number = delivery_id
+    received_at TIMESTAMPTZ NOT NULL,  -- when the receiver accepted it (Ploomes sends no time)
+    action VARCHAR NOT NULL,
+    entity VARCHAR NOT NULL,
+    account_id BIGINT,
+    action_user_id BIGINT,
+    webhook_id BIGINT,
+    webhook_creator_id BIGINT,
+    secondary_entity_id BIGINT,
+    record_id BIGINT,                  -- New.Id, else Old.Id
+    old JSON,
+    new JSON,
+    payload JSON NOT NULL,             -- the whole body as received
+    body_sha256 VARCHAR NOT NULL,
+    is_demo BOOLEAN NOT NULL DEFAULT false
+);
+CREATE TABLE IF NOT EXISTS rejected_deliveries (
+    id BIGINT NOT NULL,
+    received_at TIMESTAMPTZ NOT NULL,
+    status INTEGER NOT NULL,
+    reason VARCHAR NOT NULL,
+    raw BLOB,                          -- at most the first 64 KiB of the body
+    raw_size BIGINT,
+    source VARCHAR
+);
+CREATE TABLE IF NOT EXISTS auth_failures (
+    received_at TIMESTAMPTZ NOT NULL,
+    source VARCHAR,
+    reason VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ingest_state (
+    name VARCHAR PRIMARY KEY,
+    last_seq BIGINT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);
+"""
+
+SCHEMA_V2 = """
+ALTER TABLE events ADD COLUMN IF NOT EXISTS change_fingerprint VARCHAR;
+ALTER TABLE events ADD COLUMN IF NOT EXISTS duplicate_of BIGINT;
+CREATE TABLE IF NOT EXISTS field_changes (
+    event_id BIGINT NOT NULL,
+    received_at TIMESTAMPTZ NOT NULL,
+    entity VARCHAR NOT NULL,
+    record_id BIGINT,
+    action VARCHAR NOT NULL,
+    action_user_id BIGINT,
+    field VARCHAR NOT NULL,
+    old_value JSON,                    -- NULL: nothing before / previous value unknown
+    new_value JSON,                    -- NULL: nothing after (cleared)
+    old_known BOOLEAN NOT NULL,
+    new_known BOOLEAN NOT NULL,
+    kind VARCHAR NOT NULL,             -- set | changed | cleared | list | tags
+    summary VARCHAR NOT NULL,
+    bookkeeping BOOLEAN NOT NULL,
+    added JSON,
+    removed JSON,
+    is_duplicate BOOLEAN NOT NULL,
+    is_demo BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS record_state (
+    entity VARCHAR NOT NULL,
+    record_id BIGINT NOT NULL,
+    state JSON NOT NULL,
+    last_event_id BIGINT NOT NULL,
+    last_received_at TIMESTAMPTZ NOT NULL,
+    deleted BOOLEAN NOT NULL,
+    is_demo BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS continuity_gaps (
+    event_id BIGINT NOT NULL,
+    previous_event_id BIGINT NOT NULL,
+    received_at TIMESTAMPTZ NOT NULL,
+    entity VARCHAR NOT NULL,
+    record_id BIGINT NOT NULL,
+    fields JSON NOT NULL,              -- [{"field", "expected", "found"}]
+    is_demo BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    id BIGINT PRIMARY KEY, name VARCHAR, email VARCHAR, suspended BOOLEAN,
+    synced_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS fields (
+    key VARCHAR PRIMARY KEY, entity_id BIGINT, name VARCHAR, type_id BIGINT,
+    synced_at TIMESTAMPTZ
+);
+"""
+
+
+def _migrate_v2(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(SCHEMA_V2)
+    from ploomes.ingest import rederive  # late import: ingest builds on the store
+
+    rederive(con)
+
+
+MIGRATIONS: list[tuple[int, Callable[[duckdb.DuckDBPyConnection], None]]] = [
+    (1, lambda con: con.execute(SCHEMA_V1)),
+    (2, _migrate_v2),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """Return the schema version of an open store (0 for an empty file)."""
+    found = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_meta'"
+    ).fetchone()
+    if not found or not found[0]:
+        return 0
+    row = con.execute("SELECT value FROM schema_meta WHERE key = 'version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection, target: int = SCHEMA_VERSION) -> int:
+    """Bring an open read-write store up to `target`, one version per transaction."""
+    current = schema_version(con)
+    if current > SCHEMA_VERSION:
+        raise StoreError(f"the data dir holds schema version {current}, newer than this "
+                         f"program ({SCHEMA_VERSION}): upgrade the program")
+    for version, step in MIGRATIONS:
+        if current < version <= target:
+            con.execute("BEGIN")
+            try:
+                step(con)
+                con.execute("INSERT OR REPLACE INTO schema_meta VALUES ('version', ?)",
+                            [str(version)])
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+            current = version
+    return current
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc)
+    return "lock" in text.lower() and ("Could not set lock" in text or "Conflicting lock" in text)
+
+
+class Store:
+    """The DuckDB event store of one data dir."""
+
+    def __init__(self, settings: Settings, busy_timeout: float = 30.0,
+                 memory_limit: str | None = None, schema_target: int = SCHEMA_VERSION,
+                 path: Path | None = None):
+        self.settings = settings
+        self.path: Path = path or settings.db_path
+        self.busy_timeout = busy_timeout
+        # A store at another path (a rebuild's new file) is locked on its own.
+        self.lock = RWLock(settings.data_dir, "store" if path is None else self.path.name)
+        self._config = {"memory_limit": memory_limit} if memory_limit else {}
+        self._schema_target = schema_target
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    def _connect(self, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
+        delay = 0.01
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only, config=self._config)
+            except duckdb.IOException as exc:
+                if not _is_lock_error(exc):
+                    raise StoreError(f"cannot open {self.path.name}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    raise StoreBusy(
+                        f"{self.path.name} is locked by another program (is a DuckDB shell "
+                        "or another tool holding it open?). Close it and try again."
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+
+    def ensure_ready(self) -> None:
+        """Create or migrate the file once per process."""
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            with self._open_writer() as con:
+                migrate(con, self._schema_target)
+            self._ready = True
+
+    @contextmanager
+    def _open_writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.busy_timeout
+        try:
+            with self.lock.exclusive(self.busy_timeout):
+                con = self._connect(False, deadline)
+                try:
+                    yield con
+                finally:
+                    con.close()
+        except LockTimeout as exc:
+            raise StoreBusy("the data store is busy writing; try again in a moment") from exc
+
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the store read-write, alone, for one batch of work."""
+        self.ensure_ready()
+        with self._open_writer() as con:
+            yield con
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the store read-only, shared with other readers, for one or more queries."""
+        self.ensure_ready()
+        deadline = time.monotonic() + self.busy_timeout
+        try:
+            with self.lock.shared(self.busy_timeout):
+                con = self._connect(True, deadline)
+                try:
+                    yield con
+                finally:
+                    con.close()
+        except LockTimeout as exc:
+            raise StoreBusy("the data store stayed busy; try again in a moment") from exc
+
+    def size_bytes(self) -> int:
+        """Return the size of the DuckDB file (and its WAL) on disk."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total

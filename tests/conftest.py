@@ -1,0 +1,160 @@
+"""Shared fixtures: real data dirs in tmp_path, a real receiver on a loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from ploomes.config import load_settings
+from ploomes.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "ploomes"
+TEST_KEY = "test-validation-key-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    """Keep a developer's own PLOOMES_* settings out of the tests."""
+    for name in list(os.environ):
+        if name.startswith("PLOOMES_"):
+            monkeypatch.delenv(name)
+
+
+def make_settings(data_dir: Path, **overrides):
+    """Build settings for a test data dir, ignoring the environment and secrets.toml."""
+    overrides.setdefault("validation_keys", (TEST_KEY,))
+    return load_settings(env={}, secrets_path=data_dir / "no-secrets.toml", data_dir=data_dir,
+                         **overrides)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return make_settings(tmp_path / "data")
+
+
+def example_payloads() -> dict[str, bytes]:
+    """Return the shared example delivery bodies by file name."""
+    folder = SHARED / "payloads"
+    if not folder.is_dir():
+        pytest.skip(f"shared examples not found at {folder}")
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.json"))}
+
+
+def real_deliveries() -> list[dict]:
+    """Return the 51 real Win deliveries."""
+    path = SHARED / "real" / "deals-win.jsonl"
+    if not path.exists():
+        pytest.skip(f"real deliveries not found at {path}")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
+    """Poll until predicate() is truthy and return its value, or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class ReceiverProcess:
+    """The real receiver (`python receiver.py`) on a loopback port."""
+
+    def __init__(self, data_dir: Path, key: str | None = TEST_KEY, extra_env: dict | None = None):
+        self.data_dir = data_dir
+        self.key = key
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.webhook_url = self.url + "/ploomes/webhook"
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir.parent / f"receiver-{self.port}.log"
+        self.session = requests.Session()
+
+    def start(self) -> ReceiverProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PLOOMES_")}
+        if self.key:
+            env["PLOOMES_VALIDATION_KEYS"] = self.key
+        env.update(self.extra_env)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "receiver.py"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for(self._healthy, timeout=30)
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"receiver exited:\n{self.log_text()}")
+        try:
+            return self.session.get(self.url + "/healthz", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    def post(self, body, key: str | None = "default", **kwargs) -> requests.Response:
+        key = self.key if key == "default" else key
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["X-Ploomes-Validation-Key"] = key
+        data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+        return self.session.post(self.webhook_url, data=data, headers=headers, timeout=30,
+                                 **kwargs)
+
+    def health(self) -> dict:
+        return self.session.get(self.url + "/healthz", timeout=5).json()
+
+    def wait_ingested(self, timeout: float = 10.0) -> dict:
+        """Wait until the journal backlog is empty; return the health body."""
+        return wait_for(lambda: (h := self.health())["backlog"] == 0 and h, timeout)
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.session.close()
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    proc = ReceiverProcess(tmp_path / "data").start()
+    yield proc
+    proc.stop()
+
+
+def query(data_dir: Path, sql: str, params=None):
+    """Run one query through the store's read path."""
+    store = Store(make_settings(data_dir))
+    with store.reader() as con:
+        return con.execute(sql, params or []).fetchall()

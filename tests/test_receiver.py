@@ -1,0 +1,192 @@
+"""The real receiver process: answers, storage in DuckDB, refusals, health and metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TEST_KEY, example_payloads, query, wait_for
+
+
+def test_example_payloads_are_stored_with_their_columns(receiver):
+    payloads = example_payloads()
+    ids = {}
+    for name, raw in payloads.items():
+        response = receiver.post(raw)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["status"] == "accepted"
+        ids[name] = body["delivery_id"]
+    # visible within a second of the last answer
+    rows = wait_for(lambda: len(r := query(receiver.data_dir, "SELECT id FROM events")) == 4
+                    and r, timeout=1.0, interval=0.01)
+    assert sorted(r[0] for r in rows) == sorted(ids.values())
+    got = {r[0]: r for r in query(receiver.data_dir, """
+        SELECT id, action, entity, account_id, action_user_id, webhook_id, record_id,
+               old::VARCHAR, new::VARCHAR, payload::VARCHAR, body_sha256, typeof(received_at)
+        FROM events""")}
+    update = got[ids["contact-update.json"]]
+    assert update[1:7] == ("Update", "Contacts", 57, 116, None, 2630362)
+    assert json.loads(update[7])["LegalName"] == "Ploomes"
+    assert json.loads(update[8])["LegalName"] == "Ploomes Sistemas Empresariais"
+    assert json.loads(update[9]) == json.loads(payloads["contact-update.json"])
+    assert update[11] == "TIMESTAMP WITH TIME ZONE"
+    delete = got[ids["contact-delete.json"]]
+    assert delete[1:7] == ("Delete", "Contacts", 3100210, 31007781, 31005122, 509918830)
+    assert delete[8] is None  # New is null: record_id comes from Old.Id
+    create = got[ids["deal-create.json"]]
+    assert create[1:7] == ("Create", "Deals", 3100210, 31007790, 31005118, 517004410)
+    assert create[7] is None
+    assert "Implantação - Clínica Santa Luzia" in create[9]
+    win = got[ids["deal-win.json"]]
+    assert win[1:7] == ("Win", "Deals", 3100210, 31007781, 31005120, 517003321)
+    import hashlib
+    assert win[10] == hashlib.sha256(payloads["deal-win.json"]).hexdigest()
+
+
+GOOD = {"Action": "Update", "Entity": "Contacts", "ActionUserId": 1, "New": {"Id": 5}}
+BAD_INPUTS = [
+    ("empty body", b"", 400, "empty body"),
+    ("invalid JSON", b'{"Action": ', 400, "invalid JSON"),
+    ("array", b"[1, 2]", 400, "JSON object"),
+    ("string", b'"Update"', 400, "JSON object"),
+    ("number", b"42", 400, "JSON object"),
+    ("no Action", json.dumps({"Entity": "Deals"}).encode(), 400, "missing Action"),
+    ("no Entity", json.dumps({"Action": "Update"}).encode(), 400, "missing Entity"),
+    ("wrong type", json.dumps({**GOOD, "ActionUserId": "abc"}).encode(), 400, "ActionUserId"),
+    ("Old not object", json.dumps({**GOOD, "Old": [1]}).encode(), 400, "Old"),
+    ("deep", b"[" * 100_000 + b"]" * 100_000, 400, "nested"),
+    ("deep object", (b'{"Action":"Update","Entity":"X","New":' + b'{"a":' * 200 + b"1"
+                     + b"}" * 201), 400, "nested"),
+    ("invalid UTF-8", b'{"Action": "Upd\xff\xfe", "Entity": "Deals"}', 400, "UTF-8"),
+    ("raw NUL", b'{"Action": "Update\x00", "Entity": "Deals"}', 400, "invalid JSON"),
+    ("lone surrogate", b'{"Action": "Update", "Entity": "Deals", "N": "\\ud800"}', 400,
+     "surrogate"),
+    ("NaN", b'{"Action": "Update", "Entity": "Deals", "Amount": NaN}', 400, "NaN"),
+]
+
+
+@pytest.mark.parametrize("name,raw,status,reason", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_bodies_are_refused_clearly(receiver, name, raw, status, reason):
+    response = receiver.post(raw)
+    assert response.status_code == status
+    assert reason in response.json()["reason"]
+    assert receiver.post(GOOD).status_code == 200  # still serving
+    receiver.wait_ingested()
+    assert query(receiver.data_dir, "SELECT count(*) FROM events")[0][0] == 1
+    rejected = wait_for(lambda: query(receiver.data_dir,
+                                      "SELECT status, reason, raw_size FROM rejected_deliveries"))
+    assert rejected[0][0] == status and reason in rejected[0][1]
+    assert rejected[0][2] == len(raw)
+
+
+def test_key_problems_and_methods(receiver):
+    assert receiver.post(GOOD, key=None).status_code == 401
+    wrong = receiver.post(GOOD, key="not-the-key-at-all-000000000")
+    assert wrong.status_code == 401
+    assert wrong.json()["reason"] == receiver.post(GOOD, key=None).json()["reason"]
+    get = receiver.session.get(receiver.webhook_url, timeout=5)
+    assert get.status_code == 405 and get.json()["status"] == "refused"
+    # the key in the query string works, for integrators who put it there
+    ok = receiver.session.post(receiver.webhook_url, params={"validation_key": TEST_KEY},
+                               json=GOOD, timeout=5)
+    assert ok.status_code == 200
+    receiver.wait_ingested()
+    assert query(receiver.data_dir, "SELECT count(*) FROM events")[0][0] == 1
+    failures = wait_for(lambda: query(receiver.data_dir,
+                                      "SELECT source, reason FROM auth_failures ORDER BY 2"))
+    assert failures == [("127.0.0.1", "missing key"), ("127.0.0.1", "missing key"),
+                        ("127.0.0.1", "wrong key")]
+    # unauthenticated bodies are never kept
+    assert query(receiver.data_dir, "SELECT count(*) FROM rejected_deliveries")[0][0] == 0
+    assert TEST_KEY not in receiver.log_text()
+
+
+def test_body_over_the_limit(tmp_path):
+    from conftest import ReceiverProcess
+
+    proc = ReceiverProcess(tmp_path / "data",
+                           extra_env={"PLOOMES_MAX_BODY_BYTES": "4096"}).start()
+    try:
+        big = {**GOOD, "New": {"Id": 5, "Note": "x" * 5000}}
+        response = proc.post(big)
+        assert response.status_code == 413
+        assert "4096" in response.json()["reason"]
+        assert proc.post(GOOD).status_code == 200
+        proc.wait_ingested()
+        assert query(proc.data_dir, "SELECT count(*) FROM events")[0][0] == 1
+        rows = wait_for(lambda: query(proc.data_dir,
+                                      "SELECT status, raw_size FROM rejected_deliveries"))
+        assert rows[0][0] == 413
+    finally:
+        proc.stop()
+
+
+def test_unusual_texts_are_stored_faithfully(receiver):
+    body = {"Action": "Update", "Entity": "Contacts", "ActionUserId": 7,
+            "Old": {"Id": 9, "Name": "Conceição\u0000\u0007\t"},
+            "New": {"Id": 9, "Name": "João 🚀 Ação \ud83d\ude00 \u2028", "Long": "é" * 100_000}}
+    raw = json.dumps(body).encode("ascii")
+    response = receiver.post(raw)
+    assert response.status_code == 200
+    receiver.wait_ingested()
+    old, new, payload = query(receiver.data_dir,
+                              "SELECT old::VARCHAR, new::VARCHAR, payload::VARCHAR FROM events")[0]
+    sent = json.loads(raw)  # the escaped pair \ud83d\ude00 arrives as one emoji
+    assert sent["New"]["Name"] == "João 🚀 Ação 😀 \u2028"
+    assert json.loads(old) == sent["Old"]
+    assert json.loads(new) == sent["New"]
+    assert payload.encode("utf-8") == raw  # the body exactly as received
+
+
+def test_health_and_metrics(receiver):
+    assert receiver.post(GOOD).status_code == 200
+    assert receiver.post(GOOD, key=None).status_code == 401
+    health = receiver.wait_ingested()
+    assert health["status"] == "ok" and health["journal_seq"] >= 1
+    assert health["ingest_lag_seconds"] == 0
+    text = receiver.session.get(receiver.url + "/metrics", timeout=5).text
+    assert 'ploomes_deliveries_total{outcome="accepted"} 1.0' in text
+    assert 'ploomes_deliveries_total{outcome="unauthorized"} 1.0' in text
+    assert "ploomes_ack_seconds_bucket" in text
+    assert "ploomes_ingest_lag_seconds_count 1.0" in text
+
+
+def test_first_start_generates_a_key_and_never_logs_it(tmp_path):
+    from conftest import ReceiverProcess
+
+    proc = ReceiverProcess(tmp_path / "data", key=None)
+    proc.start()
+    try:
+        key_file = proc.data_dir / "keys" / "validation-keys.txt"
+        key = key_file.read_text().strip()
+        assert len(key) >= 40
+        assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+        assert proc.post(GOOD, key=key).status_code == 200
+        assert proc.post(GOOD, key=None).status_code == 401
+        log = proc.log_text()
+        assert str(key_file) in log and key not in log
+    finally:
+        proc.stop()
+    # a restart keeps the same key and does not announce a new one
+    proc2 = ReceiverProcess(tmp_path / "data", key=None).start()
+    try:
+        assert proc2.post(GOOD, key=key).status_code == 200
+        assert "generated" not in proc2.log_text().split("Receiver listening")[-1]
+    finally:
+        proc2.stop()
+
+
+def test_second_receiver_on_the_same_data_dir_refuses(receiver):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, free_port
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "receiver.py"), "--port", str(free_port()),
+         "--host", "127.0.0.1", "--data-dir", str(receiver.data_dir)],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+        env={"PLOOMES_VALIDATION_KEYS": TEST_KEY, "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1
+    assert "already running" in result.stderr
