@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from ploomes.config import ConfigError, Settings, load_settings
+from ploomes.demo import DEMO_PATH
 from ploomes.journal import JournalBusy
 from ploomes.keys import ensure_key, key_file, mask_secret
 from ploomes.service import DeliveryService
@@ -57,6 +58,14 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
             return answer(service.reject_authenticated(
                 "too_large", 413, f"body is larger than {limit} bytes", raw, source))
         return answer(service.accept(raw, source, started))
+
+    @app.post(DEMO_PATH)
+    def demo() -> Response:
+        # Only the project's own dashboard uses this; it holds the same keys.
+        key = request.headers.get(KEY_HEADER)
+        if not service.authenticated(key):
+            return answer(service.unauthorized(request.remote_addr, "wrong key (demo)"))
+        return answer(service.accept_demo(request.get_json(silent=True)))
 
     @app.get("/healthz")
     def healthz() -> Response:

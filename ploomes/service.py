@@ -17,9 +17,11 @@ import duckdb
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ploomes.config import Settings
-from ploomes.delivery import InvalidDelivery, parse_delivery
+from ploomes.delivery import InvalidDelivery, parse_delivery, validate
 from ploomes.ingest import Pipeline, rejected_payload
 from ploomes.journal import (
+    FLAG_DEMO,
+    KIND_CONTROL,
     KIND_REJECTED,
     Journal,
     JournalReader,
@@ -249,6 +251,34 @@ class DeliveryService:
         self.metrics.deliveries.labels(outcome="accepted").inc()
         self.metrics.ack_seconds.observe(time.perf_counter() - started)
         return Outcome(200, {"status": "accepted", "delivery_id": seq})
+
+    def accept_demo(self, request_body: object) -> Outcome:
+        """Journal demo deliveries or a demo removal sent by the dashboard."""
+        from ploomes.demo import REMOVE_DEMO, demo_records
+
+        if not isinstance(request_body, dict):
+            return self.refuse("invalid", 400, "expected a JSON object")
+        try:
+            if request_body.get("remove") is True:
+                self.journal.append(REMOVE_DEMO, kind=KIND_CONTROL)
+                return Outcome(200, {"status": "accepted", "removed": True})
+            pairs = []
+            for item in request_body.get("deliveries") or []:
+                body = item["body"]
+                validate(body)
+                pairs.append((datetime.fromisoformat(item["received_at"]), body))
+        except (KeyError, TypeError, ValueError) as exc:  # InvalidDelivery is a ValueError
+            return self.refuse("invalid", 400, f"bad demo data: {exc}")
+        except JournalWriteError:
+            return self.refuse("unavailable", 503, "cannot store demo data now")
+        if not pairs:
+            return self.refuse("invalid", 400, "no deliveries")
+        payloads, stamps = demo_records(pairs)
+        try:
+            seqs = self.journal.append_many(payloads, flags=FLAG_DEMO, received_ns=stamps)
+        except JournalWriteError:
+            return self.refuse("unavailable", 503, "cannot store demo data now")
+        return Outcome(200, {"status": "accepted", "count": len(seqs), "last_id": seqs[-1]})
 
     def health(self) -> tuple[int, dict]:
         """Return the HTTP status and body of /healthz."""

@@ -1,0 +1,119 @@
+"""Demo data: a realistic month of deliveries, stored through the real ingest path.
+
+Demo records are journaled with the demo flag, so every table marks them (`is_demo`)
+and a rebuild reproduces them, and removing them is itself a journal record, so they
+stay removed after a rebuild. The journal has one writer at a time: when a receiver
+runs on the data dir, the records go through its `/ploomes/demo` endpoint; otherwise
+this process appends and ingests them itself, under the store's write lock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+import requests
+
+from ploomes.config import Settings
+from ploomes.ingest import Pipeline
+from ploomes.journal import (
+    FLAG_DEMO,
+    KIND_CONTROL,
+    KIND_DELIVERY,
+    Journal,
+    JournalBusy,
+    JournalReader,
+)
+from ploomes.keys import accepted_keys
+from ploomes.store import Store, StoreError
+
+DEMO_PATH = "/ploomes/demo"
+CHUNK = 250  # deliveries per request to a running receiver
+REMOVE_DEMO = json.dumps({"op": "remove_demo"}).encode("utf-8")
+
+
+class DemoError(StoreError):
+    """Demo data could not be loaded or removed."""
+
+
+def demo_records(deliveries: Sequence[tuple[datetime, dict]]) -> tuple[list[bytes], list[int]]:
+    """Encode (received_at, body) pairs as journal payloads and timestamps."""
+    payloads = [json.dumps(body, ensure_ascii=False).encode("utf-8") for _, body in deliveries]
+    stamps = [int(at.timestamp() * 1e9) for at, _ in deliveries]
+    return payloads, stamps
+
+
+def ingest_pending(settings: Settings, journal: Journal) -> int:
+    """Move every durable journal record not yet in the store into it; return how many."""
+    store = Store(settings)
+    pipeline = Pipeline(settings.duplicate_window_seconds)
+    done = 0
+    with store.writer() as con:
+        row = con.execute("SELECT last_seq FROM ingest_state WHERE name = 'main'").fetchone()
+        pipeline.load_recent(con)
+        reader = JournalReader(journal.dir, row[0] if row else 0)
+        while batch := reader.read(5000, journal.synced_seq):
+            pipeline.apply(con, batch)
+            done += len(batch)
+    return done
+
+
+def _post(settings: Settings, body: dict) -> dict:
+    keys = accepted_keys(settings)
+    if not keys:
+        raise DemoError("the receiver is running but no validation key is known here")
+    url = settings.receiver_url.rstrip("/") + DEMO_PATH
+    try:
+        response = requests.post(url, json=body, timeout=60,
+                                 headers={"X-Ploomes-Validation-Key": keys[0]})
+    except requests.RequestException as exc:
+        raise DemoError(f"the receiver holds the journal but cannot be reached at "
+                        f"{settings.receiver_url} (set PLOOMES_RECEIVER_URL): {exc}") from None
+    if response.status_code != 200:
+        raise DemoError(f"the receiver refused demo data ({response.status_code}): "
+                        f"{response.text[:200]}")
+    return response.json()
+
+
+def _append(settings: Settings, payloads: list[bytes], kind: int, flags: int,
+            stamps: list[int] | None) -> int:
+    """Append through this process when no receiver holds the journal; None if one does."""
+    journal = Journal(settings.journal_dir, settings.journal_segment_bytes)
+    try:
+        journal.append_many(payloads, kind=kind, flags=flags, received_ns=stamps)
+        return ingest_pending(settings, journal)
+    finally:
+        journal.close()
+
+
+def load_demo(settings: Settings, deliveries: Sequence[tuple[datetime, dict]] | None = None
+              ) -> int:
+    """Store the demo month (or the given deliveries) as demo data; return how many."""
+    if deliveries is None:
+        from ploomes.generator import demo_deliveries
+
+        deliveries = demo_deliveries()
+    deliveries = sorted(deliveries, key=lambda d: d[0])
+    payloads, stamps = demo_records(deliveries)
+    try:
+        _append(settings, payloads, KIND_DELIVERY, FLAG_DEMO, stamps)
+    except JournalBusy:
+        for i in range(0, len(deliveries), CHUNK):
+            _post(settings, {"deliveries": [
+                {"received_at": at.isoformat(), "body": body}
+                for at, body in deliveries[i:i + CHUNK]]})
+    return len(deliveries)
+
+
+def remove_demo(settings: Settings) -> None:
+    """Remove every demo row, now and in any later rebuild."""
+    try:
+        _append(settings, [REMOVE_DEMO], KIND_CONTROL, 0, None)
+    except JournalBusy:
+        _post(settings, {"remove": True})
+
+
+def demo_count(con) -> int:
+    """Return how many demo events the store holds."""
+    return con.execute("SELECT count(*) FROM events WHERE is_demo").fetchone()[0]

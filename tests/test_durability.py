@@ -1,0 +1,193 @@
+"""Concurrency and crash safety with real processes: readers, kill -9, a foreign lock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+from conftest import ROOT, TEST_KEY, ReceiverProcess, query, wait_for
+
+
+def delivery(n: int) -> dict:
+    return {"Action": "Update", "Entity": "Deals", "AccountId": 1, "ActionUserId": 10 + n % 3,
+            "WebhookId": 77, "Old": {"Id": 1000 + n, "Title": f"Negócio {n}"},
+            "New": {"Id": 1000 + n, "Title": f"Negócio {n} (revisão)", "Seq": n}}
+
+
+class Load:
+    """Sends deliveries from several threads and remembers which got a 2xx."""
+
+    def __init__(self, url: str, threads: int = 4):
+        self.url = url
+        self.threads = threads
+        self.accepted: dict[int, int] = {}  # n -> delivery_id
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    def _next(self) -> int:
+        with self._lock:
+            self._counter += 1
+            return self._counter
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self.stop.is_set():
+            n = self._next()
+            try:
+                r = session.post(self.url, data=json.dumps(delivery(n)), timeout=10,
+                                 headers={"X-Ploomes-Validation-Key": TEST_KEY})
+            except requests.RequestException:
+                continue  # the server may be gone (kill -9): not acknowledged
+            if r.status_code == 200:
+                with self._lock:
+                    self.accepted[n] = r.json()["delivery_id"]
+            else:
+                self.errors.append(f"{r.status_code} {r.text}")
+
+    def __enter__(self) -> Load:
+        self._workers = [threading.Thread(target=self._run) for _ in range(self.threads)]
+        for w in self._workers:
+            w.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for w in self._workers:
+            w.join()
+
+
+READER_SCRIPT = r"""
+import sys, time
+from ploomes.config import load_settings
+from ploomes.store import Store
+store = Store(load_settings(env={}, data_dir=sys.argv[1]))
+deadline = time.monotonic() + float(sys.argv[2])
+reads = last = 0
+while time.monotonic() < deadline:
+    with store.reader() as con:
+        n = con.execute("SELECT count(*) FROM events").fetchone()[0]
+    assert n >= last, (n, last)  # never goes backwards
+    last, reads = n, reads + 1
+print(reads, last)
+"""
+
+
+def test_reader_process_during_steady_load(receiver):
+    reader = subprocess.Popen([sys.executable, "-c", READER_SCRIPT, str(receiver.data_dir), "4"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with Load(receiver.webhook_url) as load:
+        time.sleep(3)
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    reads, _ = map(int, out.split())
+    assert reads > 10
+    assert not load.errors
+    receiver.wait_ingested()
+    ids = [r[0] for r in query(receiver.data_dir, "SELECT id FROM events ORDER BY id")]
+    assert sorted(load.accepted.values()) == ids  # nothing missing, nothing extra
+    assert "Traceback" not in receiver.log_text()
+
+
+def test_kill_9_during_load_loses_no_acknowledged_delivery(tmp_path):
+    proc = ReceiverProcess(tmp_path / "data").start()
+    try:
+        with Load(proc.webhook_url, threads=6) as load:
+            wait_for(lambda: len(load.accepted) > 300, timeout=30)
+            proc.kill()  # SIGKILL: no chance to flush or close anything
+            time.sleep(0.2)
+        acknowledged = dict(load.accepted)
+        assert acknowledged
+        proc.start()
+        proc.wait_ingested(timeout=30)
+        rows = query(proc.data_dir, "SELECT id, payload::VARCHAR FROM events")
+        stored = {}
+        for event_id, payload in rows:
+            stored.setdefault(json.loads(payload)["New"]["Seq"], []).append(event_id)
+        for n, delivery_id in acknowledged.items():
+            assert stored.get(n) == [delivery_id], n  # present, exactly once
+        assert len(rows) == len({r[0] for r in rows})
+    finally:
+        proc.stop()
+
+
+HOLDER_SCRIPT = r"""
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])  # read-write, outside the project's lock
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+con.close()
+"""
+
+
+def test_foreign_program_holding_the_file(receiver):
+    assert receiver.post(delivery(0)).status_code == 200
+    receiver.wait_ingested()
+    db = receiver.data_dir / "ploomes.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, str(db), "10"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    started = time.monotonic()
+    answered = []
+    n = 1
+    while time.monotonic() - started < 9:
+        r = receiver.post(delivery(n))
+        answered.append(r.status_code)
+        n += 1
+        time.sleep(0.05)
+    assert set(answered) == {200}
+    assert receiver.health()["backlog"] > 0  # waiting for the file, still answering
+    holder.wait(timeout=30)
+    receiver.wait_ingested(timeout=30)
+    assert query(receiver.data_dir, "SELECT count(*) FROM events")[0][0] == n
+    assert receiver.health()["status"] == "ok"
+
+
+def test_parallel_deliveries_share_journal_syncs(receiver):
+    """Many concurrent posts: every answer is durable and ids are unique and dense."""
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda i: receiver.post(delivery(i)), range(400)))
+    ids = sorted(r.json()["delivery_id"] for r in results)
+    assert ids == list(range(ids[0], ids[0] + 400))
+    receiver.wait_ingested()
+    assert query(receiver.data_dir, "SELECT count(*) FROM events")[0][0] == 400
+
+
+def test_readers_never_see_lock_errors_while_a_writer_works(settings):
+    from ploomes.store import Store
+
+    store = Store(settings)
+    errors = []
+    stop = threading.Event()
+
+    def write():
+        i = 0
+        while not stop.is_set():
+            with store.writer() as con:
+                con.execute("INSERT INTO users VALUES (?, 'Usuário', NULL, false, now())", [i])
+            i += 1
+
+    def read():
+        try:
+            while not stop.is_set():
+                with store.reader() as con:
+                    con.execute("SELECT count(*) FROM users").fetchone()
+        except Exception as exc:  # noqa: BLE001 - any error fails the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write)] + [threading.Thread(target=read) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    with store.reader() as con:
+        assert con.execute("SELECT count(*) FROM users").fetchone()[0] > 5

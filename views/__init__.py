@@ -1,0 +1,1 @@
+"""Streamlit pages of the dashboard: thin views over query functions in `ploomes/`."""
