@@ -1,0 +1,139 @@
+"""The store: schema migration, the read API, rebuild from the journal, demo data."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import example_payloads, make_settings
+
+from ploomes.demo import demo_count, load_demo, remove_demo
+from ploomes.journal import Journal
+from ploomes.rebuild import RebuildError, rebuild
+from ploomes.store import SCHEMA_VERSION, Store, StoreError, migrate, schema_version
+
+DERIVED = ["events", "field_changes", "continuity_gaps", "record_state", "rejected_deliveries"]
+
+
+def snapshot(store: Store) -> dict:
+    """Every row of the tables a rebuild must reproduce, as comparable text."""
+    out = {}
+    with store.reader() as con:
+        for table in DERIVED:
+            rows = con.execute(f"SELECT * FROM {table}").fetchall()
+            out[table] = sorted(map(repr, rows))
+    return out
+
+
+def journal_deliveries(settings, bodies, start=None):
+    """Append bodies to the journal at one-minute steps and ingest them like the worker."""
+    from ploomes.demo import ingest_pending
+
+    start = start or datetime(2026, 11, 2, 12, tzinfo=UTC)
+    journal = Journal(settings.journal_dir, settings.journal_segment_bytes)
+    try:
+        stamps = [int((start + timedelta(minutes=i)).timestamp() * 1e9)
+                  for i in range(len(bodies))]
+        payloads = [b if isinstance(b, bytes) else json.dumps(b).encode() for b in bodies]
+        journal.append_many(payloads, received_ns=stamps)
+        ingest_pending(settings, journal)
+    finally:
+        journal.close()
+
+
+def test_new_store_has_the_current_schema(settings):
+    store = Store(settings)
+    with store.reader() as con:
+        assert schema_version(con) == SCHEMA_VERSION
+        assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+
+
+def test_v1_data_dir_is_migrated_forward_with_its_change_model(tmp_path):
+    settings = make_settings(tmp_path / "data")
+    old = Store(settings, schema_target=1)
+    old.ensure_ready()
+    raw = example_payloads()["contact-update.json"]
+    with old.writer() as con:
+        assert schema_version(con) == 1
+        con.execute("""INSERT INTO events (id, received_at, action, entity, account_id,
+            action_user_id, record_id, old, new, payload, body_sha256)
+            VALUES (1, now(), 'Update', 'Contacts', 57, 116, 2630362, ?, ?, ?, 'x')""",
+                    [json.dumps(json.loads(raw)["Old"]), json.dumps(json.loads(raw)["New"]),
+                     raw.decode()])
+    store = Store(settings)  # a newer program opens the old data dir
+    with store.reader() as con:
+        assert schema_version(con) == SCHEMA_VERSION
+        fields = [r[0] for r in con.execute(
+            "SELECT field FROM field_changes ORDER BY field").fetchall()]
+    assert fields == ["LegalName", "OtherProperties.contact_check", "Phones", "Tags"]
+
+
+def test_newer_schema_is_refused(settings):
+    store = Store(settings)
+    with store.writer() as con:
+        con.execute("UPDATE schema_meta SET value = '99' WHERE key = 'version'")
+        with pytest.raises(StoreError, match="newer"):
+            migrate(con)
+
+
+def test_rebuild_reproduces_live_ingestion(settings):
+    bodies = [json.loads(b) for b in example_payloads().values()]
+    update = json.loads(example_payloads()["contact-update.json"])
+    bodies += [update, update]  # a duplicate pair
+    journal_deliveries(settings, bodies)
+    load_demo(settings, [(datetime(2026, 11, 1, 9, tzinfo=UTC), bodies[0])])
+    store = Store(settings)
+    before = snapshot(store)
+    assert len(before["events"]) == 7
+    report = rebuild(settings)
+    assert report.events == 7 and report.duplicates >= 1
+    assert snapshot(store) == before
+
+
+def test_rebuild_keeps_events_pruned_from_the_journal(settings):
+    bodies = [json.loads(b) for b in example_payloads().values()]
+    journal_deliveries(settings, bodies)
+    store = Store(settings)
+    before = snapshot(store)
+    # retention removed the only segment's records: simulate by rotating and deleting it
+    journal = Journal(settings.journal_dir, segment_bytes=4096)
+    journal._rotate()
+    journal.close()
+    from ploomes.journal import segment_paths
+    segment_paths(settings.journal_dir)[0].unlink()
+    report = rebuild(settings)
+    assert report.kept_events == 4 and report.journal_records == 0
+    assert snapshot(store) == before
+
+
+def test_rebuild_refuses_while_a_receiver_writes(settings):
+    journal = Journal(settings.journal_dir)
+    try:
+        with pytest.raises(RebuildError, match="stop it"):
+            rebuild(settings)
+    finally:
+        journal.close()
+
+
+def test_demo_data_is_flagged_removed_and_stays_removed(settings):
+    from ploomes.generator import demo_deliveries
+
+    deliveries = demo_deliveries(seed=3, days=3, end=datetime(2026, 11, 20, tzinfo=UTC))
+    journal_deliveries(settings, [json.loads(example_payloads()["deal-win.json"])])
+    assert load_demo(settings, deliveries) == len(deliveries)
+    store = Store(settings)
+    with store.reader() as con:
+        assert demo_count(con) == len(deliveries)
+        assert con.execute("SELECT count(*) FROM field_changes WHERE NOT is_demo").fetchone()[0]
+    remove_demo(settings)
+    with store.reader() as con:
+        assert demo_count(con) == 0
+        assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+        assert con.execute("SELECT count(*) FROM field_changes WHERE is_demo").fetchone()[0] == 0
+    rebuild(settings)
+    with store.reader() as con:
+        assert demo_count(con) == 0
+        assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+
+
