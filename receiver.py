@@ -76,13 +76,13 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(service.metrics.registry),
+        return Response(generate_latest(service.registry),
                         mimetype=CONTENT_TYPE_LATEST)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         if exc.code == 405:
-            service.metrics.deliveries.labels(outcome="method_not_allowed").inc()
+            service.deliveries.labels(outcome="method_not_allowed").inc()
         response = jsonify({"status": "refused", "reason": exc.description or exc.name})
         response.status_code = exc.code or 500
         return response
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="0.0.0.0")  # noqa: S104 - Ploomes must reach it
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--data-dir", help="data folder (default: PLOOMES_DATA_DIR or data/)")
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=16)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

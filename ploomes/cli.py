@@ -7,7 +7,7 @@ import json
 import sys
 
 from ploomes.config import ConfigError, load_settings
-from ploomes.store import Store, StoreError
+from ploomes.store import Store, StoreError, fetch_one
 
 
 def _settings(args: argparse.Namespace):
@@ -40,7 +40,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
             info = {"data_dir": str(settings.data_dir), "schema_version": schema_version(con)}
             for table in ("events", "field_changes", "continuity_gaps", "rejected_deliveries"):
-                info[table] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                info[table] = fetch_one(con, f"SELECT count(*) FROM {table}")[0]
     except (ConfigError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ from ploomes.journal import (
     JournalReader,
 )
 from ploomes.keys import accepted_keys
-from ploomes.store import Store, StoreError
+from ploomes.store import Store, StoreError, fetch_one
 
 DEMO_PATH = "/ploomes/demo"
 CHUNK = 250  # deliveries per request to a running receiver
@@ -50,7 +50,7 @@ def ingest_pending(settings: Settings, journal: Journal) -> int:
     pipeline = Pipeline(settings.duplicate_window_seconds)
     done = 0
     with store.writer() as con:
-        row = con.execute("SELECT last_seq FROM ingest_state WHERE name = 'main'").fetchone()
+        row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = 'main'")
         pipeline.load_recent(con)
         reader = JournalReader(journal.dir, row[0] if row else 0)
         while batch := reader.read(5000, journal.synced_seq):
@@ -116,4 +116,4 @@ def remove_demo(settings: Settings) -> None:
 
 def demo_count(con) -> int:
     """Return how many demo events the store holds."""
-    return con.execute("SELECT count(*) FROM events WHERE is_demo").fetchone()[0]
+    return fetch_one(con, "SELECT count(*) FROM events WHERE is_demo")[0]

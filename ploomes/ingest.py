@@ -27,6 +27,7 @@ import pyarrow as pa
 from ploomes import diff as diffmod
 from ploomes.delivery import Delivery, InvalidDelivery, parse_delivery, to_json
 from ploomes.journal import KIND_CONTROL, KIND_DELIVERY, KIND_REJECTED, Record
+from ploomes.store import fetch_one
 
 DUPLICATE_INDEX_SIZE = 50_000  # fingerprints remembered for duplicate detection
 REJECTED_RAW_LIMIT = 64 * 1024
@@ -131,6 +132,10 @@ def find_gap(state: dict, old: dict) -> list[dict]:
     return found
 
 
+class PositionMoved(RuntimeError):
+    """The store's journal position is not where this pipeline expected it."""
+
+
 class Pipeline:
     """Turns journal records into store rows; keeps the memory duplicate detection needs."""
 
@@ -165,10 +170,20 @@ class Pipeline:
 
     def apply(self, con: duckdb.DuckDBPyConnection, records: Sequence[Record],
               auth_failures: Iterable[tuple[datetime, str | None, str]] = (),
-              journal_name: str = "main") -> int:
-        """Apply journal records in one transaction and record the position; return rows."""
+              journal_name: str = "main", expect_seq: int | None = None) -> int:
+        """Apply journal records in one transaction and record the position; return rows.
+
+        With `expect_seq`, refuse (PositionMoved) unless the store's position is exactly
+        there, so two workers can never apply the same records twice.
+        """
         con.execute("BEGIN")
         try:
+            if expect_seq is not None:
+                row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = ?",
+                                  [journal_name])
+                if (row[0] if row else 0) != expect_seq:
+                    raise PositionMoved(f"store is at {row[0] if row else 0}, "
+                                        f"expected {expect_seq}")
             count = self._apply(con, records)
             failures = list(auth_failures)
             if failures:

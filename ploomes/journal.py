@@ -23,7 +23,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +128,23 @@ def first_seq(journal_dir: Path) -> int | None:
     return None
 
 
+def prune_segments(journal_dir: Path, ingested_seq: int, retention_seconds: float
+                   ) -> list[Path]:
+    """Delete whole segments that are ingested and older than the retention period."""
+    if retention_seconds <= 0:
+        return []
+    removed = []
+    segments = segment_paths(journal_dir)
+    cutoff = time.time() - retention_seconds
+    # never the last segment (the one being written); a segment's last record is just
+    # below the next segment's first one
+    for path, nxt in zip(segments, segments[1:], strict=False):
+        if int(nxt.stem) - 1 <= ingested_seq and path.stat().st_mtime < cutoff:
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 class JournalReader:
     """Reads records in order, remembering where it stopped (used by the ingest worker)."""
 
@@ -180,8 +197,10 @@ class JournalReader:
 class Journal:
     """The appending side of a journal; one per data dir at a time."""
 
-    def __init__(self, journal_dir: Path, segment_bytes: int = 64 * 1024 * 1024):
+    def __init__(self, journal_dir: Path, segment_bytes: int = 64 * 1024 * 1024,
+                 on_synced: Callable[[int], None] | None = None):
         self.dir = journal_dir
+        self._on_synced = on_synced  # told each new durable position, in increasing order
         self.dir.mkdir(parents=True, exist_ok=True)
         self._segment_bytes = segment_bytes
         self._lock_fd = os.open(self.dir / ".writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -279,6 +298,8 @@ class Journal:
         os.fdatasync(self._fd)
         os.close(self._fd)
         self.synced_seq = self.written_seq
+        if self._on_synced:
+            self._on_synced(self.synced_seq)
         self._open_segment(self.written_seq + 1)
 
     def _wait_synced(self, seq: int) -> None:
@@ -302,6 +323,8 @@ class Journal:
                     self._syncing = False
                     if error is None:
                         self.synced_seq = max(self.synced_seq, target)
+                        if self._on_synced:
+                            self._on_synced(self.synced_seq)
                     else:
                         # After a failed fsync the kernel may have dropped the pages:
                         # nothing more can be promised from this file.
@@ -320,20 +343,6 @@ class Journal:
             if self.synced_seq <= after_seq:
                 self._cond.wait(timeout)
             return self.synced_seq
-
-    def prune(self, ingested_seq: int, retention_seconds: float) -> list[Path]:
-        """Delete whole segments that are ingested and older than the retention period."""
-        if retention_seconds <= 0:
-            return []
-        removed = []
-        segments = segment_paths(self.dir)
-        cutoff = time.time() - retention_seconds
-        for path, nxt in zip(segments, segments[1:], strict=False):
-            # A segment's last record is just below the next segment's first one.
-            if int(nxt.stem) - 1 <= ingested_seq and path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed.append(path)
-        return removed
 
     def close(self) -> None:
         """Sync and release the journal."""

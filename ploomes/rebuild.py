@@ -11,7 +11,7 @@ import duckdb
 from ploomes.config import Settings
 from ploomes.ingest import Pipeline
 from ploomes.journal import Journal, JournalBusy, first_seq, iter_records
-from ploomes.store import Store, StoreError
+from ploomes.store import Store, StoreError, fetch_one
 
 # Rows the journal does not carry, kept from the old file across a rebuild.
 KEPT_TABLES = ("users", "fields", "auth_failures")
@@ -75,10 +75,10 @@ def _rebuild(settings: Settings, journal: Journal, batch_size: int) -> RebuildRe
             pipeline.apply(con, batch)
             records += len(batch)
         con.execute("CHECKPOINT")
-        counts = con.execute(
+        counts = fetch_one(con,
             "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM field_changes), "
             "(SELECT count(*) FROM events WHERE duplicate_of IS NOT NULL), "
-            "(SELECT count(*) FROM continuity_gaps)").fetchone()
+            "(SELECT count(*) FROM continuity_gaps)")
     with old.lock.exclusive(old.busy_timeout):
         os.replace(tmp, target)
         target.with_name(target.name + ".wal").unlink(missing_ok=True)
@@ -102,7 +102,7 @@ def _carry_over(old: Store, con: duckdb.DuckDBPyConnection, tmp: Path, start: in
             con.execute("INSERT INTO events SELECT * FROM previous.events WHERE id < ?", [start])
             con.execute("INSERT INTO rejected_deliveries SELECT * FROM "
                         "previous.rejected_deliveries WHERE id < ?", [start])
-            kept = con.execute("SELECT count(*) FROM events").fetchone()[0]
+            kept = fetch_one(con, "SELECT count(*) FROM events")[0]
             if kept:
                 con.execute("INSERT OR REPLACE INTO ingest_state VALUES ('main', ?, now())",
                             [start - 1])

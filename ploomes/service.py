@@ -1,24 +1,34 @@
-"""The receiving side of the project, without HTTP: accept → journal → ingest worker.
+"""The receiving side of the project, without HTTP: accept → journal → ingest process.
 
-`DeliveryService` owns the journal and the ingest worker of one data dir and counts
-every outcome for `/metrics`; `receiver.py` is a thin Flask shell over it.
+`DeliveryService` owns the journal of one data dir, answers for each delivery, and
+runs the ingest worker as a child process (`ingest_main`). The worker is a separate
+process so that parsing, diffing and DuckDB commits never hold the receiver's GIL:
+answers stay fast while ingestion works, and a crash there cannot take answers down.
+The two share a few numbers in shared memory (`SharedState`): the journal's durable
+position, how far ingestion got, its lag histogram and its last error.
+`receiver.py` is a thin Flask shell over `DeliveryService`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
+import os
+import queue
+import signal
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import duckdb
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from ploomes.config import Settings
 from ploomes.delivery import InvalidDelivery, parse_delivery, validate
-from ploomes.ingest import Pipeline, rejected_payload
+from ploomes.ingest import Pipeline, PositionMoved, rejected_payload
 from ploomes.journal import (
     FLAG_DEMO,
     KIND_CONTROL,
@@ -29,11 +39,185 @@ from ploomes.journal import (
     Record,
 )
 from ploomes.keys import KeyRing
-from ploomes.store import Store, StoreError
+from ploomes.store import Store, StoreError, fetch_one
 
 log = logging.getLogger("ploomes.receiver")
 
 AUTH_SAMPLE = 1000  # unauthenticated attempts kept (time, source, reason), never bodies
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_CTX = multiprocessing.get_context("spawn")  # no fork of a threaded server
+
+
+class SharedState:
+    """Numbers the receiver and its ingest process share (shared memory, no pickling)."""
+
+    def __init__(self) -> None:
+        self.synced_seq = _CTX.Value(ctypes.c_int64, 0, lock=False)  # written by receiver
+        self.ingested_seq = _CTX.Value(ctypes.c_int64, 0, lock=False)  # written by worker
+        self.oldest_pending_ns = _CTX.Value(ctypes.c_int64, 0, lock=False)
+        self.ingest_errors = _CTX.Value(ctypes.c_int64, 0, lock=False)
+        self.error = _CTX.Array(ctypes.c_char, 400, lock=False)
+        self.stop = _CTX.Value(ctypes.c_bool, False, lock=False)
+        self.ready = _CTX.Value(ctypes.c_bool, False, lock=False)  # worker has started
+        # lag histogram: one count per bucket, then +Inf, then the sum
+        self.lag = _CTX.Array(ctypes.c_double, len(LAG_BUCKETS) + 2, lock=False)
+        self.failures = _CTX.Queue(maxsize=AUTH_SAMPLE)
+
+    def set_error(self, text: str | None) -> None:
+        """Publish the worker's last error (or clear it)."""
+        self.error.value = (text or "").encode("utf-8", "replace")[:399]
+
+    def get_error(self) -> str | None:
+        """Return the worker's last error, if any."""
+        return self.error.value.decode("utf-8", "replace") or None
+
+    def observe_lag(self, seconds: float) -> None:
+        """Count one ingest-lag observation."""
+        for i, bound in enumerate(LAG_BUCKETS):
+            if seconds <= bound:
+                self.lag[i] += 1
+                break
+        else:
+            self.lag[len(LAG_BUCKETS)] += 1
+        self.lag[len(LAG_BUCKETS) + 1] += seconds
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the receiver dies (even by kill -9)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the worker also exits when it notices a new parent
+
+
+class IngestWorker:
+    """Moves durable journal records into DuckDB in batches, exactly once."""
+
+    def __init__(self, settings: Settings, shared: SharedState, batch_size: int = 1000):
+        self.settings = settings
+        self.shared = shared
+        self.batch_size = batch_size
+        self.store = Store(settings)
+        self.pipeline = Pipeline(settings.duplicate_window_seconds)
+        self.ingested_seq = 0
+        self._reader: JournalReader | None = None
+        self._pending: list[Record] = []
+        self._last_prune = 0.0
+
+    def _start(self) -> None:
+        with self.store.writer() as con:
+            row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = 'main'")
+            self.ingested_seq = row[0] if row else 0
+            self.pipeline.load_recent(con)
+        self._reader = JournalReader(self.settings.journal_dir, self.ingested_seq)
+        self._pending = []
+        self.shared.ingested_seq.value = self.ingested_seq
+        self.shared.ready.value = True
+
+    def run(self, parent_pid: int) -> None:
+        """Ingest until asked to stop (then drain) or until the receiver is gone."""
+        backoff = 0.05
+        while os.getppid() == parent_pid:
+            stopping = self.shared.stop.value
+            try:
+                if self._reader is None:
+                    self._start()
+                worked = self.step()
+                backoff = 0.05
+                self.shared.set_error(None)
+                if stopping and not worked:
+                    return
+                if not worked:
+                    time.sleep(0.005)
+            except (StoreError, duckdb.Error, OSError, PositionMoved) as exc:
+                self.shared.ingest_errors.value += 1
+                self.shared.set_error(f"{type(exc).__name__}: {exc}")
+                log.warning("ingest paused, will retry: %s", exc)
+                self._reader = None  # resume from the position stored in DuckDB
+                if stopping:
+                    return
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _take_failures(self) -> list[tuple[datetime, str | None, str]]:
+        out = []
+        for _ in range(AUTH_SAMPLE):
+            try:
+                out.append(self.shared.failures.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    def step(self) -> bool:
+        """Ingest one batch if there is one; return whether anything was done."""
+        assert self._reader is not None
+        synced = self.shared.synced_seq.value
+        if not self._pending and synced > self._reader.last_seq:
+            self._pending = self._reader.read(self.batch_size, synced)
+        self.shared.oldest_pending_ns.value = (
+            self._pending[0].received_ns if self._pending else 0)
+        failures = self._take_failures()
+        if not self._pending and not failures:
+            self._maybe_prune()
+            return False
+        try:
+            with self.store.writer() as con:
+                self.pipeline.apply(con, self._pending, failures,
+                                    expect_seq=self.ingested_seq)
+        except (duckdb.IOException, StoreError, PositionMoved):
+            raise
+        except duckdb.Error as exc:
+            # A record DuckDB refuses must not stall every later one: store the batch
+            # record by record and keep any that still fails as a rejected delivery.
+            log.error("a batch could not be stored, retrying record by record: %s", exc)
+            self._isolate()
+        now = time.time_ns()
+        for record in self._pending:
+            if not record.is_demo:
+                self.shared.observe_lag(max(0, now - record.received_ns) / 1e9)
+        if self._pending:
+            self.ingested_seq = self._pending[-1].seq
+        self._pending = []
+        self.shared.ingested_seq.value = self.ingested_seq
+        self.shared.ready.value = True
+        self.shared.oldest_pending_ns.value = 0
+        return True
+
+    def _isolate(self) -> None:
+        with self.store.writer() as con:
+            self.pipeline.load_recent(con)
+            seq = self.ingested_seq
+            for record in self._pending:
+                try:
+                    self.pipeline.apply(con, [record], expect_seq=seq)
+                except duckdb.Error as exc:
+                    self.pipeline.load_recent(con)
+                    reason = f"accepted, but DuckDB refused it (kept in the journal): {exc}"
+                    self.pipeline.apply(con, [Record(
+                        record.seq, KIND_REJECTED, record.flags, record.received_ns,
+                        rejected_payload(200, reason[:500], record.payload, None))],
+                        expect_seq=seq)
+                seq = record.seq
+
+    def _maybe_prune(self) -> None:
+        retention = self.settings.journal_retention_days * 86400
+        if retention and time.monotonic() - self._last_prune > 600:
+            self._last_prune = time.monotonic()
+            from ploomes.journal import prune_segments
+
+            for path in prune_segments(self.settings.journal_dir, self.ingested_seq, retention):
+                log.info("journal segment %s removed (retention)", path.name)
+
+
+def ingest_main(settings: Settings, shared: SharedState, parent_pid: int) -> None:
+    """Entry point of the ingest process."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the receiver decides when we stop
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s ploomes.ingest: %(message)s")
+    IngestWorker(settings, shared).run(parent_pid)
 
 
 @dataclass(frozen=True)
@@ -44,138 +228,27 @@ class Outcome:
     body: dict
 
 
-class Metrics:
-    """The Prometheus metrics of one service (own registry: tests build many)."""
+class _SharedCollector:
+    """Exposes the ingest process's numbers at /metrics."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.deliveries = Counter(
-            "ploomes_deliveries", "Deliveries by outcome", ["outcome"], registry=self.registry)
-        self.ack_seconds = Histogram(
-            "ploomes_ack_seconds", "Time from request to accepted answer",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-            registry=self.registry)
-        self.ingest_lag = Histogram(
-            "ploomes_ingest_lag_seconds", "Time from acceptance to visible in DuckDB",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-            registry=self.registry)
-        self.backlog = Gauge("ploomes_journal_backlog", "Journal records not yet in DuckDB",
-                             registry=self.registry)
-        self.ingest_errors = Counter("ploomes_ingest_errors", "Failed ingest attempts",
-                                     registry=self.registry)
-
-
-class IngestWorker(threading.Thread):
-    """Moves durable journal records into DuckDB in batches, exactly once."""
-
-    def __init__(self, service: DeliveryService, batch_size: int = 2000):
-        super().__init__(name="ploomes-ingest", daemon=True)
+    def __init__(self, service: DeliveryService):
         self.service = service
-        self.batch_size = batch_size
-        self.ingested_seq = 0
-        self.oldest_pending_ns: int | None = None
-        self.last_error: str | None = None
-        self.last_ingest_at: float | None = None
-        self._stop_event = threading.Event()
-        self._started_store = False
-        self._reader: JournalReader | None = None
-        self._pending: list[Record] = []
-        self._last_prune = 0.0
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the worker to finish its current batch and stop."""
-        self._stop_event.set()
-        self.join(timeout)
-
-    def _start_store(self) -> None:
-        svc = self.service
-        with svc.store.writer() as con:
-            row = con.execute("SELECT last_seq FROM ingest_state WHERE name = 'main'").fetchone()
-            self.ingested_seq = row[0] if row else 0
-            svc.pipeline.load_recent(con)
-        self._reader = JournalReader(svc.journal.dir, self.ingested_seq)
-        self._started_store = True
-
-    def run(self) -> None:
-        backoff = 0.05
-        while True:
-            stopping = self._stop_event.is_set()
-            try:
-                if not self._started_store:
-                    self._start_store()
-                worked = self.step()
-                backoff = 0.05
-                self.last_error = None
-                if stopping and not worked:
-                    return
-            except (StoreError, duckdb.Error, OSError) as exc:
-                self.service.metrics.ingest_errors.inc()
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("ingest paused, will retry: %s", self.last_error)
-                if stopping:
-                    return
-                self._stop_event.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
-
-    def step(self) -> bool:
-        """Ingest one batch if there is one; return whether anything was done."""
-        svc = self.service
-        assert self._reader is not None
-        synced = svc.journal.wait_for_records(self.ingested_seq, timeout=0.1)
-        if synced < svc.journal.written_seq and not self._pending:
-            svc.journal.sync()  # refusals are written unsynced; make them ingestible
-            synced = svc.journal.synced_seq
-        if not self._pending and synced > self._reader.last_seq:
-            self._pending = self._reader.read(self.batch_size, synced)
-        svc.metrics.backlog.set(max(0, svc.journal.synced_seq - self.ingested_seq))
-        self.oldest_pending_ns = self._pending[0].received_ns if self._pending else None
-        failures = svc.take_auth_failures()
-        if not self._pending and not failures:
-            self._maybe_prune()
-            return False
-        try:
-            with svc.store.writer() as con:
-                svc.pipeline.apply(con, self._pending, failures)
-        except (duckdb.IOException, StoreError):
-            self._started_store = False  # retried from the stored position
-            raise
-        except duckdb.Error as exc:
-            # A record DuckDB refuses must not stall every later one: store the batch
-            # record by record and keep any that still fails as a rejected delivery.
-            log.error("a batch could not be stored, retrying record by record: %s", exc)
-            self._isolate(failures)
-        now = time.time_ns()
-        for record in self._pending:
-            if not record.is_demo:
-                svc.metrics.ingest_lag.observe(max(0, now - record.received_ns) / 1e9)
-        if self._pending:
-            self.ingested_seq = self._pending[-1].seq
-        self._pending = []
-        self.oldest_pending_ns = None
-        self.last_ingest_at = time.time()
-        return True
-
-    def _isolate(self, failures: list) -> None:
-        svc = self.service
-        with svc.store.writer() as con:
-            svc.pipeline.load_recent(con)
-            for record in self._pending:
-                try:
-                    svc.pipeline.apply(con, [record], failures)
-                except duckdb.Error as exc:
-                    svc.pipeline.load_recent(con)
-                    reason = f"accepted, but DuckDB refused it (kept in the journal): {exc}"
-                    svc.pipeline.apply(con, [Record(
-                        record.seq, KIND_REJECTED, record.flags, record.received_ns,
-                        rejected_payload(200, reason[:500], record.payload, None))])
-                failures = []
-
-    def _maybe_prune(self) -> None:
-        retention = self.service.settings.journal_retention_days * 86400
-        if retention and time.monotonic() - self._last_prune > 600:
-            self._last_prune = time.monotonic()
-            for path in self.service.journal.prune(self.ingested_seq, retention):
-                log.info("journal segment %s removed (retention)", path.name)
+    def collect(self):
+        shared = self.service.shared
+        n = len(LAG_BUCKETS)
+        buckets, total = [], 0.0
+        for i, bound in enumerate(LAG_BUCKETS):
+            total += shared.lag[i]
+            buckets.append((str(bound), total))
+        buckets.append(("+Inf", total + shared.lag[n]))
+        yield HistogramMetricFamily("ploomes_ingest_lag_seconds",
+                                    "Time from acceptance to visible in DuckDB",
+                                    buckets=buckets, sum_value=shared.lag[n + 1])
+        yield GaugeMetricFamily("ploomes_journal_backlog", "Journal records not yet in DuckDB",
+                                value=self.service.backlog())
+        yield GaugeMetricFamily("ploomes_ingest_errors", "Failed ingest attempts so far",
+                                value=shared.ingest_errors.value)
 
 
 class DeliveryService:
@@ -183,43 +256,75 @@ class DeliveryService:
 
     def __init__(self, settings: Settings, start_worker: bool = True):
         self.settings = settings
-        self.metrics = Metrics()
         self.keys = KeyRing(settings)
         if len(self.keys) == 0:
             raise StoreError("no validation key is configured")  # never run open
-        self.journal = Journal(settings.journal_dir, settings.journal_segment_bytes)
-        self.store = Store(settings)
-        self.pipeline = Pipeline(settings.duplicate_window_seconds)
-        self._auth_failures: deque[tuple[datetime, str | None, str]] = deque(maxlen=AUTH_SAMPLE)
-        self.worker = IngestWorker(self)
+        self.shared = SharedState()
+        self.journal = Journal(settings.journal_dir, settings.journal_segment_bytes,
+                               on_synced=self._published)
+        self.shared.synced_seq.value = self.journal.synced_seq
+        Store(settings).ensure_ready()  # create or migrate before the worker starts
+        self.registry = CollectorRegistry()
+        self.deliveries = Counter("ploomes_deliveries", "Deliveries by outcome", ["outcome"],
+                                  registry=self.registry)
+        from prometheus_client import Histogram
+
+        self.ack_seconds = Histogram("ploomes_ack_seconds", "Time from request to accepted "
+                                     "answer", buckets=ACK_BUCKETS, registry=self.registry)
+        self.registry.register(_SharedCollector(self))
         self.started_at = time.time()
+        self.worker: multiprocessing.process.BaseProcess | None = None
+        self._closing = threading.Event()
         if start_worker:
-            self.worker.start()
+            self._start_worker()
+            threading.Thread(target=self._watch, name="ploomes-watch", daemon=True).start()
+
+    def _published(self, seq: int) -> None:
+        self.shared.synced_seq.value = seq
+
+    def _start_worker(self) -> None:
+        self.worker = _CTX.Process(target=ingest_main, name="ploomes-ingest",
+                                   args=(self.settings, self.shared, os.getpid()), daemon=True)
+        self.worker.start()
+
+    def _watch(self) -> None:
+        """Sync refusals written without a sync, and restart a dead worker."""
+        while not self._closing.wait(0.1):
+            try:
+                if self.journal.written_seq > self.journal.synced_seq:
+                    self.journal.sync()  # refusals are written unsynced; make them ingestible
+            except JournalWriteError:
+                pass
+            if self.worker is not None and not self.worker.is_alive():
+                log.error("the ingest process stopped (exit code %s); restarting it",
+                          self.worker.exitcode)
+                self._start_worker()
 
     def close(self) -> None:
-        """Drain the worker and release the journal."""
-        if self.worker.is_alive():
-            self.worker.stop()
+        """Let the worker drain, then release the journal."""
+        self._closing.set()
+        if self.worker is not None and self.worker.is_alive():
+            self.shared.stop.value = True
+            self.worker.join(30)
+            if self.worker.is_alive():
+                self.worker.terminate()
         self.journal.close()
 
-    def take_auth_failures(self) -> list[tuple[datetime, str | None, str]]:
-        """Hand the sampled unauthenticated attempts to the worker."""
-        out = []
-        while self._auth_failures:
-            try:
-                out.append(self._auth_failures.popleft())
-            except IndexError:
-                break
-        return out
+    def backlog(self) -> int:
+        """Return how many durable journal records are not yet in DuckDB."""
+        return max(0, self.shared.synced_seq.value - self.shared.ingested_seq.value)
 
     def refuse(self, outcome: str, status: int, reason: str) -> Outcome:
         """Count a refusal and build its answer."""
-        self.metrics.deliveries.labels(outcome=outcome).inc()
+        self.deliveries.labels(outcome=outcome).inc()
         return Outcome(status, {"status": "refused", "reason": reason})
 
     def unauthorized(self, source: str | None, reason: str) -> Outcome:
         """Count an unauthenticated attempt and keep a bounded sample of it."""
-        self._auth_failures.append((datetime.now(UTC), source, reason))
+        try:
+            self.shared.failures.put_nowait((datetime.now(UTC), source, reason))
+        except queue.Full:
+            pass  # a flood: the sample is full until the worker takes it
         return self.refuse("unauthorized", 401, "missing or invalid validation key")
 
     def authenticated(self, key: str | None) -> bool:
@@ -230,7 +335,7 @@ class DeliveryService:
                              source: str | None) -> Outcome:
         """Refuse an authenticated delivery and keep it in rejected_deliveries."""
         try:
-            # Not synced on its own: the next durable append or the worker carries it.
+            # Not synced on its own: the next durable append or the watcher carries it.
             self.journal.append(rejected_payload(status, reason, raw, source),
                                 kind=KIND_REJECTED, durable=False)
         except JournalWriteError:
@@ -248,8 +353,8 @@ class DeliveryService:
         except JournalWriteError as exc:
             log.error("cannot store a delivery: %s", exc)
             return self.refuse("unavailable", 503, "cannot store the delivery now; retry later")
-        self.metrics.deliveries.labels(outcome="accepted").inc()
-        self.metrics.ack_seconds.observe(time.perf_counter() - started)
+        self.deliveries.labels(outcome="accepted").inc()
+        self.ack_seconds.observe(time.perf_counter() - started)
         return Outcome(200, {"status": "accepted", "delivery_id": seq})
 
     def accept_demo(self, request_body: object) -> Outcome:
@@ -282,20 +387,27 @@ class DeliveryService:
 
     def health(self) -> tuple[int, dict]:
         """Return the HTTP status and body of /healthz."""
-        worker = self.worker
-        pending = self.journal.synced_seq - worker.ingested_seq
-        oldest = worker.oldest_pending_ns
-        lag = max(0.0, (time.time_ns() - oldest) / 1e9) if oldest and pending > 0 else 0.0
+        pending = self.backlog()
+        oldest = self.shared.oldest_pending_ns.value
+        lag = max(0.0, (time.time_ns() - oldest) / 1e9) if oldest and pending else 0.0
         broken = self.journal.broken
+        error = self.shared.get_error()
+        alive = self.worker is not None and self.worker.is_alive()
+        if broken:
+            status = "failing"
+        elif error or not alive:
+            status = "degraded"
+        else:
+            status = "ok" if self.shared.ready.value else "starting"
         body = {
-            "status": "failing" if broken else ("degraded" if worker.last_error else "ok"),
-            "journal_seq": self.journal.synced_seq,
-            "ingested_seq": worker.ingested_seq,
+            "status": status,
+            "journal_seq": self.shared.synced_seq.value,
+            "ingested_seq": self.shared.ingested_seq.value,
             "backlog": pending,
             "ingest_lag_seconds": round(lag, 3),
-            "ingest_error": worker.last_error,
+            "ingest_error": error,
             "journal_error": broken,
             "uptime_seconds": round(time.time() - self.started_at, 1),
-            "worker_alive": worker.is_alive(),
+            "worker_alive": alive,
         }
         return (503 if broken else 200), body

@@ -138,14 +138,24 @@ MIGRATIONS: list[tuple[int, Callable[[duckdb.DuckDBPyConnection], None]]] = [
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
+def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> tuple | None:
+    """Run a query and return its first row (the result is read to its end).
+
+    DuckDB 2 keeps a result open after `fetchone()`, and the connection refuses the next
+    statement until it is finished; `fetchall()` always finishes it.
+    """
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
+
+
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     """Return the schema version of an open store (0 for an empty file)."""
-    found = con.execute(
+    found = fetch_one(con,
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_meta'"
-    ).fetchone()
+    )
     if not found or not found[0]:
         return 0
-    row = con.execute("SELECT value FROM schema_meta WHERE key = 'version'").fetchone()
+    row = fetch_one(con, "SELECT value FROM schema_meta WHERE key = 'version'")
     return int(row[0]) if row else 0
 
 

@@ -106,9 +106,9 @@ class ReceiverProcess:
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"receiver exited:\n{self.log_text()}")
-        try:
-            return self.session.get(self.url + "/healthz", timeout=1).ok
-        except requests.RequestException:
+        try:  # "ok" once the ingest process has started too
+            return self.session.get(self.url + "/healthz", timeout=1).json()["status"] == "ok"
+        except (requests.RequestException, ValueError):
             return False
 
     def post(self, body, key: str | None = "default", **kwargs) -> requests.Response:

@@ -66,13 +66,13 @@ class Load:
 READER_SCRIPT = r"""
 import sys, time
 from ploomes.config import load_settings
-from ploomes.store import Store
+from ploomes.store import Store, fetch_one
 store = Store(load_settings(env={}, data_dir=sys.argv[1]))
 deadline = time.monotonic() + float(sys.argv[2])
 reads = last = 0
 while time.monotonic() < deadline:
     with store.reader() as con:
-        n = con.execute("SELECT count(*) FROM events").fetchone()[0]
+        n = fetch_one(con, "SELECT count(*) FROM events")[0]
     assert n >= last, (n, last)  # never goes backwards
     last, reads = n, reads + 1
 print(reads, last)
@@ -160,7 +160,7 @@ def test_parallel_deliveries_share_journal_syncs(receiver):
 
 
 def test_readers_never_see_lock_errors_while_a_writer_works(settings):
-    from ploomes.store import Store
+    from ploomes.store import Store, fetch_one
 
     store = Store(settings)
     errors = []
@@ -177,7 +177,7 @@ def test_readers_never_see_lock_errors_while_a_writer_works(settings):
         try:
             while not stop.is_set():
                 with store.reader() as con:
-                    con.execute("SELECT count(*) FROM users").fetchone()
+                    fetch_one(con, "SELECT count(*) FROM users")
         except Exception as exc:  # noqa: BLE001 - any error fails the test
             errors.append(exc)
 
@@ -190,4 +190,4 @@ def test_readers_never_see_lock_errors_while_a_writer_works(settings):
         t.join()
     assert not errors
     with store.reader() as con:
-        assert con.execute("SELECT count(*) FROM users").fetchone()[0] > 5
+        assert fetch_one(con, "SELECT count(*) FROM users")[0] > 5

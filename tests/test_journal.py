@@ -13,6 +13,7 @@ from ploomes.journal import (
     JournalReader,
     first_seq,
     iter_records,
+    prune_segments,
     segment_paths,
 )
 
@@ -82,11 +83,12 @@ def test_prune_keeps_what_is_not_ingested(tmp_path):
     for _ in range(200):
         journal.append(b"z" * 100)
     segments = segment_paths(tmp_path / "j")
-    assert journal.prune(ingested_seq=200, retention_seconds=0) == []  # 0 keeps forever
+    # a retention of 0 keeps the journal forever
+    assert prune_segments(tmp_path / "j", ingested_seq=200, retention_seconds=0) == []
     import os
     for path in segments:
         os.utime(path, (1, 1))  # make every segment old
-    removed = journal.prune(ingested_seq=100, retention_seconds=3600)
+    removed = prune_segments(tmp_path / "j", ingested_seq=100, retention_seconds=3600)
     remaining = segment_paths(tmp_path / "j")
     assert removed and remaining[-1] == segments[-1]
     assert first_seq(tmp_path / "j") <= 101  # nothing above the ingested position is gone

@@ -55,14 +55,17 @@ BAD_INPUTS = [
     ("no Entity", json.dumps({"Action": "Update"}).encode(), 400, "missing Entity"),
     ("wrong type", json.dumps({**GOOD, "ActionUserId": "abc"}).encode(), 400, "ActionUserId"),
     ("Old not object", json.dumps({**GOOD, "Old": [1]}).encode(), 400, "Old"),
-    ("deep", b"[" * 100_000 + b"]" * 100_000, 400, "nested"),
+    ("deep array", b"[" * 100_000 + b"]" * 100_000, 400, "nested"),
+    ("deep", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, 400, "nested"),
     ("deep object", (b'{"Action":"Update","Entity":"X","New":' + b'{"a":' * 200 + b"1"
                      + b"}" * 201), 400, "nested"),
     ("invalid UTF-8", b'{"Action": "Upd\xff\xfe", "Entity": "Deals"}', 400, "UTF-8"),
     ("raw NUL", b'{"Action": "Update\x00", "Entity": "Deals"}', 400, "invalid JSON"),
     ("lone surrogate", b'{"Action": "Update", "Entity": "Deals", "N": "\\ud800"}', 400,
      "surrogate"),
-    ("NaN", b'{"Action": "Update", "Entity": "Deals", "Amount": NaN}', 400, "NaN"),
+    ("NaN", b'{"Action": "Update", "Entity": "Deals", "Amount": NaN}', 400, "invalid JSON"),
+    ("huge number", b'{"Action": "Update", "Entity": "Deals", "Amount": 1e400}', 400,
+     "invalid JSON"),
 ]
 
 

@@ -11,7 +11,7 @@ from conftest import example_payloads, make_settings
 from ploomes.demo import demo_count, load_demo, remove_demo
 from ploomes.journal import Journal
 from ploomes.rebuild import RebuildError, rebuild
-from ploomes.store import SCHEMA_VERSION, Store, StoreError, migrate, schema_version
+from ploomes.store import SCHEMA_VERSION, Store, StoreError, fetch_one, migrate, schema_version
 
 DERIVED = ["events", "field_changes", "continuity_gaps", "record_state", "rejected_deliveries"]
 
@@ -46,7 +46,7 @@ def test_new_store_has_the_current_schema(settings):
     store = Store(settings)
     with store.reader() as con:
         assert schema_version(con) == SCHEMA_VERSION
-        assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+        assert fetch_one(con, "SELECT count(*) FROM events")[0] == 0
 
 
 def test_v1_data_dir_is_migrated_forward_with_its_change_model(tmp_path):
@@ -125,15 +125,15 @@ def test_demo_data_is_flagged_removed_and_stays_removed(settings):
     store = Store(settings)
     with store.reader() as con:
         assert demo_count(con) == len(deliveries)
-        assert con.execute("SELECT count(*) FROM field_changes WHERE NOT is_demo").fetchone()[0]
+        assert fetch_one(con, "SELECT count(*) FROM field_changes WHERE NOT is_demo")[0]
     remove_demo(settings)
     with store.reader() as con:
         assert demo_count(con) == 0
-        assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 1
-        assert con.execute("SELECT count(*) FROM field_changes WHERE is_demo").fetchone()[0] == 0
+        assert fetch_one(con, "SELECT count(*) FROM events")[0] == 1
+        assert fetch_one(con, "SELECT count(*) FROM field_changes WHERE is_demo")[0] == 0
     rebuild(settings)
     with store.reader() as con:
         assert demo_count(con) == 0
-        assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+        assert fetch_one(con, "SELECT count(*) FROM events")[0] == 1
 
 

@@ -1,0 +1,185 @@
+"""Benchmark: durable deliveries/s of the receiver vs the same server storing nothing.
+
+Runs wrk (Debian package `wrk`) with 16 connections against, in one run:
+  1. bench/baseline_server.py: Flask on waitress, 8 threads, answering without storing;
+  2. receiver.py on a fresh data dir (journal + fdatasync + ingest worker into DuckDB).
+During (2) a probe posts a distinct delivery every 100 ms and polls DuckDB through the
+store's read path until it is visible, giving answer→visible latencies. Afterwards it
+checks that every 2xx delivery is in `events`. Prints the figures; asserts nothing.
+
+    python bench/receiver_load.py [--seconds 10] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ploomes.config import load_settings  # noqa: E402
+from ploomes.generator import Simulation, delivery_body  # noqa: E402
+from ploomes.store import Store, fetch_one  # noqa: E402, fetch_one
+
+KEY = "bench-validation-key-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            if requests.get(url + "/healthz", timeout=1).ok:
+                return
+        except requests.RequestException:
+            time.sleep(0.05)
+    raise SystemExit("server did not start")
+
+
+def sample_body() -> str:
+    change = Simulation(seed=11).step("Deals", "Update")
+    return json.dumps(delivery_body(change, account_id=3100210, webhook_id=31005120,
+                                    webhook_creator_id=31007700), ensure_ascii=False)
+
+
+def run_wrk(url: str, body: str, seconds: int, connections: int, workdir: Path) -> dict:
+    script = workdir / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = [==[{body}]==]\n"  # a Lua long string keeps UTF-8 bytes as they are
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["X-Ploomes-Validation-Key"] = "{KEY}"\n', encoding="utf-8")
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+         url + "/ploomes/webhook"], capture_output=True, text=True, check=True).stdout
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    return {"requests": total, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errors.group(1) if errors else "none",
+            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p99_ms": float(p99.group(1)) * scale}
+
+
+class Probe(threading.Thread):
+    """Posts a distinct delivery every interval and times how long until DuckDB shows it."""
+
+    def __init__(self, url: str, store: Store, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.url, self.store, self.stop = url, store, stop
+        self.latencies: list[float] = []
+        self.sent = 0
+
+    def run(self) -> None:
+        session = requests.Session()
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            body = {"Action": "Update", "Entity": "Deals", "ActionUserId": 1,
+                    "Old": {"Id": 900_000_000 + n}, "New": {"Id": 900_000_000 + n, "Probe": n}}
+            r = session.post(self.url + "/ploomes/webhook", json=body, timeout=10,
+                             headers={"X-Ploomes-Validation-Key": KEY})
+            answered = time.perf_counter()
+            if r.status_code != 200:
+                continue
+            self.sent += 1
+            delivery_id = r.json()["delivery_id"]
+            while True:
+                with self.store.reader() as con:
+                    found = fetch_one(con, "SELECT count(*) FROM events WHERE id = ?",
+                                        [delivery_id])[0]
+                if found:
+                    self.latencies.append(time.perf_counter() - answered)
+                    break
+                time.sleep(0.01)
+            time.sleep(0.1)
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("needs wrk: apt-get install wrk")
+    body = sample_body()
+    work = Path(tempfile.mkdtemp(prefix="ploomes-bench-"))
+    env = {**os.environ, "PLOOMES_VALIDATION_KEYS": KEY}
+    try:
+        port = free_port()
+        base = subprocess.Popen([sys.executable, str(ROOT / "bench" / "baseline_server.py"),
+                                 "--port", str(port), "--key", KEY], env=env)
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, base)
+        baseline = run_wrk(url, body, args.seconds, args.connections, work)
+        base.terminate()
+        base.wait()
+
+        data_dir = work / "data"
+        port = free_port()
+        recv = subprocess.Popen([sys.executable, str(ROOT / "receiver.py"), "--host",
+                                 "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, recv)
+        store = Store(load_settings(env={}, data_dir=data_dir, validation_keys=(KEY,)))
+        stop = threading.Event()
+        probe = Probe(url, store, stop)
+        probe.start()
+        ours = run_wrk(url, body, args.seconds, args.connections, work)
+        stop.set()
+        probe.join()
+        deadline = time.monotonic() + 60
+        while requests.get(url + "/healthz", timeout=5).json()["backlog"] and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
+        with store.reader() as con:
+            events = fetch_one(con, "SELECT count(*) FROM events")[0]
+        recv.terminate()
+        recv.wait()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    acked = ours["requests"] - ours["non2xx"] + probe.sent
+    print(f"connections={args.connections} seconds={args.seconds} (wrk -t2, same machine)")
+    print(f"baseline (stores nothing): {baseline['rps']:.0f} answers/s, "
+          f"p99 {baseline['p99_ms']:.1f} ms")
+    print(f"receiver (durable):        {ours['rps']:.0f} answers/s, p99 {ours['p99_ms']:.1f} ms, "
+          f"non-2xx {ours['non2xx']}, socket errors {ours['socket_errors']}")
+    print(f"ratio receiver/baseline:   {ours['rps'] / baseline['rps']:.2f} (target >= 0.8)")
+    print(f"answer -> visible in DuckDB: p50 {pct(probe.latencies, 50) * 1000:.0f} ms, "
+          f"p99 {pct(probe.latencies, 99) * 1000:.0f} ms over {len(probe.latencies)} probes "
+          "(target p99 <= 1000 ms)")
+    print(f"2xx answers {acked}, rows in events {events}: "
+          f"{'all stored' if events >= acked else 'MISSING ' + str(acked - events)}")
+
+
+if __name__ == "__main__":
+    main()
