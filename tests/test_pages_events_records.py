@@ -1,0 +1,260 @@
+"""The Events and Records pages, run with Streamlit's AppTest on a seeded data dir."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import ROOT, SHARED, make_settings
+from streamlit.testing.v1 import AppTest
+
+from ploomes.demo import load_demo
+from ploomes.store import Store
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+DEAL_ID = 517000123
+CONTACT_ID = 2630362
+EVENTS = str(ROOT / "views" / "events.py")
+RECORDS = str(ROOT / "views" / "records.py")
+
+
+def contact_update() -> dict:
+    path = SHARED / "payloads" / "contact-update.json"
+    if not path.exists():
+        pytest.skip(f"seed payload not found at {path}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def deliveries() -> list[tuple[datetime, dict]]:
+    """Events 1 contact update, 2 its repeat, 3 deal create, 4 update, 5 win (gap: the
+    price update between 4 and 5 was never delivered)."""
+    created = {"Id": DEAL_ID, "Title": "Implantação São Jorge", "StatusId": 1, "StageId": 10,
+               "Amount": 1000.0, "LastUpdateDate": "2026-03-02T09:00:00"}
+    staged = dict(created, StageId=11, LastUpdateDate="2026-03-02T09:01:00")
+    priced = dict(staged, Amount=1500.0, LastUpdateDate="2026-03-02T09:02:00")
+    won = dict(priced, StatusId=2, LastUpdateDate="2026-03-02T09:03:00")
+
+    def deal(action, old, new):
+        return {"Action": action, "Entity": "Deals", "AccountId": 1, "ActionUserId": 7,
+                "WebhookId": 55, "Old": copy.deepcopy(old), "New": copy.deepcopy(new)}
+
+    contact = contact_update()
+    return [
+        (T0 - timedelta(days=1), contact),
+        (T0 - timedelta(days=1) + timedelta(seconds=3), contact),
+        (T0, deal("Create", None, created)),
+        (T0 + timedelta(minutes=1), deal("Update", created, staged)),
+        (T0 + timedelta(minutes=3), deal("Win", priced, won)),
+    ]
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("pages") / "data"
+    load_demo(make_settings(data_dir), deliveries())
+    return data_dir
+
+
+@pytest.fixture
+def data_dir(seeded, monkeypatch):
+    monkeypatch.setenv("PLOOMES_DATA_DIR", str(seeded))
+    return seeded
+
+
+def run_page(path: str, **params) -> AppTest:
+    at = AppTest.from_file(path, default_timeout=30)
+    for key, value in params.items():
+        at.query_params[key] = str(value)
+    at.run(timeout=30)
+    assert not at.exception, at.exception
+    return at
+
+
+def frame(at: AppTest, column: str):
+    """Return the first table on the page that has `column`."""
+    for element in at.dataframe:
+        if column in element.value.columns:
+            return element.value
+    raise AssertionError(f"no table with a {column!r} column")
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+# --- Events ----------------------------------------------------------------------------------
+
+
+def test_events_table_and_counts(data_dir):
+    at = run_page(EVENTS)
+    table = frame(at, "changed fields")
+    assert list(table["event"]) == [5, 4, 3, 1]
+    assert list(table["action"]) == ["Win", "Update", "Create", "Update"]
+    assert list(table["received"]) == ["02/03/2026 09:03:00", "02/03/2026 09:01:00",
+                                       "02/03/2026 09:00:00", "01/03/2026 09:00:00"]
+    assert table["title"].iloc[3] == "Ploomes Sistemas Empresariais"
+    assert list(table["demo"]) == [True] * 4
+    assert any("Events 1–4 of 4 (page 1 of 1)" in c for c in texts(at.caption))
+    assert "Choose an event" in " ".join(texts(at.caption))
+
+
+def test_events_filters_narrow_the_table(data_dir):
+    at = run_page(EVENTS)
+    at.selectbox(key="f_entity").set_value("Deals").run()
+    assert list(frame(at, "changed fields")["event"]) == [5, 4, 3]
+    at.selectbox(key="f_action").set_value("Update").run()
+    assert list(frame(at, "changed fields")["event"]) == [4]
+    at.selectbox(key="f_entity").set_value(None).run()
+    assert list(frame(at, "changed fields")["event"]) == [4, 1]
+    at.selectbox(key="f_action").set_value(None)
+    at.text_input(key="f_text").input("sistemas EMPRESARIAIS").run()
+    assert list(frame(at, "changed fields")["event"]) == [1]
+    at.text_input(key="f_text").input("")
+    at.toggle(key="f_dups").set_value(True).run()
+    assert list(frame(at, "changed fields")["event"]) == [5, 4, 3, 2, 1]
+    at.selectbox(key="f_field").set_value("StageId").run()
+    assert list(frame(at, "changed fields")["event"]) == [4, 3]
+    at.selectbox(key="f_field").set_value(None)
+    at.text_input(key="f_record").input(str(CONTACT_ID)).run()
+    assert list(frame(at, "changed fields")["event"]) == [2, 1]
+    at.text_input(key="f_record").input("abc").run()
+    assert "Record id must be a whole number" in at.error[0].value
+    at.text_input(key="f_record").input("").run()
+    at.date_input(key="f_from").set_value(datetime(2026, 3, 2).date()).run()
+    assert list(frame(at, "changed fields")["event"]) == [5, 4, 3]
+    at.toggle(key="f_demo").set_value(False).run()
+    assert not at.exception
+    assert "No event matches these filters" in at.info[0].value
+
+
+def test_event_detail_of_the_seed_payload_from_the_url(data_dir):
+    at = run_page(EVENTS, event=1)
+    assert "Event #1" in texts(at.header)
+    who = at.markdown[0].value
+    assert "**Who:** 116" in who and "**When:** 01/03/2026 09:00:00" in who
+    assert "Update of Contacts 2630362 “Ploomes Sistemas Empresariais”" in who
+    diff = frame(at, "before")
+    assert diff.to_dict("records") == [
+        {"field": "OtherProperties.contact_check", "before": "false", "after": "true",
+         "added": "", "removed": "", "key": "OtherProperties.contact_check"},
+        {"field": "Phones",
+         "before": '[{"PhoneNumber":"(11) 3842-6673","TypeId":1,"CountryId":76}]',
+         "after": '[{"PhoneNumber":"(11) 4380-7749","TypeId":1,"CountryId":76}]',
+         "added": '{"PhoneNumber":"(11) 4380-7749","TypeId":1,"CountryId":76}',
+         "removed": '{"PhoneNumber":"(11) 3842-6673","TypeId":1,"CountryId":76}',
+         "key": "Phones"},
+        {"field": "Tags", "before": "[290]", "after": "[287]", "added": "287",
+         "removed": "290", "key": "Tags"},
+        {"field": "LegalName", "before": "Ploomes", "after": "Ploomes Sistemas Empresariais",
+         "added": "", "removed": "", "key": "LegalName"},
+    ]
+    assert "The same change arrived 1 more time(s)" in at.info[1].value
+    assert list(frame(at, "webhook")["event"]) == [2]
+    assert json.loads(at.json[0].value) == contact_update()
+    assert any("Demo event" in i for i in texts(at.info))
+
+
+def test_event_repeat_gap_and_bookkeeping(data_dir):
+    at = run_page(EVENTS, event=2)
+    assert "This delivery repeats event #1" in at.warning[0].value
+
+    at = run_page(EVENTS, event=5)
+    assert [w.value for w in at.warning] == [
+        "Old said Amount was 1500.0 but our last delivery said 1000.0: a change was missed "
+        "between event 4 and event 5."]
+    assert list(frame(at, "before")["field"]) == ["StatusId"]
+    assert "1 bookkeeping field(s) hidden." in texts(at.caption)
+    at.toggle(key="show_bookkeeping").set_value(True).run()
+    diff = frame(at, "before")
+    assert list(diff["field"]) == ["StatusId", "LastUpdateDate"]
+    assert list(diff["bookkeeping"]) == [False, True]
+
+    at = run_page(EVENTS, event=3)  # a creation: nothing was there before
+    diff = frame(at, "before")
+    assert list(diff["before"]) == ["previous value unknown"] * 4
+    assert list(diff["after"]) == ["Implantação São Jorge", "1", "10", "1000.0"]
+
+
+def test_event_selection_goes_to_the_url(data_dir):
+    at = run_page(EVENTS)
+    at.selectbox(key="pick_event").set_value(4).run()
+    assert not at.exception
+    assert at.query_params["event"] == ["4"] or at.query_params["event"] == "4"
+    assert "Event #4" in texts(at.header)
+    at.number_input(key="open_event").set_value(1).run()
+    assert "Event #1" in texts(at.header)
+
+
+def test_event_bad_links(data_dir):
+    at = run_page(EVENTS, event="abc")
+    assert "is not an event id" in at.error[0].value
+    at = run_page(EVENTS, event=999)
+    assert "There is no event #999" in at.warning[0].value
+
+
+def test_events_show_user_and_field_names(tmp_path, monkeypatch):
+    data = tmp_path / "labelled"
+    settings = make_settings(data)
+    load_demo(settings, [(T0, contact_update())])
+    with Store(settings).writer() as con:
+        con.execute("INSERT INTO users VALUES (116, 'Márcia Conceição', NULL, false, NULL)")
+        con.execute("INSERT INTO fields VALUES ('contact_check', 1, 'Cliente verificado', "
+                    "10, NULL)")
+    monkeypatch.setenv("PLOOMES_DATA_DIR", str(data))
+    at = run_page(EVENTS, event=1)
+    assert "**Who:** Márcia Conceição (116)" in at.markdown[0].value
+    assert frame(at, "before")["field"].iloc[0] == "Cliente verificado"
+    assert frame(at, "changed fields")["user"].iloc[0] == "Márcia Conceição"
+
+
+# --- Records ---------------------------------------------------------------------------------
+
+
+def test_record_page_shows_the_gap_and_timeline(data_dir):
+    at = run_page(RECORDS, entity="Deals", record=DEAL_ID)
+    assert f"Deals {DEAL_ID} — Implantação São Jorge" in texts(at.header)
+    assert [w.value for w in at.warning] == [
+        "Old said Amount was 1500.0 but our last delivery said 1000.0: a change was missed "
+        "between event 4 and event 5."]
+    timeline = frame(at, "changed fields")
+    assert list(timeline["event"]) == [3, 4, 5]
+    assert list(timeline["action"]) == ["Create", "Update", "Win"]
+    assert list(timeline["changed fields"]) == ["Title, StatusId, StageId, Amount", "StageId",
+                                                "StatusId"]
+    changes = frame(at, "change")
+    assert list(changes["change"])[:2] == ["1 → 2", "10 → 11"]
+    state = json.loads(at.json[0].value)
+    assert (state["StatusId"], state["Amount"], state["StageId"]) == (2, 1500.0, 11)
+    assert any("right after event #5 (Win" in c for c in texts(at.caption))
+
+
+def test_record_state_at_a_chosen_moment(data_dir):
+    at = run_page(RECORDS, entity="Deals", record=DEAL_ID)
+    at.select_slider(key="r_moment").set_value(4).run()
+    assert not at.exception
+    state = json.loads(at.json[0].value)
+    assert (state["StatusId"], state["Amount"], state["StageId"]) == (1, 1000.0, 11)
+    assert any("right after event #4 (Update" in c for c in texts(at.caption))
+
+
+def test_record_search_by_name_and_no_gap(data_dir):
+    at = run_page(RECORDS)
+    assert "Type a record id" in at.info[0].value
+    at.selectbox(key="r_entity").set_value("Contacts")
+    at.text_input(key="r_text").input("SISTEMAS").run()
+    assert not at.exception
+    assert f"Contacts {CONTACT_ID} — Ploomes Sistemas Empresariais" in texts(at.header)
+    assert "No continuity gap" in at.success[0].value
+    assert list(frame(at, "changed fields")["event"]) == [1]
+    assert at.query_params["record"] in (str(CONTACT_ID), [str(CONTACT_ID)])
+    at.text_input(key="r_text").input("nobody here").run()
+    assert "No Contacts record has “nobody here”" in at.warning[0].value
+
+
+def test_record_unknown_and_bad_ids(data_dir):
+    at = run_page(RECORDS, entity="Deals", record=1)
+    assert "No event of Deals 1 is stored" in at.warning[0].value
+    at = run_page(RECORDS, entity="Deals", record="x1")
+    assert "Record id must be a whole number" in at.error[0].value

@@ -1,0 +1,164 @@
+"""Records: one record's change history, its state at a moment, and its continuity gaps.
+
+`?entity=Deals&record=123` in the URL selects a record.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from ploomes import history
+from views.common import QUERY_TTL, fmt_time, run_query, settings, to_local
+
+
+@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
+def _entities(data_dir: str) -> list[str]:
+    return run_query(history.filter_options)["entities"]
+
+
+@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
+def _find(data_dir: str, entity: str | None, record_id: int | None, text: str | None
+          ) -> pd.DataFrame:
+    return run_query(history.find_records, entity=entity, record_id=record_id, text=text)
+
+
+@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
+def _events(data_dir: str, entity: str, record_id: int) -> pd.DataFrame:
+    return run_query(history.record_events, entity, record_id)
+
+
+@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
+def _history(data_dir: str, entity: str, record_id: int, bookkeeping: bool) -> pd.DataFrame:
+    return run_query(history.record_history, entity, record_id,
+                     include_bookkeeping=bookkeeping)
+
+
+@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
+def _gaps(data_dir: str, entity: str, record_id: int) -> pd.DataFrame:
+    return run_query(history.continuity_gaps, entity, record_id)
+
+
+@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
+def _state(data_dir: str, entity: str, record_id: int, event_id: int
+           ) -> history.RecordSnapshot:
+    return run_query(history.state_at, entity, record_id, event_id=event_id)
+
+
+def _select(entity: str, record_id: int) -> None:
+    st.query_params["entity"] = entity
+    st.query_params["record"] = str(record_id)
+
+
+def _search(data_dir: str) -> tuple[str, int] | None:
+    """Draw the search inputs; return the chosen (entity, record id), if any."""
+    entities = _entities(data_dir)
+    wanted_entity = st.query_params.get("entity")
+    wanted_record = (st.query_params.get("record") or "").strip()
+    # the URL seeds the inputs on first load; afterwards the inputs drive the URL
+    st.session_state.setdefault("r_record", wanted_record)
+    choices = sorted(set(entities) | ({wanted_entity} if wanted_entity else set()))
+    c1, c2, c3 = st.columns([1, 1, 2])
+    entity = c1.selectbox("Entity", choices or ["Deals"], key="r_entity",
+                          index=choices.index(wanted_entity) if wanted_entity in choices else 0)
+    record_text = c2.text_input("Record id", key="r_record").strip()
+    text = c3.text_input("…or a name or title in the record", key="r_text").strip()
+    if record_text:
+        if not record_text.isdigit():
+            st.error("Record id must be a whole number, such as 405531355.")
+            return None
+        return entity, int(record_text)
+    if not text:
+        st.info("Type a record id, or part of a name (Name, LegalName or Title), to find "
+                "a record.")
+        return None
+    found = _find(data_dir, entity, None, text)
+    if found.empty:
+        st.warning(f"No {entity} record has “{text}” in its name or title. Try another "
+                   "entity or fewer letters.")
+        return None
+    labels = {int(r.record_id): f"{r.record_id} · {r.title or 'untitled'}"
+              for r in found.itertuples(index=False)}
+    chosen = st.selectbox(f"{len(found)} record(s) found", list(labels), key="r_pick",
+                          format_func=labels.get)
+    return entity, int(chosen)
+
+
+def _timeline(events: pd.DataFrame, zone: str) -> None:
+    st.subheader("Timeline")
+    st.dataframe(pd.DataFrame({
+        "event": events["event_id"],
+        "received": to_local(events["received_at"], zone).dt.strftime("%d/%m/%Y %H:%M:%S"),
+        "action": events["action"],
+        "user": events["user_name"],
+        "changed fields": events["changed_fields"],
+        "demo": events["is_demo"],
+    }), hide_index=True, width="stretch", key="timeline_table")
+
+
+def _changes(data_dir: str, entity: str, record_id: int) -> None:
+    with st.expander("Every field change"):
+        bookkeeping = st.toggle("Show bookkeeping fields", key="r_bookkeeping")
+        rows = _history(data_dir, entity, record_id, bookkeeping)
+        rows = rows[rows["field"].notna()]
+        if rows.empty:
+            st.write("No field changes to show.")
+            return
+        st.dataframe(pd.DataFrame({
+            "event": rows["event_id"],
+            "received": to_local(rows["received_at"]).dt.strftime("%d/%m/%Y %H:%M:%S"),
+            "user": rows["user_name"],
+            "field": rows["field_label"],
+            "change": rows["summary"],
+        }), hide_index=True, width="stretch", key="changes_table")
+
+
+def _state_view(data_dir: str, entity: str, record_id: int, events: pd.DataFrame) -> None:
+    st.subheader("State at a moment")
+    ids = [int(i) for i in events["event_id"]]
+    labels = {int(r.event_id): f"#{r.event_id} · {fmt_time(r.received_at)} · {r.action}"
+              for r in events.itertuples(index=False)}
+    if len(ids) > 1:
+        chosen = st.select_slider("After event", ids, value=ids[-1], key="r_moment",
+                                  format_func=labels.get)
+    else:
+        chosen = ids[0]
+    snapshot = _state(data_dir, entity, record_id, chosen)
+    note = " — the record was deleted here" if snapshot.deleted else ""
+    st.caption(f"As known right after event #{snapshot.event_id} ({snapshot.action}, "
+               f"{fmt_time(snapshot.received_at)}), folding {snapshot.events_folded} "
+               f"event(s){note}. [Open the event](events?event={snapshot.event_id})")
+    st.json(snapshot.state or {}, expanded=False)
+
+
+config = settings()
+data_dir, zone = str(config.data_dir), config.timezone
+st.title("Records")
+chosen = _search(data_dir)
+if chosen is not None:
+    entity, record_id = chosen
+    _select(entity, record_id)
+    events = _events(data_dir, entity, record_id)
+    if events.empty:
+        st.warning(f"No event of {entity} {record_id} is stored. Check the entity and id, "
+                   "or search by name.")
+    else:
+        found = _find(data_dir, entity, record_id, None)
+        title = found["title"].iloc[0] if not found.empty else None
+        st.header(f"{entity} {record_id}" + (f" — {title}" if title else ""))
+        if bool(events["is_demo"].any()):
+            st.info("Demo record: generated sample data.")
+        if not found.empty and bool(found["deleted"].iloc[0]):
+            st.caption("This record was deleted.")
+        st.caption(f"{len(events)} event(s), first {fmt_time(events['received_at'].iloc[0])}, "
+                   f"last {fmt_time(events['received_at'].iloc[-1])}; times in {zone}.")
+        gaps = _gaps(data_dir, entity, record_id)
+        if gaps.empty:
+            st.success("No continuity gap: each delivery's Old matched what we knew.")
+        else:
+            st.subheader("Continuity gaps")
+            for gap in gaps.itertuples(index=False):
+                st.warning(gap.explanation)
+        _timeline(events, zone)
+        _changes(data_dir, entity, record_id)
+        _state_view(data_dir, entity, record_id, events)
