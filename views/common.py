@@ -9,7 +9,9 @@ from typing import TypeVar
 import pandas as pd
 import streamlit as st
 
-from ploomes.config import ConfigError, Settings, load_settings
+from ploomes.activity import receiver_health as fetch_receiver_health
+from ploomes.config import PROJECT_ROOT, ConfigError, Settings, load_settings
+from ploomes.demo import demo_count, remove_demo
 from ploomes.store import Store, StoreBusy, StoreError
 
 T = TypeVar("T")
@@ -37,18 +39,84 @@ def store() -> Store:
     return _store(str(settings().data_dir))
 
 
+def _stop_on_store_error(exc: StoreError) -> None:
+    if isinstance(exc, StoreBusy):
+        st.error(f"The data store is busy: {exc}")
+    else:
+        st.error(f"The data store cannot be read: {exc}. Check the data dir in Status, "
+                 "or rebuild it with `python -m ploomes rebuild`.")
+    st.stop()
+
+
 def run_query(fn: Callable[..., T], *args, **kwargs) -> T:
     """Run `fn(con, *args, **kwargs)` on a read connection; show errors as st.error and stop."""
     try:
         with store().reader() as con:
             return fn(con, *args, **kwargs)
-    except StoreBusy as exc:
-        st.error(f"The data store is busy: {exc}")
     except StoreError as exc:
-        st.error(f"The data store cannot be read: {exc}. Check the data dir in Status, "
-                 "or rebuild it with `python -m ploomes rebuild`.")
-    st.stop()
+        _stop_on_store_error(exc)
     raise RuntimeError("unreachable")
+
+
+@st.cache_data(ttl=QUERY_TTL, show_spinner=False, max_entries=500)
+def _cached_query(data_dir: str, name: str, _fn: Callable, args: tuple, kwargs: dict):
+    # `name` stands in for the unhashed function; `data_dir` keeps data dirs apart
+    with _store(data_dir).reader() as con:
+        return _fn(con, *args, **kwargs)
+
+
+def cached_query(fn: Callable[..., T], *args, **kwargs) -> T:
+    """Like run_query, but answers from a cache at most QUERY_TTL seconds old.
+
+    Arguments must be hashable by Streamlit (numbers, strings, datetimes, dataclasses).
+    """
+    data_dir = str(settings().data_dir)
+    try:
+        return _cached_query(data_dir, f"{fn.__module__}.{fn.__qualname__}", fn, args, kwargs)
+    except StoreError as exc:
+        _stop_on_store_error(exc)
+    raise RuntimeError("unreachable")
+
+
+@st.cache_data(ttl=QUERY_TTL, show_spinner=False, max_entries=20)
+def _cached_health(receiver_url: str) -> dict:
+    return fetch_receiver_health(receiver_url, timeout=1.5)
+
+
+def receiver_health() -> dict:
+    """Return the receiver's /healthz body plus `reachable`; cached for QUERY_TTL seconds."""
+    return _cached_health(settings().receiver_url)
+
+
+def clear_query_cache() -> None:
+    """Forget cached query results, e.g. after loading or removing demo data."""
+    _cached_query.clear()
+    _cached_health.clear()
+
+
+def page_available(path: str) -> bool:
+    """Return whether a page file (relative to the project root) exists."""
+    return (PROJECT_ROOT / path).is_file()
+
+
+def demo_banner() -> None:
+    """Say that demo data is shown, with one button that removes it (no-op without demo)."""
+    count = cached_query(demo_count)
+    if not count:
+        return
+    text, action = st.columns([5, 1], vertical_alignment="center")
+    text.warning(f"**Demo data is shown — remove it** when you are done exploring: "
+                 f"{count:,} invented events are mixed with any real ones and marked as demo.",
+                 icon=":material/science:")
+    if action.button("Remove demo data", key="remove_demo", type="primary"):
+        with st.spinner("Removing demo data…"):
+            try:
+                remove_demo(settings())
+            except StoreError as exc:
+                st.error(f"Demo data could not be removed: {exc}. Try again in a moment.")
+                st.stop()
+        clear_query_cache()
+        st.rerun()
 
 
 def to_local(value: datetime | pd.Series | None, tz: str | None = None):

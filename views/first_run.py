@@ -1,0 +1,143 @@
+"""The first-run screen: shown by Overview while the store holds no events.
+
+It says how to start the receiver, what to give Ploomes (callback URL and validation key),
+and offers demo data to explore the dashboard before real deliveries arrive.
+"""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlsplit
+
+import streamlit as st
+
+from ploomes.activity import event_count
+from ploomes.config import DEFAULT_DATA_DIR, Settings
+from ploomes.demo import load_demo
+from ploomes.keys import accepted_keys, ensure_key, key_file, mask_secret
+from ploomes.store import StoreError
+from views.common import (
+    cached_query,
+    clear_query_cache,
+    page_available,
+    receiver_health,
+    settings,
+)
+
+WEBHOOK_PATH = "/ploomes/webhook"
+WAIT_SECONDS = 5  # how often the screen checks whether the first delivery arrived
+
+
+def receiver_command(config: Settings) -> str:
+    """Return the command that starts the receiver on this dashboard's data dir."""
+    command = "python receiver.py"
+    if config.data_dir != DEFAULT_DATA_DIR:
+        command += f' --data-dir "{config.data_dir}"'
+    return command
+
+
+def _this_host() -> str:
+    # the name the browser used to reach the dashboard is the best guess of a public name
+    try:
+        host = st.context.headers.get("Host") or ""
+    except Exception:  # no request context (tests, bare mode)
+        host = ""
+    host = host.rsplit(":", 1)[0] if host and not host.startswith("[") else host
+    if not host or host in ("localhost", "127.0.0.1"):
+        host = socket.gethostname() or "<this host>"
+    return host
+
+
+def callback_url(config: Settings) -> str:
+    """Return the callback URL to give Ploomes: the configured one, else this host's."""
+    if config.callback_url:
+        return config.callback_url
+    port = urlsplit(config.receiver_url).port or 8000
+    return f"http://{_this_host()}:{port}{WEBHOOK_PATH}"
+
+
+def _receiver_step(config: Settings) -> None:
+    st.subheader("1. Start the receiver")
+    st.write("It accepts Ploomes' deliveries and stores them in the data dir "
+             f"`{config.data_dir}`. Leave it running:")
+    st.code(receiver_command(config), language="bash")
+    health = receiver_health()
+    if health["reachable"]:
+        st.success(f"The receiver is running at {config.receiver_url} "
+                   f"(status: {health.get('status', 'unknown')}).",
+                   icon=":material/check_circle:")
+    else:
+        st.warning(f"Receiver not reachable at {config.receiver_url}. Start it with the "
+                   "command above (or set PLOOMES_RECEIVER_URL if it runs elsewhere).",
+                   icon=":material/power_off:")
+
+
+def _key_step(config: Settings) -> None:
+    st.subheader("2. Give Ploomes the callback URL and the key")
+    st.write("Callback URL (Ploomes must be able to reach it from the internet; set "
+             "`PLOOMES_CALLBACK_URL` to the public address of a tunnel or reverse proxy):")
+    st.code(callback_url(config), language=None)
+    keys = accepted_keys(config)
+    if keys:
+        source = ("PLOOMES_VALIDATION_KEYS" if keys[0] in config.validation_keys
+                  else f"`{key_file(config)}`")
+        st.write(f"Validation key (from {source}): **{mask_secret(keys[0])}**")
+        if st.toggle("Show the key", key="first_run_reveal"):
+            st.code(keys[0], language=None)
+    else:
+        st.write("No validation key exists yet. Ploomes sends it with every delivery so "
+                 "the receiver can refuse anyone else.")
+        if st.button("Generate a key", key="first_run_generate_key"):
+            try:
+                ensure_key(config)
+            except OSError as exc:
+                st.error(f"The key could not be stored in {key_file(config)}: {exc}. "
+                         "Check that the data dir is writable.")
+                st.stop()
+            st.rerun()
+    if page_available("views/webhooks.py"):
+        st.page_link("views/webhooks.py", label="Register the subscriptions on Webhooks",
+                     icon=":material/webhook:")
+    else:
+        st.caption("Register a subscription per entity and action in Ploomes "
+                   "(POST /Webhooks) with this callback URL and key.")
+
+
+def _demo_step(config: Settings) -> None:
+    st.subheader("Or explore with demo data")
+    st.write("A realistic month of invented deliveries (contacts, deals, tasks), stored "
+             "through the real ingest path, labelled as demo everywhere and removable "
+             "with one click.")
+    if st.button("Load demo data", key="load_demo", type="primary",
+                 icon=":material/science:"):
+        with st.spinner("Loading a month of demo deliveries…"):
+            try:
+                load_demo(config)
+            except StoreError as exc:
+                st.error(f"Demo data could not be loaded: {exc}")
+                st.stop()
+        clear_query_cache()
+        st.rerun()
+
+
+@st.fragment(run_every=WAIT_SECONDS)
+def _wait_for_first_delivery() -> None:
+    if cached_query(event_count) > 0:
+        st.rerun()  # the whole page: Overview replaces this screen
+    st.caption("Waiting for the first delivery… this page switches to the Overview by "
+               "itself when it arrives.")
+
+
+def render_first_run() -> None:
+    """Show the first-run screen."""
+    config = settings()
+    st.title("Welcome to the Ploomes webhook monitor")
+    st.write("No delivery has been stored yet. Connect Ploomes in two steps, or load demo "
+             "data to look around first.")
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        _receiver_step(config)
+        _key_step(config)
+    with right:
+        _demo_step(config)
+    _wait_for_first_delivery()

@@ -1,0 +1,120 @@
+"""Overview: what arrived lately, whether the receiver is healthy, and a timeline."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from ploomes.activity import (
+    bucket_for,
+    event_count,
+    last_delivery_at,
+    overview_summary,
+    timeline,
+)
+from views.common import cached_query, fmt_ago, fmt_time, receiver_health, settings
+from views.first_run import render_first_run
+
+REFRESH_SECONDS = 10
+RANGES = {"24 h": timedelta(hours=24), "2 d": timedelta(days=2), "7 d": timedelta(days=7),
+          "30 d": timedelta(days=30), "90 d": timedelta(days=90),
+          "1 year": timedelta(days=365)}
+METRICS = (("deliveries", "Deliveries", "Events received, repeated deliveries left out "
+            "unless “Include duplicates” is on."),
+           ("records_changed", "Records changed", "Distinct records with an event."),
+           ("active_users", "Active users", "Distinct ActionUserIds."),
+           ("duplicates", "Duplicates", "Repeated deliveries of a change already stored."),
+           ("refused", "Refused", "Deliveries refused: invalid bodies plus failed "
+            "authentication (wrong or missing key)."))
+
+
+def _metrics(summary: pd.DataFrame) -> None:
+    for window, row in summary.iterrows():
+        columns = st.columns(len(METRICS))
+        for column, (name, label, help_text) in zip(columns, METRICS, strict=True):
+            column.metric(f"{label} ({window})", f"{int(row[name]):,}", help=help_text)
+
+
+def _health() -> None:
+    health = receiver_health()
+    last = cached_query(last_delivery_at)
+    age = (datetime.now(UTC) - last).total_seconds() if last is not None else None
+    first, second, third = st.columns(3)
+    first.metric("Last delivery", fmt_ago(age), help=f"Received {fmt_time(last)}")
+    if not health["reachable"]:
+        second.metric("Receiver", "not reachable")
+        third.metric("Ingest lag", "—")
+        st.error(f"Receiver not reachable at {settings().receiver_url}: Ploomes' deliveries "
+                 "are lost while it is down. Start it with `python receiver.py` (see "
+                 "Status), or set PLOOMES_RECEIVER_URL if it runs elsewhere.",
+                 icon=":material/power_off:")
+        return
+    second.metric("Receiver", str(health.get("status", "unknown")),
+                  help=f"Uptime {health.get('uptime_seconds', '?')} s")
+    lag = float(health.get("ingest_lag_seconds") or 0.0)
+    third.metric("Ingest lag", f"{lag:.1f} s",
+                 help=f"{health.get('backlog', 0)} journal records waiting to be stored")
+    problem = health.get("journal_error") or health.get("ingest_error")
+    if problem:
+        st.error(f"The receiver reports a problem: {problem}. See Status for details.")
+
+
+def _timeline(include_duplicates: bool) -> None:
+    st.subheader("Timeline")
+    left, right = st.columns([3, 2])
+    with left:
+        choice = st.segmented_control("Range", list(RANGES), default="7 d", required=True,
+                                      key="overview_range")
+    with right:
+        by = st.segmented_control("By", ["entity", "action"], default="entity",
+                                  required=True, key="overview_by",
+                                  format_func=str.capitalize)
+    # whole minutes keep the cache key stable between quick refreshes
+    end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = end - RANGES[choice or "7 d"]
+    bucket = bucket_for(start, end)
+    data = cached_query(timeline, start, end, by=by or "entity", bucket=bucket,
+                        tz=settings().timezone, include_duplicates=include_duplicates)
+    if data.empty:
+        st.info(f"No events in the last {choice}.")
+        return
+    # buckets are local wall-clock times; tagging them UTC and plotting on a UTC scale
+    # shows them unchanged, whatever the browser's time zone. Each bar spans its bucket.
+    starts = pd.to_datetime(data["bucket"])
+    width = {"hour": pd.Timedelta(hours=1), "day": pd.Timedelta(days=1),
+             "week": pd.Timedelta(weeks=1)}[bucket]
+    data = data.assign(bucket=starts.dt.tz_localize("UTC"),
+                       bucket_end=(starts + width * 0.9).dt.tz_localize("UTC"),
+                       when=starts.dt.strftime("%d/%m/%Y %H:%M" if bucket == "hour"
+                                               else "%d/%m/%Y"))
+    chart = alt.Chart(data).mark_bar().encode(
+        x=alt.X("bucket:T", title=f"{bucket} ({settings().timezone})",
+                scale=alt.Scale(type="utc")),
+        x2="bucket_end:T",
+        y=alt.Y("sum(events):Q", title="events"),
+        color=alt.Color("group:N", title=(by or "entity").capitalize()),
+        tooltip=[alt.Tooltip("when:N", title=bucket), alt.Tooltip("group:N", title=by),
+                 alt.Tooltip("events:Q")])
+    st.altair_chart(chart, width="stretch")
+    st.caption(f"One bar per {bucket}, times in {settings().timezone}.")
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def live_overview() -> None:
+    """Render the numbers and the chart; reruns by itself every REFRESH_SECONDS."""
+    include = st.toggle("Include duplicates", key="overview_duplicates",
+                        help="Count every delivery, repeated ones too.")
+    _metrics(cached_query(overview_summary, include_duplicates=include))
+    _health()
+    _timeline(include)
+    st.caption(f"Refreshes every {REFRESH_SECONDS} s.")
+
+
+if cached_query(event_count) == 0:
+    render_first_run()
+else:
+    st.title("Overview")
+    live_overview()
