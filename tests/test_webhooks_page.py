@@ -1,0 +1,193 @@
+"""The Webhooks page through Streamlit's AppTest, against a running Ploomes sandbox."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT, free_port
+from streamlit.testing.v1 import AppTest
+
+from ploomes import generator
+from ploomes.sandbox import Sandbox
+
+PAGE = str(ROOT / "views" / "webhooks.py")
+USER_KEY = "page-test-user-key-0123456789"
+RECEIVER_KEY = "page-receiver-key-0123456789abcdef"
+CALLBACK = "https://hooks.example.com/ploomes/webhook"
+TIMEOUT = 30
+
+
+@pytest.fixture
+def sandbox():
+    with Sandbox(user_key=USER_KEY, seed=5, rate_limit=0) as sb:
+        yield sb
+
+
+@pytest.fixture
+def page_env(monkeypatch, tmp_path, sandbox):
+    """Point the page at the sandbox and a fresh data dir."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.setenv("PLOOMES_API_URL", sandbox.url)
+    monkeypatch.setenv("PLOOMES_USER_KEY", USER_KEY)
+    monkeypatch.setenv("PLOOMES_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PLOOMES_CALLBACK_URL", CALLBACK)
+    monkeypatch.setenv("PLOOMES_VALIDATION_KEYS", RECEIVER_KEY)
+    return sandbox
+
+
+def run_page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def subscriptions(at: AppTest):
+    """Return the subscription table shown on the page."""
+    return next(d.value for d in at.dataframe if "Deliveries 24 h" in d.value.columns)
+
+
+def coverage(at: AppTest):
+    """Return the coverage grid shown on the page."""
+    return next(d.value for d in at.dataframe if d.value.index.name == "Entity")
+
+
+def register(at: AppTest, entity: str, actions: list[str], url: str | None = None) -> AppTest:
+    at.selectbox(key="register_entity").set_value(generator.ENTITY_IDS[entity])
+    at.multiselect(key="register_actions").set_value(
+        [generator.ACTION_IDS[a] for a in actions])
+    if url is not None:
+        at.text_input(key="register_callback_url").set_value(url)
+    at.button(key="register_submit").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_lists_subscriptions_with_names(page_env):
+    sandbox = page_env
+    made = sandbox.subscribe_all(CALLBACK, RECEIVER_KEY,
+                                 pairs=(("Deals", "Win"), ("Contacts", "Update")))
+    at = run_page()
+    table = subscriptions(at)
+    assert list(table["Id"]) == [w["Id"] for w in made]
+    assert list(table["Entity"]) == ["Deals", "Contacts"]
+    assert list(table["Action"]) == ["Win", "Update"]
+    assert set(table["Callback URL"]) == {CALLBACK}
+    assert list(table["Deliveries 24 h"]) == [0, 0]
+    assert set(table["Key accepted here"]) == {"yes"}
+    # The page synced the directory on its first run, so the creator has a name.
+    assert set(table["Creator"]) == {sandbox.sim.users[0]["Name"]}
+    assert "•" in table["Validation key"][0] and RECEIVER_KEY not in table.to_string()
+    grid = coverage(at)
+    assert grid.loc["Deals", "Win"] == "✓" and grid.loc["Contacts", "Update"] == "✓"
+    assert grid.loc["Deals", "Create"] == ""
+    assert USER_KEY not in texts(at.markdown) + texts(at.caption) + texts(at.error)
+
+
+def test_registers_through_the_form(page_env):
+    sandbox = page_env
+    at = run_page()
+    assert at.text_input(key="register_callback_url").value == CALLBACK
+    register(at, "Deals", ["Create", "Win"])
+    made = sorted(sandbox.webhooks(), key=lambda w: w["ActionId"])
+    assert [(w["EntityId"], w["ActionId"], w["CallbackUrl"], w["ValidationKey"])
+            for w in made] == [(2, 1, CALLBACK, RECEIVER_KEY), (2, 4, CALLBACK, RECEIVER_KEY)]
+    assert "Created 2 subscription(s)" in texts(at.success)
+    assert len(subscriptions(at)) == 2
+
+
+def test_refuses_plain_http_and_duplicates(page_env):
+    sandbox = page_env
+    sandbox.subscribe_all(CALLBACK, RECEIVER_KEY, pairs=(("Deals", "Win"),))
+    at = run_page()
+    register(at, "Deals", ["Lose"], url="http://example.com/hook")
+    assert "must use https://" in texts(at.error)
+    assert len(sandbox.webhooks()) == 1
+
+    at = run_page()
+    register(at, "Deals", ["Win", "Lose"])
+    errors = texts(at.error)
+    assert "already subscribed" in errors and "Deals Win" in errors
+    assert "Nothing was created" in errors
+    assert len(sandbox.webhooks()) == 1
+
+    at = run_page()
+    register(at, "Deals", [])
+    assert "choose at least one action" in texts(at.error)
+
+
+def test_generate_key_is_stored_and_used(page_env, tmp_path):
+    sandbox = page_env
+    at = run_page()
+    at.button(key="generate_key").click().run()
+    assert "stored" in texts(at.success)
+    register(at, "Contacts", ["Create"])
+    [hook] = sandbox.webhooks()
+    stored = (tmp_path / "data" / "keys" / "validation-keys.txt").read_text().split()
+    assert hook["ValidationKey"] in stored and hook["ValidationKey"] != RECEIVER_KEY
+
+
+def test_deletes_only_after_confirmation(page_env):
+    sandbox = page_env
+    made = sandbox.subscribe_all(CALLBACK, RECEIVER_KEY,
+                                 pairs=(("Deals", "Win"), ("Deals", "Lose")))
+    at = run_page()
+    at.selectbox(key="manage_subscription").set_value(made[1]["Id"])
+    at.button(key="delete_start").click().run()
+    assert "Delete subscription" in texts(at.warning)
+    assert len(sandbox.webhooks()) == 2  # nothing yet
+
+    at.button(key="delete_cancel").click().run()
+    assert len(sandbox.webhooks()) == 2
+    assert not any("Delete subscription" in w.value for w in at.warning)
+
+    at.button(key="delete_start").click().run()
+    at.button(key="delete_confirm").click().run()
+    assert not at.exception
+    assert [w["Id"] for w in sandbox.webhooks()] == [made[0]["Id"]]
+    assert f"Deleted subscription {made[1]['Id']}" in texts(at.success)
+    assert list(subscriptions(at)["Id"]) == [made[0]["Id"]]
+
+
+def test_test_delivery_to_a_dead_callback_is_a_message(page_env):
+    dead = f"http://127.0.0.1:{free_port()}/ploomes/webhook"
+    [hook] = page_env.subscribe_all(dead, RECEIVER_KEY, pairs=(("Deals", "Win"),))
+    at = run_page()
+    at.selectbox(key="manage_subscription").set_value(hook["Id"])
+    at.button(key="test_delivery").click().run()
+    assert not at.exception, at.exception
+    errors = texts(at.error)
+    assert "could not be sent" in errors and "receiver is running" in errors
+    assert RECEIVER_KEY not in errors
+
+
+def test_api_errors_are_messages_not_tracebacks(page_env, monkeypatch):
+    monkeypatch.setenv("PLOOMES_USER_KEY", "wrong-user-key-0123456789")
+    at = run_page()
+    errors = texts(at.error)
+    assert "Invalid or missing User-Key" in errors and "PLOOMES_USER_KEY" in errors
+    assert "wrong-user-key-0123456789" not in errors
+
+
+def test_unreachable_api_is_a_message(page_env, monkeypatch):
+    monkeypatch.setenv("PLOOMES_API_URL", f"http://127.0.0.1:{free_port()}")
+    at = run_page()
+    errors = texts(at.error)
+    assert "cannot reach Ploomes" in errors and "PLOOMES_API_URL" in errors
+    assert USER_KEY not in errors
+
+
+def test_without_user_key_shows_how_to_set_one(page_env, monkeypatch):
+    if (ROOT / ".streamlit" / "secrets.toml").exists():
+        pytest.skip("a developer secrets.toml may hold a User-Key")
+    monkeypatch.delenv("PLOOMES_USER_KEY")
+    at = run_page()
+    shown = texts(at.markdown) + texts(at.code) + texts(at.warning)
+    assert "PLOOMES_USER_KEY" in shown and ".streamlit/secrets.toml" in shown
+    assert "python -m ploomes sandbox --port 8765" in shown
+    assert ("PLOOMES_API_URL=http://127.0.0.1:8765 PLOOMES_USER_KEY=sandbox-key "
+            "streamlit run dashboard.py") in shown
+    assert len(at.dataframe) == 0

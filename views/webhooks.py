@@ -1,0 +1,384 @@
+"""Webhooks: the account's Ploomes subscriptions, what the receiver saw of each, and
+registering, testing and deleting them."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import UTC, datetime
+
+import pandas as pd
+import streamlit as st
+
+from ploomes import directory
+from ploomes.api import (
+    PloomesAuthError,
+    PloomesClient,
+    PloomesError,
+    PloomesNotFound,
+    PloomesRateLimited,
+    PloomesUnavailable,
+)
+from ploomes.config import Settings
+from ploomes.keys import accepted_keys, add_key, generate_key, mask_secret
+from ploomes.store import StoreError
+from views import common
+
+SYNC_EVERY_MINUTES = 30  # automatic users/fields sync: at most this often
+CATALOG_TTL = 3600  # entity and action names barely ever change
+FLASH = "webhooks_flash"
+CONFIRM_DELETE = "webhooks_confirm_delete"
+CHOSEN_KEY = "webhooks_validation_key"
+TEST_ANSWER = "webhooks_test_answer"
+AUTO_SYNC_TRIED = "webhooks_auto_sync_tried"
+
+NO_KEY_HELP = """
+This page talks to the Ploomes API, which needs the integration's **User-Key**
+(Ploomes → Administração → Integração). Set it in the environment as `PLOOMES_USER_KEY`,
+or in `.streamlit/secrets.toml` beside `dashboard.py`:
+"""
+SECRETS_EXAMPLE = 'PLOOMES_USER_KEY = "your-user-key"'
+SANDBOX_HELP = "To try everything offline, start the local Ploomes sandbox and point the " \
+               "dashboard at it:"
+SANDBOX_COMMANDS = (
+    "python -m ploomes sandbox --port 8765\n"
+    "PLOOMES_API_URL=http://127.0.0.1:8765 PLOOMES_USER_KEY=sandbox-key "
+    "streamlit run dashboard.py"
+)
+
+
+# -- helpers --------------------------------------------------------------------------
+
+def _scrub(text: str, cfg: Settings) -> str:
+    """Return text with the User-Key masked, whatever produced it."""
+    if cfg.user_key and text:
+        return text.replace(cfg.user_key, mask_secret(cfg.user_key))
+    return text
+
+
+def _show_api_error(exc: PloomesError, doing: str, cfg: Settings) -> None:
+    """Show a Ploomes failure as st.error: what failed, Ploomes' words, what to do."""
+    if isinstance(exc, PloomesAuthError):
+        hint = ("Ploomes refused the User-Key: check `PLOOMES_USER_KEY` (or "
+                "`.streamlit/secrets.toml`) and that the integration user may manage webhooks.")
+    elif isinstance(exc, PloomesRateLimited):
+        hint = "Ploomes limits calls to about 120 a minute per key: wait a minute and retry."
+    elif isinstance(exc, PloomesUnavailable):
+        hint = (f"Check that {cfg.api_url} is reachable (`PLOOMES_API_URL`) and retry in a "
+                "moment.")
+    elif isinstance(exc, PloomesNotFound):
+        hint = "It may have been removed meanwhile: reload the page."
+    else:
+        hint = "Check the values and try again."
+    st.error(f"Could not {doing}. Ploomes answered: “{_scrub(exc.message, cfg)}”"
+             f"{f' (HTTP {exc.status})' if exc.status else ''}. {hint}")
+
+
+def _flash(kind: str, text: str, table: list[dict] | None = None) -> None:
+    """Keep a message to show after the next rerun."""
+    st.session_state.setdefault(FLASH, []).append((kind, text, table))
+
+
+def _show_flash() -> None:
+    for kind, text, table in st.session_state.pop(FLASH, []):
+        getattr(st, kind)(text)
+        if table:
+            st.dataframe(pd.DataFrame(table), hide_index=True)
+
+
+def _show_instructions() -> None:
+    st.warning("No Ploomes User-Key is configured, so subscriptions cannot be listed.")
+    st.markdown(NO_KEY_HELP)
+    st.code(SECRETS_EXAMPLE, language="toml")
+    st.markdown(SANDBOX_HELP)
+    st.code(SANDBOX_COMMANDS, language="bash")
+
+
+@st.cache_data(ttl=CATALOG_TTL, show_spinner=False)
+def _catalog(api_url: str, account: str, _client: PloomesClient) -> directory.Catalog:
+    # api_url and account (a hash of the key, never the key) are the cache key
+    return directory.load_catalog(_client)
+
+
+def _fmt_local(value: datetime | None, tz: str) -> str:
+    if value is None or pd.isna(value):
+        return "—"
+    return pd.Timestamp(value).tz_convert(tz).strftime("%d/%m/%Y %H:%M")
+
+
+def _receiver_key(cfg: Settings) -> str | None:
+    """Return the key new subscriptions get: one generated here, else the receiver's first."""
+    chosen = st.session_state.get(CHOSEN_KEY)
+    keys = accepted_keys(cfg)
+    if chosen and chosen in keys:
+        return chosen
+    return keys[0] if keys else None
+
+
+# -- sections ---------------------------------------------------------------------------
+
+def _sync(client: PloomesClient, cfg: Settings, auto: bool) -> None:
+    try:
+        with st.spinner("Syncing users and custom fields from Ploomes…"):
+            result = directory.sync_directory(client, common.store())
+    except PloomesError as exc:
+        if auto:
+            st.warning(f"Automatic sync of users and fields failed: "
+                       f"{_scrub(exc.message, cfg)}. Names may be missing; use the button "
+                       "to retry.")
+        else:
+            _show_api_error(exc, "sync users and fields", cfg)
+        return
+    except StoreError as exc:
+        st.warning(f"Users and fields could not be saved: {exc}")
+        return
+    if not auto:
+        st.success(f"Synced {result.users} users and {result.fields} custom fields.")
+
+
+def _sync_section(client: PloomesClient, cfg: Settings) -> None:
+    left, right = st.columns([3, 1])
+    last = common.run_query(directory.last_synced_at)
+    with right:
+        pressed = st.button("Sync users and fields", key="sync_directory",
+                            help="Fetch user names and custom-field labels from Ploomes so "
+                                 "every page shows names.")
+    if pressed:
+        _sync(client, cfg, auto=False)
+        last = common.run_query(directory.last_synced_at)
+    else:
+        # A failing automatic sync is retried at most once per interval per session.
+        tried = st.session_state.get(AUTO_SYNC_TRIED)
+        if directory.sync_due(last, SYNC_EVERY_MINUTES) and (
+                tried is None or time.monotonic() - tried > SYNC_EVERY_MINUTES * 60):
+            st.session_state[AUTO_SYNC_TRIED] = time.monotonic()
+            _sync(client, cfg, auto=True)
+            last = common.run_query(directory.last_synced_at)
+    with left:
+        st.caption(f"Ploomes API: {cfg.api_url} · users and fields synced "
+                   f"{common.fmt_time(last) if last else 'never'} "
+                   f"(automatically every {SYNC_EVERY_MINUTES} min)")
+
+
+def _subscriptions_section(webhooks: list[dict], catalog: directory.Catalog,
+                           cfg: Settings) -> None:
+    st.subheader("Subscriptions")
+    if not webhooks:
+        st.info("This account has no webhook subscriptions yet: register one below.")
+        return
+    now = datetime.now(UTC)
+    stats = common.run_query(directory.webhook_stats, now=now)
+    users = common.run_query(directory.user_names)
+    created = {int(w["Id"]): directory.parse_ploomes_time(w.get("CreateDate"), cfg.timezone)
+               for w in webhooks if w.get("Id") is not None}
+    # An inactive subscription is silent on purpose.
+    active = [i for i in created if _is_active(webhooks, i)]
+    warnings = directory.silence_warnings(active, stats, now, created=created)
+    frame = directory.subscriptions_frame(webhooks, catalog, users, stats, warnings,
+                                          cfg.timezone, accepted_keys(cfg))
+    frame["Created"] = [_fmt_local(v, cfg.timezone) for v in frame["Created"]]
+    frame["Last delivery"] = [
+        "never" if v is None or pd.isna(v) else
+        f"{_fmt_local(v, cfg.timezone)} ({common.fmt_ago((now - v).total_seconds())})"
+        for v in frame["Last delivery"]]
+    st.dataframe(frame, hide_index=True, key="subscriptions_table", column_config={
+        "Id": st.column_config.NumberColumn("Id", format="%d"),
+        "Key accepted here": st.column_config.TextColumn(
+            "Key accepted here", help="Whether this receiver accepts the subscription's "
+                                      "validation key (unknown when Ploomes hides it)"),
+    })
+    st.caption(f"Times in {cfg.timezone}. Deliveries counted from what this receiver stored "
+               "(demo data excluded).")
+    for webhook_id, why in warnings.items():
+        hook = next(w for w in webhooks if int(w["Id"]) == webhook_id)
+        st.warning(f"Subscription {webhook_id} ({catalog.entity(hook.get('EntityId'))} "
+                   f"{catalog.action(hook.get('ActionId'))}) looks silent: {why}. Check that "
+                   "it is active in Ploomes and that its callback URL reaches this receiver.")
+    refused = frame[(frame["Key accepted here"] == "no") & frame["Callback URL"].map(
+        lambda u: directory.same_callback(u, _callback_default(cfg)))]
+    if len(refused):
+        st.warning(f"{len(refused)} subscription(s) for this receiver carry a validation key "
+                   "it does not accept, so their deliveries are refused: "
+                   f"{', '.join(str(i) for i in refused['Id'])}.")
+
+
+def _is_active(webhooks: list[dict], webhook_id: int) -> bool:
+    """Return whether the subscription with this id is active."""
+    return any(int(w["Id"]) == webhook_id and w.get("Active", True) is not False
+               for w in webhooks if w.get("Id") is not None)
+
+
+def _callback_default(cfg: Settings) -> str:
+    return directory.default_callback_url(cfg.callback_url, cfg.receiver_url)
+
+
+def _coverage_section(webhooks: list[dict], catalog: directory.Catalog,
+                      cfg: Settings) -> None:
+    url = _callback_default(cfg)
+    st.subheader("Coverage")
+    st.caption(f"Which entity × action pairs are subscribed for {url} (✓ active, "
+               "“paused” inactive).")
+    st.dataframe(directory.coverage_grid(webhooks, url, catalog), key="coverage_grid")
+
+
+def _register_section(client: PloomesClient, webhooks: list[dict],
+                      catalog: directory.Catalog, cfg: Settings) -> None:
+    st.subheader("Register a subscription")
+    if st.button("Generate a new validation key", key="generate_key",
+                 help="Create a strong key, store it so this receiver accepts it, and use "
+                      "it for the subscriptions registered below."):
+        key = generate_key()
+        try:
+            add_key(cfg, key)
+        except OSError as exc:
+            st.error(f"The new key could not be stored in the data dir: {exc}")
+        else:
+            st.session_state[CHOSEN_KEY] = key
+            st.success(f"New validation key {mask_secret(key)} stored: the receiver "
+                       "accepts it from now on.")
+    key = _receiver_key(cfg)
+    entity_ids = sorted(catalog.entities) or sorted(directory.KNOWN_ENTITIES)
+    action_ids = sorted(catalog.actions)
+    with st.form("register_form"):
+        entity_id = st.selectbox(
+            "Entity", entity_ids, format_func=catalog.entity, key="register_entity",
+            index=entity_ids.index(2) if 2 in entity_ids else 0)
+        chosen = st.multiselect("Actions (one subscription each)", action_ids,
+                                format_func=catalog.action, key="register_actions")
+        url = st.text_input("Callback URL", value=_callback_default(cfg),
+                            key="register_callback_url",
+                            help="https:// (plain http only for localhost). Set "
+                                 "PLOOMES_CALLBACK_URL to change the default.")
+        st.markdown(f"Validation key: `{mask_secret(key)}`"
+                    + ("" if key else " — none yet: one is generated and stored on submit"))
+        submitted = st.form_submit_button("Register", key="register_submit")
+    if not submitted:
+        return
+    if not key:
+        key = generate_key()
+        add_key(cfg, key)
+        st.session_state[CHOSEN_KEY] = key
+    try:
+        created = directory.register_subscriptions(client, webhooks, entity_id, chosen, url,
+                                                   key, catalog)
+    except directory.DuplicateSubscription as exc:
+        st.error(f"Refused: {exc}.")
+        return
+    except ValueError as exc:
+        st.error(f"Refused: {exc}.")
+        return
+    except PloomesError as exc:
+        _show_api_error(exc, "register the subscription", cfg)
+        return
+    _flash("success", f"Created {len(created)} subscription(s) for {url}.", [
+        {"Id": c.get("Id"), "Entity": catalog.entity(c.get("EntityId")),
+         "Action": catalog.action(c.get("ActionId")), "Callback URL": c.get("CallbackUrl"),
+         "Validation key": mask_secret(c.get("ValidationKey")), "Active": c.get("Active")}
+        for c in created])
+    st.rerun()
+
+
+def _manage_section(client: PloomesClient, webhooks: list[dict],
+                    catalog: directory.Catalog, cfg: Settings) -> None:
+    if not webhooks:
+        return
+    st.subheader("Test or delete a subscription")
+    by_id = {int(w["Id"]): w for w in webhooks if w.get("Id") is not None}
+
+    def label(webhook_id: int) -> str:
+        hook = by_id[webhook_id]
+        return (f"{webhook_id} · {catalog.entity(hook.get('EntityId'))} "
+                f"{catalog.action(hook.get('ActionId'))} → {hook.get('CallbackUrl')}")
+
+    webhook_id = st.selectbox("Subscription", sorted(by_id), format_func=label,
+                              key="manage_subscription")
+    hook = by_id[webhook_id]
+    test_col, delete_col = st.columns(2)
+    if test_col.button("Send a test delivery", key="test_delivery",
+                       help="POST an example delivery with this subscription's WebhookId "
+                            "and key to its callback URL, as Ploomes would."):
+        _send_test(hook, cfg)
+    if delete_col.button("Delete…", key="delete_start"):
+        st.session_state[CONFIRM_DELETE] = webhook_id
+    answer = st.session_state.get(TEST_ANSWER)
+    if answer and answer[0] == webhook_id:
+        _, status, body = answer
+        (st.success if 200 <= status < 300 else st.error)(
+            f"The receiver answered HTTP {status} to the test delivery for {webhook_id}.")
+        if isinstance(body, dict | list):
+            st.json(body)
+        else:
+            st.code(str(body))
+    pending = st.session_state.get(CONFIRM_DELETE)
+    if pending is None:
+        return
+    if pending not in by_id:
+        st.session_state.pop(CONFIRM_DELETE, None)
+        return
+    st.warning(f"Delete subscription {label(pending)}? Ploomes stops delivering these "
+               "changes at once; events already stored stay.")
+    yes, no = st.columns(2)
+    if yes.button("Yes, delete it", key="delete_confirm", type="primary"):
+        try:
+            client.delete_webhook(pending)
+        except PloomesError as exc:
+            _show_api_error(exc, f"delete subscription {pending}", cfg)
+            return
+        st.session_state.pop(CONFIRM_DELETE, None)
+        _flash("success", f"Deleted subscription {label(pending)}.")
+        st.rerun()
+    if no.button("Cancel", key="delete_cancel"):
+        st.session_state.pop(CONFIRM_DELETE, None)
+        st.rerun()
+
+
+def _send_test(hook: dict, cfg: Settings) -> None:
+    key = hook.get("ValidationKey")
+    if not key:
+        key = _receiver_key(cfg)
+        st.info("Ploomes does not show this subscription's validation key; the test "
+                "delivery carries this receiver's key instead.")
+    body = directory.example_delivery_body(hook)
+    try:
+        answer = directory.send_test_delivery(hook["CallbackUrl"], key, body)
+    except (ValueError, directory.CallbackUnreachable) as exc:
+        st.error(f"The test delivery could not be sent: {exc}. Check that the receiver is "
+                 "running and that the callback URL reaches it.")
+        return
+    st.session_state[TEST_ANSWER] = (int(hook["Id"]), answer.status, answer.body)
+
+
+# -- page -------------------------------------------------------------------------------
+
+def main() -> None:
+    """Render the Webhooks page."""
+    cfg = common.settings()
+    st.title("Webhooks")
+    _show_flash()
+    if not cfg.user_key:
+        _show_instructions()
+        return
+    try:
+        client = PloomesClient(cfg.api_url, cfg.user_key, timeout=10.0, retry_total=2,
+                               backoff_factor=0.3)
+    except PloomesError as exc:
+        _show_api_error(exc, "use the Ploomes API", cfg)
+        return
+    try:
+        account = hashlib.sha256(cfg.user_key.encode("utf-8")).hexdigest()[:16]
+        try:
+            catalog = _catalog(cfg.api_url, account, client)
+            webhooks = client.list_webhooks()
+        except PloomesError as exc:
+            _show_api_error(exc, "list the subscriptions", cfg)
+            return
+        _sync_section(client, cfg)
+        _subscriptions_section(webhooks, catalog, cfg)
+        _coverage_section(webhooks, catalog, cfg)
+        _register_section(client, webhooks, catalog, cfg)
+        _manage_section(client, webhooks, catalog, cfg)
+    finally:
+        client.close()
+
+
+main()
