@@ -132,6 +132,13 @@ def find_gap(state: dict, old: dict) -> list[dict]:
     return found
 
 
+def _event_row(seq: int, ns: int, d: Delivery, demo: bool, sha: str, text: str,
+               fp: str | None, dup_of: int | None) -> tuple:
+    return (seq, ns_to_datetime(ns), d.action, d.entity, d.account_id, d.action_user_id,
+            d.webhook_id, d.webhook_creator_id, d.secondary_entity_id, d.record_id,
+            to_json(d.old), to_json(d.new), text, sha, demo, fp, dup_of)
+
+
 class PositionMoved(RuntimeError):
     """The store's journal position is not where this pipeline expected it."""
 
@@ -139,8 +146,11 @@ class PositionMoved(RuntimeError):
 class Pipeline:
     """Turns journal records into store rows; keeps the memory duplicate detection needs."""
 
-    def __init__(self, duplicate_window_seconds: float = 120.0):
+    def __init__(self, duplicate_window_seconds: float = 120.0, derive: bool = True):
         self.window_ns = int(duplicate_window_seconds * 1e9)
+        # derive=False stores events only (no diffs, duplicates, gaps or state): the
+        # benchmark's baseline for what the change model costs at ingest.
+        self.derive = derive
         # fingerprint -> (event id, received ns, is_demo), oldest first
         self._recent: OrderedDict[str, tuple[int, int, bool]] = OrderedDict()
 
@@ -265,6 +275,9 @@ class Pipeline:
         return {(r[0], r[1]): (json.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows}
 
     def _derive(self, con, items, rows: _Rows, include_event: bool) -> None:
+        if not self.derive:
+            rows.events += [_event_row(*item, None, None) for item in items]
+            return
         keys = {(item[2].entity, item[2].record_id) for item in items
                 if item[2].record_id is not None}
         states = self._load_states(con, keys)
@@ -276,10 +289,7 @@ class Pipeline:
             if dup_of is None:
                 self._remember(fp, seq, ns, demo)
             if include_event:
-                rows.events.append((seq, at, d.action, d.entity, d.account_id, d.action_user_id,
-                                    d.webhook_id, d.webhook_creator_id, d.secondary_entity_id,
-                                    d.record_id, to_json(d.old), to_json(d.new),
-                                    text, sha, demo, fp, dup_of))
+                rows.events.append(_event_row(seq, ns, d, demo, sha, text, fp, dup_of))
             else:
                 rows.events.append((seq, fp, dup_of))
             for c in diffmod.diff_record(d.action, d.old, d.new):
