@@ -129,6 +129,19 @@ def test_events_filters_narrow_the_table(data_dir):
     assert "No event matches these filters" in at.info[0].value
 
 
+def test_events_filters_come_from_the_link(data_dir):
+    """The Users page links to /events?user=<id>: the filters start from the link."""
+    at = run_page(EVENTS, user=116)
+    assert list(frame(at, "changed fields")["event"]) == [1]
+    at = run_page(EVENTS, entity="Deals", action="Update", **{"from": "2026-03-02"})
+    assert list(frame(at, "changed fields")["event"]) == [4]
+    assert at.date_input(key="f_from").value == datetime(2026, 3, 2).date()
+    at = run_page(EVENTS, user=999, record="abc")
+    assert list(frame(at, "changed fields")["event"]) == [5, 4, 3, 1]  # nothing applied
+    warnings = " ".join(texts(at.warning))
+    assert "999" in warnings and "record=abc" in warnings
+
+
 def test_event_detail_of_the_seed_payload_from_the_url(data_dir):
     at = run_page(EVENTS, event=1)
     assert "Event #1" in texts(at.header)

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import streamlit as st
 
-from ploomes import history
+from ploomes import activity, history
 from views.common import QUERY_TTL, fmt_time, run_query, settings, to_local
 
 PAGE_SIZES = (25, 50, 100, 200)
@@ -52,10 +52,43 @@ def _choose(label: str, options: list, key: str, fmt=str):
                         format_func=lambda v: ANY if v is None else fmt(v))
 
 
+def _seed_from_link(options: dict, data_dir: str, zone: str) -> None:
+    """Fill the filter widgets once from the link (`?user=7&entity=Deals…`)."""
+    if st.session_state.get("_filters_seeded"):
+        return
+    st.session_state["_filters_seeded"] = True
+    parsed = activity.filter_from_params(st.query_params.to_dict(), zone)
+    for problem in parsed.problems:
+        st.warning(f"Ignored in the link: {problem}.")
+    f = parsed.filter
+    users = dict(options["users"])
+    choices = {"f_entity": (f.entity, options["entities"]),
+               "f_action": (f.action, options["actions"]),
+               "f_user": (f.action_user_id, list(users))}
+    for key, (value, allowed) in choices.items():
+        if value is not None and value in allowed:
+            st.session_state[key] = value
+        elif value is not None:
+            st.warning(f"No event has {value!r} yet; that filter from the link was left out.")
+    if f.record_id is not None:
+        st.session_state["f_record"] = str(f.record_id)
+    if f.field and f.field in dict(_fields(data_dir, st.session_state.get("f_entity"))):
+        st.session_state["f_field"] = f.field
+    if f.text:
+        st.session_state["f_text"] = f.text
+    if f.start is not None:
+        st.session_state["f_from"] = to_local(f.start, zone).date()
+    if f.end is not None:  # the parsed end is exclusive: the day before is the last one
+        st.session_state["f_to"] = (to_local(f.end, zone) - timedelta(microseconds=1)).date()
+    st.session_state["f_dups"] = f.include_duplicates
+    st.session_state["f_demo"] = f.include_demo
+
+
 def _filters(data_dir: str, zone: str) -> history.EventFilter | None:
     """Draw the filter widgets; return the filter, or None when an input is invalid."""
     options = _options(data_dir)
     users = dict(options["users"])
+    _seed_from_link(options, data_dir, zone)
     with st.expander("Filters", expanded=True):
         c1, c2, c3, c4 = st.columns(4)
         start_day = c1.date_input("From (day)", value=None, key="f_from", format="DD/MM/YYYY")
