@@ -30,6 +30,7 @@ from ploomes.store import Store, StoreError, fetch_one
 
 DEMO_PATH = "/ploomes/demo"
 CHUNK = 250  # deliveries per request to a running receiver
+DEMO_SEED = 7
 REMOVE_DEMO = json.dumps({"op": "remove_demo"}).encode("utf-8")
 
 
@@ -91,9 +92,11 @@ def load_demo(settings: Settings, deliveries: Sequence[tuple[datetime, dict]] | 
               ) -> int:
     """Store the demo month (or the given deliveries) as demo data; return how many."""
     if deliveries is None:
-        from ploomes.generator import demo_deliveries
+        from ploomes.generator import Simulation, demo_deliveries
 
-        deliveries = demo_deliveries()
+        deliveries = demo_deliveries(seed=DEMO_SEED)
+        sim = Simulation(seed=DEMO_SEED)  # the same account: its users and custom fields
+        _store_names(settings, sim.users, sim.fields)
     deliveries = sorted(deliveries, key=lambda d: d[0])
     payloads, stamps = demo_records(deliveries)
     try:
@@ -112,6 +115,24 @@ def remove_demo(settings: Settings) -> None:
         _append(settings, [REMOVE_DEMO], KIND_CONTROL, 0, None)
     except JournalBusy:
         _post(settings, {"remove": True})
+
+
+def _store_names(settings: Settings, users: list[dict], fields: list[dict]) -> None:
+    """Name the demo account's users and custom fields, without touching synced names.
+
+    Rows written here have no `synced_at`; removing demo data removes exactly those.
+    """
+    with Store(settings).writer() as con:
+        con.executemany(
+            "INSERT INTO users SELECT ?, ?, ?, ?, NULL WHERE NOT EXISTS "
+            "(SELECT 1 FROM users WHERE id = ?)",
+            [(u["Id"], u["Name"], u.get("Email"), bool(u.get("Suspended")), u["Id"])
+             for u in users])
+        con.executemany(
+            "INSERT INTO fields SELECT ?, ?, ?, ?, NULL WHERE NOT EXISTS "
+            "(SELECT 1 FROM fields WHERE key = ?)",
+            [(f["Key"], f.get("EntityId"), f["Name"], f.get("TypeId"), f["Key"])
+             for f in fields])
 
 
 def demo_count(con) -> int:

@@ -335,6 +335,9 @@ class Pipeline:
         if op.get("op") == "remove_demo":
             for table in ("events", "field_changes", "continuity_gaps", "record_state"):
                 con.execute(f"DELETE FROM {table} WHERE is_demo")
+            # names written by load_demo carry no sync time; synced ones stay
+            con.execute("DELETE FROM users WHERE synced_at IS NULL")
+            con.execute("DELETE FROM fields WHERE synced_at IS NULL")
             self._recent = OrderedDict((k, v) for k, v in self._recent.items() if not v[2])
 
     # -- recomputing the change model from stored events --------------------------------

@@ -116,6 +116,25 @@ def test_rebuild_refuses_while_a_receiver_writes(settings):
         journal.close()
 
 
+def test_default_demo_names_its_users_and_removal_takes_them(settings):
+    with Store(settings).writer() as con:
+        con.execute("INSERT INTO users VALUES (1, 'Sincronizado', NULL, false, now())")
+    count = load_demo(settings)
+    store = Store(settings)
+    with store.reader() as con:
+        assert demo_count(con) == count > 1000
+        names = {r[0] for r in con.execute("SELECT name FROM users").fetchall()}
+        unnamed = con.execute(
+            "SELECT count(DISTINCT action_user_id) FROM events WHERE action_user_id NOT IN "
+            "(SELECT id FROM users)").fetchall()[0][0]
+        assert con.execute("SELECT count(*) FROM fields").fetchall()[0][0] > 0
+    assert unnamed == 0 and "Sincronizado" in names and len(names) > 3
+    remove_demo(settings)
+    with store.reader() as con:
+        assert con.execute("SELECT name FROM users").fetchall() == [("Sincronizado",)]
+        assert con.execute("SELECT count(*) FROM fields").fetchall()[0][0] == 0
+
+
 def test_demo_data_is_flagged_removed_and_stays_removed(settings):
     from ploomes.generator import demo_deliveries
 
