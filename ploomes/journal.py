@@ -11,8 +11,7 @@ opened again. Exactly one process appends at a time (it holds `journal/.writer.l
 any process may read.
 
 Durability: `append` returns only once the record is on disk (fdatasync). Concurrent
-appenders share one sync (group commit): the first waiter syncs everything written so
-far while the others wait for it.
+appenders share one write and one sync (group commit, by a writer thread).
 """
 
 from __future__ import annotations
@@ -186,16 +185,26 @@ class JournalReader:
                 out.append(record)
                 self._offset, self.last_seq, got_any = end, record.seq, True
             if not got_any:
-                nxt = self._dir / _segment_name(self.last_seq + 1)
-                if nxt.exists() and nxt != self._path:
-                    self._path, self._offset = nxt, 0
+                # A later segment means this one is complete (rotation syncs it first).
+                # Its name is the next record's sequence, which may skip numbers that a
+                # failed write never used.
+                current = int(self._path.stem)
+                later = [p for p in segment_paths(self._dir) if int(p.stem) > current]
+                if later:
+                    self._path, self._offset = later[0], 0
                 else:
                     break
         return out
 
 
 class Journal:
-    """The appending side of a journal; one per data dir at a time."""
+    """The appending side of a journal; one per data dir at a time.
+
+    Appenders encode their records, take the next sequence numbers and queue them; one
+    writer thread writes everything queued in one `write` and makes it durable with one
+    `fdatasync`, then wakes the appenders it covered (group commit). An appender thus
+    gives up the GIL once while it waits, instead of once per system call.
+    """
 
     def __init__(self, journal_dir: Path, segment_bytes: int = 64 * 1024 * 1024,
                  on_synced: Callable[[int], None] | None = None):
@@ -211,12 +220,17 @@ class Journal:
             raise JournalBusy(f"another process is writing to {self.dir}") from exc
         self._cond = threading.Condition()
         self._broken: str | None = None
-        self._syncing = False
+        self._failed: list[tuple[int, int, str]] = []  # (first, last, why) never written
+        self._queue: list[tuple[int, int, bytes]] = []  # (first seq, last seq, bytes)
+        self._closing = False
         self._fd = -1
         self._size = 0
         self._recover()
         self.synced_seq = self.written_seq
-        self.last_received_ns = 0
+        self._next_seq = self.written_seq + 1
+        self._writer = threading.Thread(target=self._write_loop, name="journal-writer",
+                                        daemon=True)
+        self._writer.start()
 
     def _recover(self) -> None:
         segments = segment_paths(self.dir)
@@ -259,93 +273,108 @@ class Journal:
     def append_many(self, payloads: list[bytes], kind: int = KIND_DELIVERY, flags: int = 0,
                     received_ns: list[int | None] | None = None, durable: bool = True
                     ) -> list[int]:
-        """Append several records in one write; return their sequence numbers."""
+        """Append records (written together); return their sequence numbers when durable.
+
+        With durable=False the call returns once the records are queued; the next sync
+        (anybody's) covers them.
+        """
         now = time.time_ns()
         stamps = received_ns or [None] * len(payloads)
         with self._cond:
             if self._broken:
                 raise JournalWriteError(self._broken)
-            if self._size >= self._segment_bytes and not self._syncing:
-                self._rotate()
-            seqs, chunks = [], []
-            for payload, stamp in zip(payloads, stamps, strict=True):
-                seq = self.written_seq + 1 + len(seqs)
-                chunks.append(encode(Record(seq, kind, flags, stamp or now, payload)))
-                seqs.append(seq)
-            data = b"".join(chunks)
-            try:
-                written = os.write(self._fd, data)
-                if written != len(data):
-                    raise OSError(f"short write ({written} of {len(data)} bytes)")
-            except OSError as exc:
-                self._undo_partial_write(exc)
-                raise JournalWriteError(f"cannot write the journal: {exc}") from exc
-            self._size += len(data)
-            self.written_seq = seqs[-1]
-            self.last_received_ns = stamps[-1] or now
+            first = self._next_seq
+            data = b"".join(
+                encode(Record(first + i, kind, flags, stamp or now, payload))
+                for i, (payload, stamp) in enumerate(zip(payloads, stamps, strict=True)))
+            last = first + len(payloads) - 1
+            self._next_seq = last + 1
+            self._queue.append((first, last, data))
             self._cond.notify_all()
-        if durable:
-            self._wait_synced(seqs[-1])
-        return seqs
+            if durable:
+                self._wait_for(first, last)
+        return list(range(first, last + 1))
 
-    def _undo_partial_write(self, exc: OSError) -> None:
-        try:
-            os.ftruncate(self._fd, self._size)
-        except OSError:
-            self._broken = f"journal write failed and could not be undone: {exc}"
-
-    def _rotate(self) -> None:
-        os.fdatasync(self._fd)
-        os.close(self._fd)
-        self.synced_seq = self.written_seq
-        if self._on_synced:
-            self._on_synced(self.synced_seq)
-        self._open_segment(self.written_seq + 1)
-
-    def _wait_synced(self, seq: int) -> None:
-        with self._cond:
-            while self.synced_seq < seq:
-                if self._broken:
-                    raise JournalWriteError(self._broken)
-                if self._syncing:
-                    self._cond.wait()
-                    continue
-                self._syncing = True
-                target, fd = self.written_seq, self._fd
-                self._cond.release()
-                error = None
-                try:
-                    os.fdatasync(fd)
-                except OSError as exc:
-                    error = exc
-                finally:
-                    self._cond.acquire()
-                    self._syncing = False
-                    if error is None:
-                        self.synced_seq = max(self.synced_seq, target)
-                        if self._on_synced:
-                            self._on_synced(self.synced_seq)
-                    else:
-                        # After a failed fsync the kernel may have dropped the pages:
-                        # nothing more can be promised from this file.
-                        self._broken = f"cannot sync the journal: {error}"
-                    self._cond.notify_all()
-            if self._broken and self.synced_seq < seq:
+    def _wait_for(self, first: int, last: int) -> None:
+        # called with self._cond held
+        while self.synced_seq < last:
+            for lo, hi, why in self._failed:
+                if lo <= last and first <= hi:
+                    raise JournalWriteError(why)
+            if self._broken:
                 raise JournalWriteError(self._broken)
+            self._cond.wait()
+        for lo, hi, why in self._failed:
+            if lo <= last and first <= hi:
+                raise JournalWriteError(why)
 
     def sync(self) -> None:
-        """Make every record written so far durable."""
-        self._wait_synced(self.written_seq)
-
-    def wait_for_records(self, after_seq: int, timeout: float) -> int:
-        """Block until a record above after_seq is durable (or timeout); return synced_seq."""
+        """Make every record queued so far durable."""
         with self._cond:
-            if self.synced_seq <= after_seq:
-                self._cond.wait(timeout)
-            return self.synced_seq
+            self._wait_for(self._next_seq - 1, self._next_seq - 1)
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue, []
+            self._write_batch(batch)
+
+    def _write_batch(self, batch: list[tuple[int, int, bytes]]) -> None:
+        first, last = batch[0][0], batch[-1][1]
+        data = b"".join(chunk for _, _, chunk in batch)
+        try:
+            if self._size >= self._segment_bytes:
+                self._rotate(first)
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(f"short write ({written} of {len(data)} bytes)")
+        except OSError as exc:
+            try:  # nothing may stay half-written: cut the file back
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                self._fail_all(f"journal write failed and could not be undone: {exc}")
+                return
+            with self._cond:
+                # These sequence numbers are never used; their appenders get an error.
+                self._failed = [*self._failed[-99:], (first, last, f"cannot write the "
+                                                                    f"journal: {exc}")]
+                self.synced_seq = last
+                self._cond.notify_all()
+            return
+        self._size += len(data)
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            # After a failed fsync the kernel may have dropped the pages: nothing more
+            # can be promised from this file.
+            self._fail_all(f"cannot sync the journal: {exc}")
+            return
+        with self._cond:
+            self.written_seq = self.synced_seq = last
+            if self._on_synced:
+                self._on_synced(last)
+            self._cond.notify_all()
+
+    def _fail_all(self, why: str) -> None:
+        with self._cond:
+            self._broken = why
+            self._cond.notify_all()
+
+    def _rotate(self, first: int) -> None:
+        os.fdatasync(self._fd)
+        os.close(self._fd)
+        self._open_segment(first)
 
     def close(self) -> None:
-        """Sync and release the journal."""
+        """Write what is queued, sync, and release the journal."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._writer.join()
         with self._cond:
             if self._fd >= 0:
                 try:

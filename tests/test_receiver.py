@@ -17,9 +17,10 @@ def test_example_payloads_are_stored_with_their_columns(receiver):
         body = response.json()
         assert body["status"] == "accepted"
         ids[name] = body["delivery_id"]
-    # visible within a second of the last answer
+    # The time to visible is measured by bench/receiver_load.py (p99 answer -> visible);
+    # tests do not assert wall-clock limits on this shared machine.
     rows = wait_for(lambda: len(r := query(receiver.data_dir, "SELECT id FROM events")) == 4
-                    and r, timeout=1.0, interval=0.01)
+                    and r, timeout=15, interval=0.01)
     assert sorted(r[0] for r in rows) == sorted(ids.values())
     got = {r[0]: r for r in query(receiver.data_dir, """
         SELECT id, action, entity, account_id, action_user_id, webhook_id, record_id,

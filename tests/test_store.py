@@ -98,7 +98,7 @@ def test_rebuild_keeps_events_pruned_from_the_journal(settings):
     before = snapshot(store)
     # retention removed the only segment's records: simulate by rotating and deleting it
     journal = Journal(settings.journal_dir, segment_bytes=4096)
-    journal._rotate()
+    journal._rotate(journal.written_seq + 1)
     journal.close()
     from ploomes.journal import segment_paths
     segment_paths(settings.journal_dir)[0].unlink()
