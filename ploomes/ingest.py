@@ -91,8 +91,12 @@ REJECTED_SCHEMA = pa.schema([
 STATE_SCHEMA = pa.schema([
     ("entity", pa.string()), ("record_id", pa.int64()), ("state", pa.string()),
     ("last_event_id", pa.int64()), ("last_received_at", pa.timestamp("us", tz="UTC")),
-    ("deleted", pa.bool_()), ("is_demo", pa.bool_()),
+    ("deleted", pa.bool_()), ("is_demo", pa.bool_()), ("title", pa.string()),
+    ("names", pa.string()),
 ])
+# A record's title is the first of these it has; a name search looks in the first three.
+TITLE_KEYS = ("Name", "LegalName", "Title", "ContactName")
+NAME_KEYS = ("Name", "LegalName", "Title")
 
 
 def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
@@ -119,6 +123,18 @@ def merge_state(state: dict | None, record: dict | None) -> dict:
         else:
             out[key] = value
     return out
+
+
+def _as_text(value: object) -> str:
+    # what SQL's `->>` gives: a string as it is, anything else as its JSON text
+    return value if isinstance(value, str) else to_json(value)
+
+
+def record_names(state: dict) -> tuple[str | None, str | None]:
+    """Return a record's (title, searchable names: Name, LegalName, Title one per line)."""
+    title = next((_as_text(state[k]) for k in TITLE_KEYS if state.get(k) is not None), None)
+    names = "\n".join(_as_text(state[k]) for k in NAME_KEYS if state.get(k) is not None)
+    return title, names or None
 
 
 def find_gap(state: dict, old: dict) -> list[dict]:
@@ -208,7 +224,10 @@ class Pipeline:
                     [journal_name, records[-1].seq])
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass  # a failed COMMIT already ended the transaction: keep the first error
             raise
         return count
 
@@ -313,7 +332,8 @@ class Pipeline:
             state = merge_state(merge_state(base, d.old), d.new)
             deleted = d.new is None and d.old is not None
             states[key] = (state, seq, at, deleted, demo)
-            rows.states[key] = (d.entity, d.record_id, to_json(state), seq, at, deleted, demo)
+            rows.states[key] = (d.entity, d.record_id, to_json(state), seq, at, deleted, demo,
+                                *record_names(state))
 
     def _write_derived(self, con, rows: _Rows) -> None:
         if rows.changes:
@@ -328,7 +348,9 @@ class Pipeline:
             con.register("_states", _table(list(rows.states.values()), STATE_SCHEMA))
             con.execute("DELETE FROM record_state s USING _states n "
                         "WHERE s.entity = n.entity AND s.record_id = n.record_id")
-            con.execute("INSERT INTO record_state SELECT * FROM _states")
+            con.execute("INSERT INTO record_state (entity, record_id, state, last_event_id, "
+                        "last_received_at, deleted, is_demo, title, names) "
+                        "SELECT * FROM _states")
             con.unregister("_states")
 
     def _control(self, con: duckdb.DuckDBPyConnection, op: dict) -> None:

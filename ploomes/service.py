@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from ploomes.config import Settings
 from ploomes.delivery import InvalidDelivery, parse_delivery, validate
-from ploomes.ingest import Pipeline, PositionMoved, rejected_payload
+from ploomes.ingest import Pipeline, rejected_payload
 from ploomes.journal import (
     FLAG_DEMO,
     KIND_CONTROL,
@@ -43,6 +43,11 @@ from ploomes.store import Store, StoreError, fetch_one
 
 log = logging.getLogger("ploomes.receiver")
 
+# Errors that belong to the records of a batch (their values), not to the machine: such
+# a batch is retried record by record. Anything else (disk full, I/O, a lock) pauses
+# ingestion and is retried later from the stored position, losing nothing.
+RECORD_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException,
+                 ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError)
 AUTH_SAMPLE = 1000  # unauthenticated attempts kept (time, source, reason), never bodies
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -131,7 +136,7 @@ class IngestWorker:
                     return
                 if not worked:
                     time.sleep(0.005)
-            except (StoreError, duckdb.Error, OSError, PositionMoved) as exc:
+            except Exception as exc:  # noqa: BLE001 - every failure is retried from the store
                 self.shared.ingest_errors.value += 1
                 self.shared.set_error(f"{type(exc).__name__}: {exc}")
                 log.warning("ingest paused, will retry: %s", exc)
@@ -166,9 +171,7 @@ class IngestWorker:
             with self.store.writer() as con:
                 self.pipeline.apply(con, self._pending, failures,
                                     expect_seq=self.ingested_seq)
-        except (duckdb.IOException, StoreError, PositionMoved):
-            raise
-        except duckdb.Error as exc:
+        except RECORD_ERRORS as exc:
             # A record DuckDB refuses must not stall every later one: store the batch
             # record by record and keep any that still fails as a rejected delivery.
             log.error("a batch could not be stored, retrying record by record: %s", exc)
@@ -192,7 +195,7 @@ class IngestWorker:
             for record in self._pending:
                 try:
                     self.pipeline.apply(con, [record], expect_seq=seq)
-                except duckdb.Error as exc:
+                except RECORD_ERRORS as exc:
                     self.pipeline.load_recent(con)
                     reason = f"accepted, but DuckDB refused it (kept in the journal): {exc}"
                     self.pipeline.apply(con, [Record(

@@ -78,13 +78,15 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
 class ReceiverProcess:
     """The real receiver (`python receiver.py`) on a loopback port."""
 
-    def __init__(self, data_dir: Path, key: str | None = TEST_KEY, extra_env: dict | None = None):
+    def __init__(self, data_dir: Path, key: str | None = TEST_KEY, extra_env: dict | None = None,
+                 max_file_bytes: int | None = None):
         self.data_dir = data_dir
         self.key = key
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.webhook_url = self.url + "/ploomes/webhook"
         self.extra_env = extra_env or {}
+        self.max_file_bytes = max_file_bytes  # RLIMIT_FSIZE: a real "disk full" for its writes
         self.proc: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"receiver-{self.port}.log"
         self.session = requests.Session()
@@ -99,9 +101,17 @@ class ReceiverProcess:
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "receiver.py"), "--host", "127.0.0.1",
              "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=self._limit_files if self.max_file_bytes else None)
         wait_for(self._healthy, timeout=30)
         return self
+
+    def _limit_files(self) -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes then fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, self.max_file_bytes))
 
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:

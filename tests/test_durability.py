@@ -191,3 +191,41 @@ def test_readers_never_see_lock_errors_while_a_writer_works(settings):
     assert not errors
     with store.reader() as con:
         assert fetch_one(con, "SELECT count(*) FROM users")[0] > 5
+
+
+def test_full_disk_answers_503_and_keeps_everything_acknowledged(tmp_path):
+    """Files may not grow past a limit (RLIMIT_FSIZE): the journal runs out of room."""
+    from ploomes.journal import iter_records
+
+    limit = 3 * 1024 * 1024
+    proc = ReceiverProcess(tmp_path / "data", max_file_bytes=limit).start()
+    padding = "á" * 20_000
+    answers: dict[int, int] = {}
+    try:
+        for n in range(400):  # ~40 KB each: well past the limit
+            body = dict(delivery(n), New={"Id": 1000 + n, "Seq": n, "Note": padding})
+            r = proc.post(body)
+            assert r.status_code in (200, 503), r.text
+            answers[n] = r.status_code
+            if r.status_code == 503:
+                assert r.json()["status"] == "refused"
+        assert 503 in answers.values() and 200 in answers.values()
+        assert proc.session.get(proc.url + "/healthz", timeout=5).status_code in (200, 503)
+    finally:
+        proc.stop()
+    accepted = {n for n, status in answers.items() if status == 200}
+    # every record in the journal is whole, and every acknowledged one is there
+    seen = [json.loads(r.payload)["New"]["Seq"] for r in iter_records(proc.data_dir / "journal")]
+    assert accepted <= set(seen)
+    restarted = ReceiverProcess(tmp_path / "data").start()  # room again
+    try:
+        assert restarted.post(delivery(10_000)).status_code == 200
+        restarted.wait_ingested(timeout=60)
+        stored = {json.loads(p)["New"]["Seq"] for (p,) in query(
+            restarted.data_dir, "SELECT payload::VARCHAR FROM events")}
+        assert accepted | {10_000} <= stored
+        # a full disk is the machine's problem, not the records': none was set aside
+        assert query(restarted.data_dir,
+                     "SELECT count(*) FROM rejected_deliveries WHERE status = 200")[0][0] == 0
+    finally:
+        restarted.stop()
