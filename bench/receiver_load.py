@@ -57,19 +57,30 @@ def wait_healthy(url: str, proc: subprocess.Popen) -> None:
     raise SystemExit("server did not start")
 
 
-def sample_body() -> str:
-    change = Simulation(seed=11).step("Deals", "Update")
-    return json.dumps(delivery_body(change, account_id=3100210, webhook_id=31005120,
-                                    webhook_creator_id=31007700), ensure_ascii=False)
+def sample_bodies(n: int = 2000) -> list[str]:
+    """Return n realistic, different deliveries (creates, updates, wins...) as JSON lines."""
+    sim = Simulation(seed=11)
+    return [json.dumps(delivery_body(change, account_id=3100210, webhook_id=31005120,
+                                     webhook_creator_id=31007700), ensure_ascii=False)
+            for change in sim.steps(n)]
 
 
-def run_wrk(url: str, body: str, seconds: int, connections: int, workdir: Path) -> dict:
+def run_wrk(url: str, bodies: list[str], seconds: int, connections: int, workdir: Path
+            ) -> dict:
+    lines = workdir / "bodies.jsonl"
+    lines.write_text("\n".join(bodies) + "\n", encoding="utf-8")
     script = workdir / "post.lua"
+    # each wrk thread cycles through the same deliveries, so both servers get the same load
     script.write_text(
-        'wrk.method = "POST"\n'
-        f"wrk.body = [==[{body}]==]\n"  # a Lua long string keeps UTF-8 bytes as they are
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["X-Ploomes-Validation-Key"] = "{KEY}"\n', encoding="utf-8")
+        "local bodies = {}\n"
+        f'for line in io.lines("{lines}") do bodies[#bodies + 1] = line end\n'
+        "local i = 0\n"
+        'local headers = {["Content-Type"] = "application/json", '
+        f'["X-Ploomes-Validation-Key"] = "{KEY}"}}\n'
+        "request = function()\n"
+        "  i = i % #bodies + 1\n"
+        '  return wrk.format("POST", nil, headers, bodies[i])\n'
+        "end\n", encoding="utf-8")
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
          url + "/ploomes/webhook"], capture_output=True, text=True, check=True).stdout
@@ -129,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("needs wrk: apt-get install wrk")
-    body = sample_body()
+    bodies = sample_bodies()
     work = Path(tempfile.mkdtemp(prefix="ploomes-bench-"))
     env = {**os.environ, "PLOOMES_VALIDATION_KEYS": KEY}
     try:
@@ -138,7 +149,7 @@ def main() -> None:
                                  "--port", str(port), "--key", KEY], env=env)
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, base)
-        baseline = run_wrk(url, body, args.seconds, args.connections, work)
+        baseline = run_wrk(url, bodies, args.seconds, args.connections, work)
         base.terminate()
         base.wait()
 
@@ -153,7 +164,7 @@ def main() -> None:
         stop = threading.Event()
         probe = Probe(url, store, stop)
         probe.start()
-        ours = run_wrk(url, body, args.seconds, args.connections, work)
+        ours = run_wrk(url, bodies, args.seconds, args.connections, work)
         stop.set()
         probe.join()
         deadline = time.monotonic() + 60

@@ -45,6 +45,9 @@ class RWLock:
         self.directory = directory
         self._gate = directory / f".{name}-gate.lock"
         self._data = directory / f".{name}-data.lock"
+        # Readers hold this (shared) while they wait, so a writer that keeps the file
+        # open across batches can tell when to let them in.
+        self._want = directory / f".{name}-want.lock"
 
     def _open(self, path: Path) -> int:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -54,17 +57,33 @@ class RWLock:
     def shared(self, timeout: float = 30.0) -> Iterator[None]:
         """Hold the lock as a reader."""
         deadline = time.monotonic() + timeout
+        want = self._open(self._want)
         gate, data = self._open(self._gate), self._open(self._data)
         try:
-            _acquire(gate, fcntl.LOCK_SH, deadline)
+            fcntl.flock(want, fcntl.LOCK_SH)  # only ever held exclusively for an instant
             try:
-                _acquire(data, fcntl.LOCK_SH, deadline)
+                _acquire(gate, fcntl.LOCK_SH, deadline)
+                try:
+                    _acquire(data, fcntl.LOCK_SH, deadline)
+                finally:
+                    fcntl.flock(gate, fcntl.LOCK_UN)
             finally:
-                fcntl.flock(gate, fcntl.LOCK_UN)
+                os.close(want)
             yield
         finally:
             os.close(data)  # closing the descriptor releases its lock
             os.close(gate)
+
+    def readers_waiting(self) -> bool:
+        """Return whether a reader is waiting for the lock right now."""
+        fd = self._open(self._want)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also releases the probe's lock
+        return False
 
     @contextmanager
     def exclusive(self, timeout: float = 30.0) -> Iterator[None]:

@@ -97,6 +97,53 @@ def _die_with_parent() -> None:
         pass  # not Linux: the worker also exits when it notices a new parent
 
 
+class _WriteSession:
+    """The worker's DuckDB connection, kept open across batches while work keeps coming.
+
+    Opening and closing the file costs far more than a batch once the store is large
+    (closing checkpoints it), so the worker keeps it while busy, and lets readers in as
+    soon as one waits (`RWLock.readers_waiting`), after `HOLD_MAX` seconds at the most,
+    or once it has been idle for `IDLE_CLOSE` seconds.
+    """
+
+    HOLD_MAX = 2.0
+    IDLE_CLOSE = 0.1
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._cm = None
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._opened = self._used = 0.0
+
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """Return the open connection, opening the store (alone) if needed."""
+        if self._con is None:
+            cm = self.store.writer()
+            self._con = cm.__enter__()
+            self._cm = cm
+            self._opened = time.monotonic()
+        self._used = time.monotonic()
+        return self._con
+
+    def after_batch(self) -> None:
+        """Let waiting readers in, or everyone after HOLD_MAX seconds."""
+        if self._con is not None and (
+                time.monotonic() - self._opened > self.HOLD_MAX
+                or self.store.lock.readers_waiting()):
+            self.close()
+
+    def idle(self) -> None:
+        """Close the store once nothing came for IDLE_CLOSE seconds."""
+        if self._con is not None and time.monotonic() - self._used > self.IDLE_CLOSE:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the file) and release the lock."""
+        cm, self._cm, self._con = self._cm, None, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
+
+
 class IngestWorker:
     """Moves durable journal records into DuckDB in batches, exactly once."""
 
@@ -105,6 +152,7 @@ class IngestWorker:
         self.shared = shared
         self.batch_size = batch_size
         self.store = Store(settings)
+        self.session = _WriteSession(self.store)
         self.pipeline = Pipeline(settings.duplicate_window_seconds)
         self.ingested_seq = 0
         self._reader: JournalReader | None = None
@@ -123,6 +171,12 @@ class IngestWorker:
 
     def run(self, parent_pid: int) -> None:
         """Ingest until asked to stop (then drain) or until the receiver is gone."""
+        try:
+            self._run(parent_pid)
+        finally:
+            self.session.close()
+
+    def _run(self, parent_pid: int) -> None:
         backoff = 0.05
         while os.getppid() == parent_pid:
             stopping = self.shared.stop.value
@@ -140,6 +194,7 @@ class IngestWorker:
                 self.shared.ingest_errors.value += 1
                 self.shared.set_error(f"{type(exc).__name__}: {exc}")
                 log.warning("ingest paused, will retry: %s", exc)
+                self.session.close()
                 self._reader = None  # resume from the position stored in DuckDB
                 if stopping:
                     return
@@ -165,13 +220,14 @@ class IngestWorker:
             self._pending[0].received_ns if self._pending else 0)
         failures = self._take_failures()
         if not self._pending and not failures:
+            self.session.idle()
             self._maybe_prune()
             return False
         try:
-            with self.store.writer() as con:
-                self.pipeline.apply(con, self._pending, failures,
-                                    expect_seq=self.ingested_seq)
+            self.pipeline.apply(self.session.connection(), self._pending, failures,
+                                expect_seq=self.ingested_seq)
         except RECORD_ERRORS as exc:
+            self.session.close()
             # A record DuckDB refuses must not stall every later one: store the batch
             # record by record and keep any that still fails as a rejected delivery.
             log.error("a batch could not be stored, retrying record by record: %s", exc)
