@@ -1,0 +1,253 @@
+"""The dashboard in a real browser: `streamlit run dashboard.py` driven by headless Chromium
+against a real receiver taking sandbox deliveries and a sandbox standing in for Ploomes.
+
+Every page is opened and checked for content it must show; one full-page screenshot per
+page is saved in the folder printed at the start (PLOOMES_SCREENSHOTS, else tmp).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from browser_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TIMEOUT_MS,
+    VIEWPORT,
+    StreamlitProcess,
+    choose,
+    data_grid,
+    grid_cell,
+    grid_column,
+    grid_rows,
+    require_chromium,
+    screenshot,
+    wait_until_idle,
+)
+from conftest import SHARED, TEST_KEY, ReceiverProcess
+from playwright.sync_api import Page, expect, sync_playwright
+
+from ploomes import generator
+from ploomes.sandbox import DEFAULT_SUBSCRIPTIONS, Sandbox
+
+pytestmark = pytest.mark.browser
+
+USER_KEY = "browser-user-key-0123456789abcdef"
+CONTACT = 2630362  # the record of the shared contact-update example
+# Deals · Win is left out of the seeded subscriptions: the test registers it in the browser.
+SEEDED = tuple(pair for pair in DEFAULT_SUBSCRIPTIONS if pair != ("Deals", "Win"))
+
+
+class Live:
+    """The running processes, and what the sandbox delivered so far."""
+
+    def __init__(self, sandbox: Sandbox, receiver: ReceiverProcess, dashboard: StreamlitProcess,
+                 contact_event: int, screenshots: Path):
+        self.sandbox = sandbox
+        self.receiver = receiver
+        self.dashboard = dashboard
+        self.contact_event = contact_event
+        self.screenshots = screenshots
+
+    @property
+    def deliveries(self) -> list[dict]:
+        """Return every delivery the sandbox made so far (tests add some)."""
+        return self.sandbox.deliveries()
+
+    @property
+    def total(self) -> int:
+        """Return how many events the receiver should hold."""
+        return len(self.deliveries) + 1  # plus the contact update posted by hand
+
+    def count(self, **match) -> int:
+        """Return how many sandbox deliveries have these outcome values."""
+        return sum(all(d[k] == v for k, v in match.items()) for d in self.deliveries)
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    # Module fixtures run before conftest's autouse env cleaning, so the variable is seen.
+    folder = Path(os.environ.get("PLOOMES_SCREENSHOTS") or
+                  tmp_path_factory.mktemp("browser") / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots: {folder}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, screenshots):
+    require_chromium()  # before starting anything
+    tmp = tmp_path_factory.mktemp("live")
+    with Sandbox(user_key=USER_KEY, seed=7, rate_limit=0) as sandbox:
+        receiver = ReceiverProcess(tmp / "data")
+        dashboard = StreamlitProcess({
+            "PLOOMES_DATA_DIR": str(receiver.data_dir),
+            "PLOOMES_RECEIVER_URL": receiver.url,
+            "PLOOMES_API_URL": sandbox.url,
+            "PLOOMES_USER_KEY": USER_KEY,
+            "PLOOMES_CALLBACK_URL": receiver.webhook_url,
+            "PLOOMES_VALIDATION_KEYS": TEST_KEY,  # the same deployment as the receiver
+        }, tmp)
+        try:
+            receiver.start()
+            sandbox.subscribe_all(receiver.webhook_url, TEST_KEY, pairs=SEEDED)
+            # Few enough events for one page (50 rows) of the Events table.
+            sandbox.run_activity(30)
+            answer = receiver.post((SHARED / "payloads" / "contact-update.json").read_bytes())
+            assert answer.status_code == 200, answer.text
+            receiver.wait_ingested()
+            assert {(d["state"], d["status"]) for d in sandbox.deliveries()} == {("sent", 200)}
+            dashboard.start()
+            yield Live(sandbox, receiver, dashboard, answer.json()["delivery_id"], screenshots)
+        finally:
+            dashboard.stop()
+            receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(live):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=CHROMIUM_ARGS)
+        expect.set_options(timeout=15_000)  # a slow CI machine: Streamlit draws late
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser, live):
+    """A fresh browser tab (a new Streamlit session) per test."""
+    context = browser.new_context(viewport=VIEWPORT, base_url=live.dashboard.url)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def open_page(page: Page, path: str, title: str) -> None:
+    """Go to a dashboard address and wait for the page's title; no exception shown."""
+    page.goto(path)
+    expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible(
+        timeout=TIMEOUT_MS)
+    wait_until_idle(page)
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+def metric(page: Page, label: str):
+    """Return the value element of the st.metric with this label."""
+    return page.get_by_test_id("stMetric").filter(has_text=label).get_by_test_id(
+        "stMetricValue")
+
+
+def test_overview_counts_live(page, live):
+    open_page(page, "/", "Overview")
+    before = live.total
+    expect(metric(page, "Deliveries (24 h)")).to_have_text(str(before))
+    expect(metric(page, "Receiver")).to_have_text("ok")
+    expect(page.get_by_text("Timeline", exact=True)).to_be_visible()
+    expect(page.get_by_test_id("stVegaLiteChart")).to_be_visible()
+
+    # Deliveries arriving while the page is open show up without a reload: the numbers
+    # refresh every 10 s (views/overview.py) over a query cache at most 5 s old.
+    live.sandbox.run_activity(3, "Contacts", "Update")
+    live.receiver.wait_ingested()
+    expect(metric(page, "Deliveries (24 h)")).to_have_text(str(before + 3), timeout=30_000)
+    screenshot(page, live.screenshots / "overview.png")
+
+
+def test_events_filter_narrows_the_table(page, live):
+    open_page(page, "/events", "Events")
+    total, deals = live.total, live.count(entity="Deals")
+    expect(page.get_by_text(f"Events 1–{total} of {total} ")).to_be_visible()
+    grid = data_grid(page, "changed fields")
+    expect(grid).to_have_attribute("aria-rowcount", str(total + 1))  # + the header row
+
+    choose(page, "Entity", "Deals")
+    expect(page.get_by_text(f"Events 1–{deals} of {deals} ")).to_be_visible()
+    expect(grid).to_have_attribute("aria-rowcount", str(deals + 1))
+    cells = grid.locator(grid_column(grid, "entity"))
+    expect(cells.first).to_have_text("Deals")
+    assert set(cells.all_inner_texts()) == {"Deals"}
+    screenshot(page, live.screenshots / "events.png")
+
+
+def test_event_diff(page, live):
+    event_id = live.contact_event
+    open_page(page, f"/events?event={event_id}", "Events")
+    expect(page.get_by_role("heading", name=f"Event #{event_id}")).to_be_visible()
+    expect(page.get_by_text(f"Update of Contacts {CONTACT}")).to_be_visible()
+    diff = data_grid(page, "before")
+    expect(grid_cell(diff, "LegalName", "before")).to_have_text("Ploomes")
+    expect(grid_cell(diff, "LegalName", "after")).to_have_text("Ploomes Sistemas Empresariais")
+    screenshot(page, live.screenshots / "event-detail.png")
+
+
+def test_records(page, live):
+    open_page(page, f"/records?entity=Contacts&record={CONTACT}", "Records")
+    expect(page.get_by_role("heading", name=f"Contacts {CONTACT} — Ploomes Sistemas "
+                                             "Empresariais")).to_be_visible()
+    expect(page.get_by_text("1 event(s), first")).to_be_visible()
+    timeline = data_grid(page, "changed fields")
+    expect(grid_cell(timeline, str(live.contact_event), "action")).to_have_text("Update")
+    screenshot(page, live.screenshots / "records.png")
+
+
+def test_users(page, live):
+    by_user = Counter(d["body"]["ActionUserId"] for d in live.deliveries)
+    user_id, events = by_user.most_common(1)[0]
+    open_page(page, f"/users?user={user_id}", "Users")
+    expect(page.get_by_role("heading", name=str(user_id))).to_be_visible()
+    table = data_grid(page, "ActionUserId")
+    expect(grid_cell(table, str(user_id), "Events")).to_have_text(str(events))
+    expect(page.get_by_text("When they work")).to_be_visible()
+    screenshot(page, live.screenshots / "users.png")
+
+
+def test_webhooks_register_subscription(page, live):
+    sandbox, callback = live.sandbox, live.receiver.webhook_url
+    open_page(page, "/webhooks", "Webhooks")
+    expect(page.get_by_text(f"subscribed for {callback}")).to_be_visible()
+    table = data_grid(page, "Deliveries 24 h")
+    expect(table).to_have_attribute("aria-rowcount", str(len(SEEDED) + 1))
+    expect(grid_rows(table, callback)).to_have_count(len(SEEDED))
+    expect(page.get_by_role("textbox", name="Callback URL")).to_have_value(callback)
+
+    choose(page, "Entity", "Deals")
+    choose(page, "Actions (one subscription each)", "Win")
+    page.get_by_role("button", name="Register").click()
+    expect(page.get_by_text(f"Created 1 subscription(s) for {callback}.")).to_be_visible()
+    [hook] = [w for w in sandbox.webhooks() if (w["EntityId"], w["ActionId"]) == (
+        generator.ENTITY_IDS["Deals"], generator.ACTION_IDS["Win"])]
+    assert hook["CallbackUrl"] == callback
+    assert hook["ValidationKey"] == TEST_KEY
+    expect(table).to_have_attribute("aria-rowcount", str(len(SEEDED) + 2))
+
+    # Ploomes (the sandbox) now delivers wins to the receiver; the page counts them.
+    outcome = sandbox.run_activity(2, "Deals", "Win")
+    assert [d["status"] for d in outcome["deliveries"]] == [200, 200], json.dumps(outcome)
+    live.receiver.wait_ingested()
+    page.reload()
+    table = data_grid(page, "Deliveries 24 h")
+    expect(grid_cell(table, str(hook["Id"]), "Deliveries 24 h")).to_have_text("2")
+    screenshot(page, live.screenshots / "webhooks.png")
+
+
+def test_status(page, live):
+    open_page(page, "/status", "Status")
+    expect(page.get_by_text(str(live.receiver.data_dir))).to_be_visible()
+    expect(metric(page, "Receiver")).to_have_text("ok")
+    expect(metric(page, "Journal backlog")).to_have_text("0")
+    expect(page.get_by_text("events match")).to_contain_text(f"{live.total:,}")
+    expect(metric(page, "Journal records stored")).to_have_text(str(live.total))
+    expect(page.get_by_role("button", name="Download CSV")).to_be_visible()
+    expect(page.get_by_role("combobox", name="Entity")).to_be_visible()
+    screenshot(page, live.screenshots / "status.png")
