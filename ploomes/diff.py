@@ -54,6 +54,12 @@ BOOKKEEPING_FIELDS: frozenset[str] = frozenset(
         "UpdateImportId",
         "ImportationIdUpdate",
         "PublicFormIdUpdate",
+        # set once by Ploomes when a record is created: who/when, not what
+        "CreateDate",
+        "CreatorId",
+        "CreateImportId",
+        "ImportationIdCreate",
+        "PublicFormIdCreate",
     }
 )
 

@@ -371,8 +371,9 @@ def subscriptions_frame(webhooks: list[dict], catalog: Catalog, users: Mapping[i
             "Last delivery": _timestamp(seen.last_delivery) if seen is not None else None,
             "Warning": warnings.get(webhook_id, ""),
         })
-    columns = ["Id", "Entity", "Action", "Callback URL", "Active", "Validation key",
-               "Key accepted here", "Creator", "Created", "Deliveries 24 h", "Last delivery",
+    # what people look for first: what it is and whether it delivers, then the details
+    columns = ["Id", "Entity", "Action", "Deliveries 24 h", "Last delivery", "Active",
+               "Callback URL", "Validation key", "Key accepted here", "Creator", "Created",
                "Warning"]
     return pd.DataFrame(rows, columns=columns)
 

@@ -30,6 +30,7 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from zoneinfo import ZoneInfo
 
 import requests
 
@@ -59,6 +60,12 @@ SYSTEM_FIELDS = (
 SIMULATED_ENTITIES = getattr(generator, "SIMULATED_ENTITIES", ("Contacts", "Deals", "Tasks"))
 WEBHOOK_FIELDS = ("EntityId", "ActionId", "CallbackUrl", "ValidationKey", "Active")
 WEBHOOK_PROPERTIES = {"Id", *WEBHOOK_FIELDS, "CreatorId", "CreateDate"}
+
+
+def _account_now() -> str:
+    """Return now as Ploomes writes dates: Brazil local time without an offset."""
+    return (datetime.now(ZoneInfo("America/Sao_Paulo")).replace(tzinfo=None)
+            .isoformat(timespec="milliseconds"))
 # Subscriptions made by `--subscribe`: every action the simulation can fire for them.
 DEFAULT_SUBSCRIPTIONS = (
     ("Contacts", "Create"), ("Contacts", "Update"), ("Contacts", "Delete"),
@@ -367,7 +374,7 @@ class Sandbox:
         with self._lock:
             self._check_webhook(webhook, exclude=None)
             webhook = {"Id": self._next_webhook_id, **webhook, "CreatorId": self.creator_id,
-                       "CreateDate": datetime.now().isoformat(timespec="milliseconds")}
+                       "CreateDate": _account_now()}
             self._next_webhook_id += 1
             self._webhooks[webhook["Id"]] = webhook
             return dict(webhook)

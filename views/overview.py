@@ -90,9 +90,12 @@ def _timeline(include_duplicates: bool) -> None:
                        bucket_end=(starts + width * 0.9).dt.tz_localize("UTC"),
                        when=starts.dt.strftime("%d/%m/%Y %H:%M" if bucket == "hour"
                                                else "%d/%m/%Y"))
+    # the axis spans the chosen range (same local-as-UTC tagging as the bars)
+    local = pd.Timestamp(start).tz_convert(settings().timezone).tz_localize(None)
+    domain = [local.tz_localize("UTC"), (local + RANGES[choice or "7 d"]).tz_localize("UTC")]
     chart = alt.Chart(data).mark_bar().encode(
         x=alt.X("bucket:T", title=f"{bucket} ({settings().timezone})",
-                scale=alt.Scale(type="utc")),
+                scale=alt.Scale(type="utc", domain=[d.isoformat() for d in domain])),
         x2="bucket_end:T",
         y=alt.Y("sum(events):Q", title="events"),
         color=alt.Color("group:N", title=(by or "entity").capitalize()),

@@ -68,7 +68,8 @@ def _heatmap(user_id: int | None, since: datetime | None, include: bool) -> None
         x=alt.X("hour:O", title="hour"),
         y=alt.Y("weekday_name:O", title=None, sort=list(grid["weekday_name"].unique())),
         color=alt.Color("events:Q", scale=alt.Scale(scheme="blues"), title="events"),
-        tooltip=[alt.Tooltip("weekday_name:N", title="day"), "hour:O", "events:Q"])
+        tooltip=[alt.Tooltip("weekday_name:N", title="day"), "hour:O", "events:Q"]
+    ).properties(height=7 * 28)  # one readable row per weekday
     st.altair_chart(chart, width="stretch")
 
 
