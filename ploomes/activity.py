@@ -39,9 +39,12 @@ def _dup_clause(include_duplicates: bool, column: str = "duplicate_of") -> str:
     return "" if include_duplicates else f" AND {column} IS NULL"
 
 
-def _user_clause(user_id: int | None) -> tuple[str, list]:
-    # NULL is a real value here: deliveries without an ActionUserId form their own group
-    return " AND action_user_id IS NOT DISTINCT FROM ?", [user_id]
+def _user_clause(user_id: int | None, column: str = "action_user_id") -> tuple[str, list]:
+    # NULL is a real value here: deliveries without an ActionUserId form their own group.
+    # Plain equality (not IS NOT DISTINCT FROM) lets DuckDB push the filter into the scan.
+    if user_id is None:
+        return f" AND {column} IS NULL", []
+    return f" AND {column} = ?", [int(user_id)]
 
 
 def _range_clause(since: datetime | None, until: datetime | None,
@@ -163,13 +166,17 @@ def users_summary(con: duckdb.DuckDBPyConnection, since: datetime | None = None,
     first_at, last_at.
     """
     where, params = _range_clause(since, until, "e.received_at")
+    # per user and record first, then per user: cheaper than count(DISTINCT (entity, id))
     return con.execute(
-        f"SELECT e.action_user_id, {_USER_NAME} AS user, count(*) AS events, "
-        "count(DISTINCT (e.entity, e.record_id)) FILTER (WHERE e.record_id IS NOT NULL) "
-        "AS records, min(e.received_at) AS first_at, max(e.received_at) AS last_at "
-        "FROM events e LEFT JOIN users u ON u.id = e.action_user_id WHERE TRUE"
-        + where + _dup_clause(include_duplicates, "e.duplicate_of")
-        + " GROUP BY e.action_user_id, u.name ORDER BY events DESC, e.action_user_id",
+        "WITH per_record AS (SELECT e.action_user_id, e.entity, e.record_id, count(*) AS n, "
+        "min(e.received_at) AS first_at, max(e.received_at) AS last_at FROM events e "
+        "WHERE TRUE" + where + _dup_clause(include_duplicates, "e.duplicate_of")
+        + " GROUP BY ALL), per_user AS (SELECT action_user_id, sum(n) AS events, "
+        "count(*) FILTER (WHERE record_id IS NOT NULL) AS records, min(first_at) AS first_at, "
+        "max(last_at) AS last_at FROM per_record GROUP BY action_user_id) "
+        f"SELECT e.action_user_id, {_USER_NAME} AS user, CAST(e.events AS BIGINT) AS events, "
+        "e.records, e.first_at, e.last_at FROM per_user e "
+        "LEFT JOIN users u ON u.id = e.action_user_id ORDER BY events DESC, e.action_user_id",
         params).fetchdf()
 
 
@@ -220,16 +227,17 @@ def user_top_fields(con: duckdb.DuckDBPyConnection, user_id: int | None, limit: 
     field path), changes, records.
     """
     where, params = _range_clause(since, until, "c.received_at")
-    user_sql, user_params = _user_clause(user_id)
-    user_sql = user_sql.replace("action_user_id", "c.action_user_id")
+    user_sql, user_params = _user_clause(user_id, "c.action_user_id")
+    # count first, label the few groups after
     return con.execute(
-        "SELECT c.entity, c.field, COALESCE(f.name, c.field) AS label, count(*) AS changes, "
+        "WITH agg AS (SELECT c.entity, c.field, count(*) AS changes, "
         "count(DISTINCT c.record_id) AS records FROM field_changes c "
-        "LEFT JOIN fields f ON starts_with(c.field, ?) AND f.key = substr(c.field, ?) "
         "WHERE NOT c.bookkeeping AND NOT c.is_duplicate" + user_sql + where
-        + " GROUP BY c.entity, c.field, f.name ORDER BY changes DESC, c.entity, c.field "
-        "LIMIT ?",
-        [OTHER_PREFIX, len(OTHER_PREFIX) + 1, *user_params, *params, int(limit)]).fetchdf()
+        + " GROUP BY c.entity, c.field) "
+        "SELECT a.entity, a.field, COALESCE(f.name, a.field) AS label, a.changes, a.records "
+        "FROM agg a LEFT JOIN fields f ON starts_with(a.field, ?) AND f.key = substr(a.field, ?) "
+        "ORDER BY a.changes DESC, a.entity, a.field LIMIT ?",
+        [*user_params, *params, OTHER_PREFIX, len(OTHER_PREFIX) + 1, int(limit)]).fetchdf()
 
 
 # -- the Events filter and its export -----------------------------------------------------

@@ -12,18 +12,22 @@ tables when those know them, else with the raw id or field path as text.
 
 Performance: the store has no secondary indexes, so queries filter on plain columns
 (which DuckDB prunes with min/max zone maps; `id`, `event_id` and `received_at` grow
-with insertion), page in SQL, and parse JSON only on the rows a page shows. A free-text
-search over payloads (`EventFilter.text`) and a value search (`changes_matching`) are
-full scans of text columns: fast enough with a time range or another filter, slow alone
-on a store of a million events.
+with insertion), page in SQL, and parse JSON only on the rows a page shows. A record name
+search reads `record_state.names`, text the ingest path keeps (schema v3). Substring
+matches use `ILIKE` without an `ESCAPE` clause unless the text needs one (several times
+faster in DuckDB). A free-text search over payloads (`EventFilter.text`) reads the
+newest events first, window by window, and stops once the page is full or its time is
+up, saying so (`EventsPage.exact`); counting every match (`count_events`) and a value
+search (`changes_matching`) with no match to stop at remain full scans of text columns.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import pandas as pd
@@ -34,6 +38,11 @@ OTHER_PREFIX = "OtherProperties."
 UNKNOWN_BEFORE = "previous value unknown"
 DEFAULT_LIMIT = 1000
 MAX_PAGE_SIZE = 1000
+# A free-text search of payloads reads the newest events first, in time windows that grow
+# (6 h, then ×4); it answers once it has a page, or after this long with what it found.
+TEXT_SEARCH_SECONDS = 0.06
+_FIRST_WINDOW = timedelta(hours=6)
+_WINDOW_GROWTH = 4
 
 # Labels, joined in SQL: a user's name, else the id as text; a custom field's name, else
 # the field path itself.
@@ -92,12 +101,74 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
+def _ilike(column: str, text: str) -> tuple[str, str]:
+    """Return (condition, pattern): `column` contains `text`, any case, wildcards literal.
+
+    DuckDB runs `ILIKE` with an `ESCAPE` clause several times slower than without one, so
+    the clause is added only when the text holds a wildcard or backslash to escape.
+    """
+    if any(c in text for c in "%_\\"):
+        return f"{column} ILIKE ? ESCAPE '\\'", _like(text)
+    return f"{column} ILIKE ?", f"%{text}%"
+
+
 def _json_text(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _limit(value: int, ceiling: int = 100_000) -> int:
     return max(0, min(int(value), ceiling))
+
+
+@dataclass(frozen=True)
+class _Found:
+    """Rows a newest-first search found, and how far back it looked."""
+
+    rows: list[tuple]
+    complete: bool  # every window down to the oldest candidate was read
+    searched_since: datetime | None  # the oldest moment read, when not complete
+
+
+def _newest_first(con: duckdb.DuckDBPyConnection, sql: str, params: list, table: str,
+                  column: str, need: int, start: datetime | None, end: datetime | None,
+                  seconds: float | None) -> _Found:
+    """Run `sql` on successive time windows, newest first, until `need` rows are found.
+
+    `sql` selects rows newest first; its `{window}` is replaced by a bound condition
+    `column >= lo AND column < hi` (placed before its other parameters) and it ends with
+    `LIMIT ?`. A text match must read every row it tests, so reading recent windows first
+    answers a page without reading the whole table: `column` grows with insertion, and
+    DuckDB skips row groups outside a window by their min/max. With `seconds`, the
+    search stops after that long (having read at least one window).
+    """
+    span = con.execute(f"SELECT min({column}), max({column}) FROM {table}").fetchall()[0]
+    if span[0] is None:
+        return _Found([], True, None)
+    floor = max(_utc(span[0]), _utc(start)) if start is not None else _utc(span[0])
+    hi = _utc(span[1]) + timedelta(microseconds=1)
+    if end is not None:
+        hi = min(hi, _utc(end))
+    deadline = None if seconds is None else time.monotonic() + seconds
+    found: list[tuple] = []
+    width = _FIRST_WINDOW
+    window = f"{column} >= ? AND {column} < ?"
+    while hi > floor:
+        lo = max(hi - width, floor)
+        began = time.monotonic()
+        found += con.execute(sql.format(window=window),
+                             [lo, hi, *params, need - len(found)]).fetchall()
+        if len(found) >= need:
+            return _Found(found, False, lo)
+        read, hi, width = hi - lo, lo, width * _WINDOW_GROWTH
+        if deadline is not None and hi > floor:
+            now = time.monotonic()
+            if now >= deadline:
+                return _Found(found, False, lo)
+            # the next window should fit in the time left, at the pace of the last one
+            pace = read / max(now - began, 1e-4)
+            # (half of it: a window's cost grows faster than its length on busy days)
+            width = max(min(width, pace * (deadline - now) / 2), timedelta(minutes=1))
+    return _Found(found, True, None)
 
 
 def show_value(text: str | None, known: bool = True) -> str:
@@ -223,9 +294,9 @@ def changes_matching(con: duckdb.DuckDBPyConnection, text: str, *,
     """List changes whose old or new JSON text contains `text` (any case, accents kept)."""
     if side not in ("either", "old", "new"):
         raise ValueError("side must be 'either', 'old' or 'new'")
-    pattern = _like(text)
-    sides = {"old": "CAST(fc.old_value AS VARCHAR) ILIKE ? ESCAPE '\\'",
-             "new": "CAST(fc.new_value AS VARCHAR) ILIKE ? ESCAPE '\\'"}
+    sides = {name: _ilike(f"CAST(fc.{name}_value AS VARCHAR)", text)[0]
+             for name in ("old", "new")}
+    pattern = _ilike("", text)[1]
     where = _change_filters(include_duplicates, include_bookkeeping)
     params: list = []
     if field_path:
@@ -368,17 +439,18 @@ def find_records(con: duckdb.DuckDBPyConnection, *, entity: str | None = None,
     if not include_deleted:
         where.append("NOT s.deleted")
     if text:
-        pattern = _like(text)
-        if '"' not in text and "\\" not in text:
-            # a cheap scan of the raw text first; JSON is parsed only where it can match
-            where.append("CAST(s.state AS VARCHAR) ILIKE ? ESCAPE '\\'")
+        if "\n" in text:  # `names` holds one name per line: only a single name can match
+            found = [_ilike(f"(s.state->>'$.{key}')", text)
+                     for key in ("Name", "LegalName", "Title")]
+            where.append("(" + " OR ".join(cond for cond, _ in found) + ")")
+            params += [pattern for _, pattern in found]
+        else:
+            # Name, LegalName and Title, kept as text by the ingest path (schema v3)
+            cond, pattern = _ilike("s.names", text)
+            where.append(cond)
             params.append(pattern)
-        where.append("(" + " OR ".join(
-            f"(s.state->>'$.{key}') ILIKE ? ESCAPE '\\'"
-            for key in ("Name", "LegalName", "Title")) + ")")
-        params += [pattern] * 3
     sql = f"""
-        SELECT s.entity, s.record_id, {_TITLE.format(s="s.state")} AS title,
+        SELECT s.entity, s.record_id, s.title,
                s.last_event_id, s.last_received_at, s.deleted, s.is_demo
         FROM record_state s WHERE {' AND '.join(where) or 'true'}
         ORDER BY s.last_received_at DESC, s.entity, s.record_id LIMIT ?
@@ -495,8 +567,9 @@ def _event_where(f: EventFilter) -> tuple[str, list]:
                      f"WHERE {' AND '.join(sub)})")
         params += sub_params
     if f.text:
-        where.append("CAST(e.payload AS VARCHAR) ILIKE ? ESCAPE '\\'")
-        params.append(_like(f.text))
+        cond, pattern = _ilike("CAST(e.payload AS VARCHAR)", f.text)
+        where.append(cond)
+        params.append(pattern)
     return " AND ".join(where) or "true", params
 
 
@@ -543,12 +616,16 @@ def list_events(con: duckdb.DuckDBPyConnection, f: EventFilter, *, limit: int = 
                 offset: int = 0) -> pd.DataFrame:
     """Return one page of events (newest first), labelled, with the fields they changed."""
     source, where, params = _keys(f)
+    # sort and cut on narrow columns; wide JSON is read for the page's rows only
+    keys = (f"SELECT e.id FROM {source} WHERE {where} "
+            "ORDER BY e.received_at DESC, e.id DESC LIMIT ? OFFSET ?")
+    return _event_rows(con, keys, [*params, _limit(limit, MAX_PAGE_SIZE), max(0, int(offset))])
+
+
+def _event_rows(con: duckdb.DuckDBPyConnection, keys: str, params: list) -> pd.DataFrame:
+    """Return the Events table's rows for the event ids `keys` selects, newest first."""
     sql = f"""
-        WITH keys AS (
-            -- sort and cut on narrow columns; wide JSON is read for the page's rows only
-            SELECT e.id FROM {source} WHERE {where}
-            ORDER BY e.received_at DESC, e.id DESC LIMIT ? OFFSET ?
-        ), page AS (
+        WITH keys AS ({keys}), page AS (
             SELECT e.id, e.received_at, e.entity, e.action, e.record_id, e.action_user_id,
                    e.webhook_id, e.duplicate_of, e.is_demo, e.old, e.new
             FROM events e WHERE e.id IN (SELECT id FROM keys)
@@ -556,6 +633,8 @@ def list_events(con: duckdb.DuckDBPyConnection, f: EventFilter, *, limit: int = 
             SELECT fc.event_id, string_agg({_FIELD_LABEL}, ', ' ORDER BY fc.rowid) AS fields
             FROM field_changes fc {_FIELD_JOIN}
             WHERE fc.event_id IN (SELECT id FROM page) AND NOT fc.bookkeeping
+              -- a range lets DuckDB skip row groups (event_id grows with insertion)
+              AND fc.event_id BETWEEN (SELECT min(id) FROM page) AND (SELECT max(id) FROM page)
             GROUP BY fc.event_id
         )
         SELECT page.id AS event_id, page.received_at, page.entity, page.action,
@@ -568,17 +647,24 @@ def list_events(con: duckdb.DuckDBPyConnection, f: EventFilter, *, limit: int = 
         LEFT JOIN users u ON u.id = page.action_user_id
         ORDER BY page.received_at DESC, page.id DESC
     """
-    return _frame(con, sql, [*params, _limit(limit, MAX_PAGE_SIZE), max(0, int(offset))])
+    return _frame(con, sql, params)
 
 
 @dataclass(frozen=True)
 class EventsPage:
-    """One page of the Events table and how many events the filter selects in all."""
+    """One page of the Events table and how many events the filter selects in all.
+
+    A free-text filter may stop searching once it has filled the page (or after
+    TEXT_SEARCH_SECONDS): then `exact` is False, `total` counts the matches found so
+    far (there are at least that many) and `searched_since` is how far back it read.
+    """
 
     rows: pd.DataFrame
     total: int
     page: int
     page_size: int
+    exact: bool = True
+    searched_since: datetime | None = None
 
     @property
     def pages(self) -> int:
@@ -587,14 +673,37 @@ class EventsPage:
 
 
 def events_page(con: duckdb.DuckDBPyConnection, f: EventFilter, page: int = 1,
-                page_size: int = 50) -> EventsPage:
-    """Return page `page` (1-based, clamped to the last page) of the filtered events."""
+                page_size: int = 50, *, text_seconds: float | None = TEXT_SEARCH_SECONDS
+                ) -> EventsPage:
+    """Return page `page` (1-based, clamped to the last page) of the filtered events.
+
+    With a free-text filter, events are searched newest first and the search stops once
+    this page and one more event are found, or after `text_seconds` (None: never), so
+    the total may be a lower bound (`EventsPage.exact`).
+    """
     page_size = max(1, min(int(page_size), MAX_PAGE_SIZE))
+    page = max(1, int(page))
+    if f.text:
+        return _text_page(con, f, page, page_size, text_seconds)
     total = count_events(con, f)
     pages = max(1, -(-total // page_size))
-    page = max(1, min(int(page), pages))
+    page = min(page, pages)
     rows = list_events(con, f, limit=page_size, offset=(page - 1) * page_size)
     return EventsPage(rows, total, page, page_size)
+
+
+def _text_page(con: duckdb.DuckDBPyConnection, f: EventFilter, page: int, page_size: int,
+               seconds: float | None) -> EventsPage:
+    where, params = _event_where(f)
+    found = _newest_first(con, f"""
+        SELECT e.id FROM events e WHERE {{window}} AND {where}
+        ORDER BY e.received_at DESC, e.id DESC LIMIT ?
+    """, params, "events", "received_at", page * page_size + 1, f.start, f.end, seconds)
+    total = len(found.rows)
+    page = min(page, max(1, -(-total // page_size)))
+    ids = [r[0] for r in found.rows[(page - 1) * page_size:page * page_size]]
+    rows = _event_rows(con, "SELECT unnest(?::BIGINT[]) AS id", [ids])
+    return EventsPage(rows, total, page, page_size, found.complete, found.searched_since)
 
 
 def filter_options(con: duckdb.DuckDBPyConnection) -> dict[str, list]:

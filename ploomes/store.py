@@ -124,16 +124,39 @@ CREATE TABLE IF NOT EXISTS fields (
 """
 
 
+# v3: a record's title and searchable names, kept beside its state by the ingest path so
+# a name search reads one short text column instead of parsing every state's JSON.
+SCHEMA_V3 = """
+ALTER TABLE record_state ADD COLUMN IF NOT EXISTS title VARCHAR;  -- Name/LegalName/Title/…
+ALTER TABLE record_state ADD COLUMN IF NOT EXISTS names VARCHAR;  -- Name, LegalName, Title
+"""
+# The same values ingest.record_names computes, for rows stored before v3.
+FILL_V3 = """
+UPDATE record_state SET
+    title = coalesce(state->>'$.Name', state->>'$.LegalName', state->>'$.Title',
+                     state->>'$.ContactName'),
+    names = nullif(concat_ws(chr(10), state->>'$.Name', state->>'$.LegalName',
+                             state->>'$.Title'), '')
+"""
+
+
 def _migrate_v2(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA_V2)
+    con.execute(SCHEMA_V3)  # rederive writes the current code's record_state columns
     from ploomes.ingest import rederive  # late import: ingest builds on the store
 
     rederive(con)
 
 
+def _migrate_v3(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(SCHEMA_V3)
+    con.execute(FILL_V3)
+
+
 MIGRATIONS: list[tuple[int, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     (1, lambda con: con.execute(SCHEMA_V1)),
     (2, _migrate_v2),
+    (3, _migrate_v3),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -258,8 +258,18 @@ if event_filter is not None:
         st.info("No event matches these filters. Widen the time range or clear a filter.")
     else:
         first = (result.page - 1) * result.page_size + 1
-        st.caption(f"Events {first}–{first + len(result.rows) - 1} of {result.total} "
-                   f"(page {result.page} of {result.pages}), newest first; times in {zone}.")
+        if result.exact:
+            st.caption(f"Events {first}–{first + len(result.rows) - 1} of {result.total} "
+                       f"(page {result.page} of {result.pages}), newest first; times in "
+                       f"{zone}.")
+        else:
+            # the text search stopped early (page filled, or time up): a lower bound
+            more = ("it stopped once this page was full: the next page searches further"
+                    if result.total > result.page * result.page_size else
+                    "it stopped there to answer quickly: choose dates to search older events")
+            st.caption(f"Events {first}–{first + len(result.rows) - 1} of at least "
+                       f"{result.total}, newest first. The text search read events back to "
+                       f"{fmt_time(result.searched_since)}; {more}. Times in {zone}.")
         _table(result, zone)
         ids = [int(i) for i in result.rows["event_id"]]
         labels = {int(r.event_id): f"#{r.event_id} · {r.action} {r.entity} {r.record_id}"

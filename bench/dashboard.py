@@ -1,0 +1,350 @@
+"""Benchmark: the dashboard's pages on a store of 1M synthetic events.
+
+Prints, on the seeded data dir of `bench/common.py`:
+  1. per page (Overview, Events, Records, Users, Webhooks without an API key, Status):
+     the time of each query function the page calls, called as the page calls it (one
+     read connection opened per call, as `views.common.cached_query` does on a cache
+     miss), and the page's total against the 150 ms target;
+  2. each page's first full render with Streamlit's AppTest, in a fresh Python process
+     per page (cold caches and imports), against 2 s, with that process's peak RSS;
+  3. the dashboard process's peak memory: `streamlit run dashboard.py` on a loopback
+     port, every page visited with headless Chromium (Debian /usr/bin/chromium via
+     playwright), then VmHWM of the server process, against 400 MB. The browser's
+     time to a fully rendered page is printed too.
+Asserts nothing.
+
+    python bench/dashboard.py [--events 1000000] [--data-dir DIR] [--no-browser]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import requests
+from common import ROOT, add_common_args, ensure_data, median_ms, print_table, verdict
+
+from ploomes import activity, history
+from ploomes.demo import demo_count
+from ploomes.store import Store, schema_version
+
+QUERY_TARGET_MS = 150.0
+RENDER_TARGET_S = 2.0
+MEMORY_TARGET_MB = 400.0
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+TZ = "America/Sao_Paulo"
+# (title, page file, URL path in the running app)
+PAGES = (
+    ("Overview", "views/overview.py", ""),
+    ("Events", "views/events.py", "events"),
+    ("Records", "views/records.py", "records"),
+    ("Users", "views/users.py", "users"),
+    ("Webhooks (no API key)", "views/webhooks.py", "webhooks"),
+    ("Status", "views/status.py", "status"),
+)
+
+
+def free_port() -> int:
+    """Return a free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- 1. each page's queries ----------------------------------------------------------------
+
+def page_queries(store: Store) -> dict[str, list[tuple[str, object]]]:
+    """Return, per page, (label, fn(con)) for each query its first render runs, in order.
+
+    Arguments are the pages' defaults: Overview's 7 d timeline by entity, Events' first
+    page of 50 with no filter, Users' "All" range and its busiest user, Status' empty
+    export filter. Records renders no query until a record is asked for; its second row
+    is a record looked up by name, as a user does next.
+    """
+    with store.reader() as con:
+        top_user = activity.users_summary(con).iloc[0]["action_user_id"]
+        top_user = None if top_user != top_user else int(top_user)  # NaN: no ActionUserId
+        deal = con.execute("SELECT entity, record_id FROM events WHERE entity = 'Deals' "
+                           "GROUP BY ALL ORDER BY count(*) DESC, record_id LIMIT 1").fetchall()[0]
+    end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = end - timedelta(days=7)
+    banner = ("demo_count (banner)", demo_count)
+    entity, record_id = deal[0], int(deal[1])
+    return {
+        "Overview": [
+            banner,
+            ("event_count", activity.event_count),
+            ("overview_summary", lambda con: activity.overview_summary(con)),
+            ("last_delivery_at", activity.last_delivery_at),
+            ("timeline(7 d, by entity)",
+             lambda con: activity.timeline(con, start, end, by="entity",
+                                           bucket=activity.bucket_for(start, end), tz=TZ)),
+        ],
+        "Events": [
+            banner,
+            ("filter_options", history.filter_options),
+            ("field_options(any entity)", lambda con: history.field_options(con, None)),
+            ("events_page(no filter, 1, 50)",
+             lambda con: history.events_page(con, history.EventFilter(), 1, 50)),
+        ],
+        "Events, text search": [
+            banner,
+            ("filter_options", history.filter_options),
+            ("field_options(any entity)", lambda con: history.field_options(con, None)),
+            ("events_page(text='Padaria')",
+             lambda con: history.events_page(con, history.EventFilter(text="Padaria"), 1, 50)),
+        ],
+        "Events, one event open": [
+            banner,
+            ("filter_options", history.filter_options),
+            ("field_options(any entity)", lambda con: history.field_options(con, None)),
+            ("events_page(no filter, 1, 50)",
+             lambda con: history.events_page(con, history.EventFilter(), 1, 50)),
+            ("event_detail", lambda con: history.event_detail(
+                con, int(con.execute("SELECT max(id) FROM events").fetchall()[0][0]))),
+        ],
+        "Records": [
+            banner,
+            ("filter_options (entities)", history.filter_options),
+        ],
+        "Records, a record found by name": [
+            banner,
+            ("filter_options (entities)", history.filter_options),
+            ("find_records(Deals, text)",
+             lambda con: history.find_records(con, entity="Deals", text="Padaria")),
+            ("record_events", lambda con: history.record_events(con, entity, record_id)),
+            ("find_records(entity, id)",
+             lambda con: history.find_records(con, entity=entity, record_id=record_id)),
+            ("continuity_gaps(record)",
+             lambda con: history.continuity_gaps(con, entity, record_id)),
+            ("record_history", lambda con: history.record_history(
+                con, entity, record_id, include_bookkeeping=False)),
+            ("state_at(last event)", lambda con: history.state_at(
+                con, entity, record_id, event_id=2**62)),
+        ],
+        "Users": [
+            banner,
+            ("event_count", activity.event_count),
+            ("users_summary(all)", lambda con: activity.users_summary(con)),
+            ("user_entity_actions(all)", lambda con: activity.user_entity_actions(con)),
+            ("user_heatmap(busiest)", lambda con: activity.user_heatmap(con, top_user, tz=TZ)),
+            ("user_top_fields(busiest)",
+             lambda con: activity.user_top_fields(con, top_user, limit=10)),
+        ],
+        "Webhooks (no API key)": [banner],
+        "Status": [
+            banner,
+            ("schema_version", schema_version),
+            ("ingest_positions", activity.ingest_positions),
+            ("table_counts", activity.table_counts),
+            ("distinct_values(entity)", lambda con: activity.distinct_values(con, "entity")),
+            ("distinct_values(action)", lambda con: activity.distinct_values(con, "action")),
+            ("count_events(no filter)",
+             lambda con: activity.count_events(con, activity.EventFilter())),
+        ],
+    }
+
+
+def bench_queries(store: Store, repeat: int) -> None:
+    """Print each page's query times against the target.
+
+    Each query is timed twice: as the page runs it on a cache miss (a read connection
+    opened for the call: `store.reader()`), and on an already open connection (the SQL
+    alone). Opening a DuckDB database costs tens of milliseconds whatever its size.
+    """
+    rows = []
+    with store.reader() as con:
+        open_ms = {}
+        for page, calls in page_queries(store).items():
+            for label, fn in calls:
+                open_ms[page, label] = median_ms(lambda fn=fn: fn(con), repeat=repeat)[0]
+    for page, calls in page_queries(store).items():
+        total = sql_total = 0.0
+        for label, fn in calls:
+            def call(fn=fn):
+                with store.reader() as con:
+                    return fn(con)
+            median, _ = median_ms(call, repeat=repeat)
+            total += median
+            sql_total += open_ms[page, label]
+            rows.append([page, label, f"{median:.1f}", f"{open_ms[page, label]:.1f}",
+                         f"{QUERY_TARGET_MS:.0f}", verdict(median, QUERY_TARGET_MS)])
+        rows.append([page, "= page total", f"{total:.1f}", f"{sql_total:.1f}",
+                     f"{QUERY_TARGET_MS:.0f}", verdict(total, QUERY_TARGET_MS)])
+        rows.append(["", "", "", "", "", ""])
+    print_table(f"Page queries, median of {repeat} runs each: 'ms' opens a read connection "
+                "per call as the page does on a cache miss; 'sql ms' reuses one open "
+                "connection", ["page", "query", "ms", "sql ms", "target ms", "result"], rows)
+
+
+# -- 2. first render with AppTest, one fresh process per page ------------------------------
+
+RENDER_SCRIPT = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(sys.argv[2], default_timeout=120)
+page = sys.argv[3]
+if page != "views/overview.py":
+    at.switch_page(page)
+start = time.perf_counter()
+at.run()
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "errors": [str(e.value)[:200] for e in at.exception],
+                  "title": [t.value for t in at.title][:1],
+                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def _dashboard_env(data_dir: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLOOMES_")}
+    env["PLOOMES_DATA_DIR"] = data_dir
+    env["PLOOMES_RECEIVER_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens
+    return env
+
+
+def bench_apptest(data_dir: str) -> None:
+    """Print each page's first render time in a fresh process, and that process's peak RSS."""
+    rows = []
+    for title, path, _ in PAGES:
+        proc = subprocess.run(
+            [sys.executable, "-c", RENDER_SCRIPT, str(ROOT), str(ROOT / "dashboard.py"), path],
+            cwd=ROOT, env=_dashboard_env(data_dir), capture_output=True, text=True,
+            timeout=600)
+        try:
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            rows.append([title, "failed", "", "", proc.stderr.strip()[-200:]])
+            continue
+        note = "; ".join(out["errors"]) or (out["title"][0] if out["title"] else "")
+        rows.append([title, f"{out['seconds']:.2f}", f"{RENDER_TARGET_S:.0f}",
+                     verdict(out["seconds"], RENDER_TARGET_S) if not out["errors"] else "ERROR",
+                     f"{out['maxrss_kb'] / 1024:.0f}", note])
+    print_table("First render with AppTest.from_file('dashboard.py') + switch_page, one fresh "
+                "process per page (cold imports and caches)",
+                ["page", "seconds", "target s", "result", "peak RSS MB", "title / error"], rows)
+
+
+# -- 3. the real server and a browser ------------------------------------------------------
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("streamlit exited before answering")
+        try:
+            if requests.get(url + "/_stcore/health", timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("streamlit did not answer in time")
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmHWM", "VmRSS")):
+            name, value = line.split(":", 1)
+            out[name] = int(value.split()[0])
+    return out
+
+
+def _wait_rendered(page, timeout: float = 60.0) -> None:
+    """Wait until the script has run and the app is idle (no 'running' status)."""
+    page.wait_for_selector("[data-testid='stMainBlockContainer'] h1", timeout=timeout * 1000)
+    quiet_since = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = page.query_selector("[data-testid='stStatusWidget']")
+        if running is None:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= 0.3:
+                return
+        else:
+            quiet_since = None
+        time.sleep(0.05)
+    raise TimeoutError("the page kept running")
+
+
+def bench_server(data_dir: str) -> None:
+    """Run the dashboard server, visit every page in Chromium, print its peak memory."""
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=_dashboard_env(data_dir), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    rows = []
+    try:
+        _wait_http(url, proc)
+        idle = _status_kb(proc.pid)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                for title, _, path in PAGES:
+                    start = time.perf_counter()
+                    page.goto(f"{url}/{path}")
+                    _wait_rendered(page)
+                    seconds = time.perf_counter() - start
+                    mem = _status_kb(proc.pid)
+                    rows.append([title, f"{seconds:.2f}", f"{RENDER_TARGET_S:.0f}",
+                                 verdict(seconds, RENDER_TARGET_S),
+                                 f"{mem['VmRSS'] / 1024:.0f}", f"{mem['VmHWM'] / 1024:.0f}"])
+            finally:
+                browser.close()
+        peak = _status_kb(proc.pid)["VmHWM"] / 1024
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    print_table("`streamlit run dashboard.py`, pages visited in order with headless Chromium "
+                "(each a new page load; the script's first run there, warm imports)",
+                ["page", "seconds to rendered", "target s", "result", "server RSS MB",
+                 "server peak MB"], rows)
+    print_table("Dashboard process peak memory (VmHWM of the streamlit server after every page)",
+                ["idle after start MB", "peak MB", "target MB", "result"],
+                [[f"{idle['VmHWM'] / 1024:.0f}", f"{peak:.0f}", f"{MEMORY_TARGET_MB:.0f}",
+                  verdict(peak, MEMORY_TARGET_MB)]])
+
+
+def main() -> None:
+    """Run the three parts and print their tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser)
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each page's queries")
+    parser.add_argument("--no-browser", action="store_true",
+                        help="skip the real server and Chromium (no peak memory figure)")
+    args = parser.parse_args()
+    built = ensure_data(args.events, args.data_dir, args.seed)
+    print(f"\ndata dir: {built.data_dir} ({built.stored_events:,} events)")
+    # the dashboard opens the store with this memory limit (views.common._store)
+    store = Store(built.settings, busy_timeout=10.0, memory_limit="256MB")
+    bench_queries(store, args.repeat)
+    bench_apptest(built.data_dir)
+    if args.no_browser:
+        print("\n(--no-browser: the server's peak memory was not measured)")
+    elif not Path(CHROMIUM).exists():
+        print(f"\n{CHROMIUM} not found (apt-get install chromium): server memory not measured")
+    else:
+        bench_server(built.data_dir)
+
+
+if __name__ == "__main__":
+    main()
