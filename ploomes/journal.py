@@ -29,6 +29,7 @@ from pathlib import Path
 HEADER = struct.Struct("<2sBBIIQq")
 MAGIC = b"PJ"
 SEGMENT_SUFFIX = ".seg"
+SPARE_NAME = "next-segment.tmp"  # the next segment, zero-filled ahead of time
 
 KIND_DELIVERY = 1  # an accepted delivery: payload is the body as received
 KIND_REJECTED = 2  # an authenticated delivery that was refused: payload is JSON
@@ -75,6 +76,25 @@ def encode(record: Record) -> bytes:
     crc = _crc(record.kind, record.flags, record.seq, record.received_ns, record.payload)
     return HEADER.pack(MAGIC, record.kind, record.flags, len(record.payload), crc,
                        record.seq, record.received_ns) + record.payload
+
+
+def _preallocate(path: Path, size: int) -> None:
+    """Create a segment filled with zeros and synced.
+
+    Appending to a file changes its size, so each fdatasync must also commit file-system
+    metadata; overwriting zeros that are already on disk does not, which makes the sync
+    the receiver waits for about twice as fast (measured on ext4). Readers stop at the
+    zeros (no record header there).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        zeros = b"\0" * min(size, 1 << 20)
+        left = size
+        while left > 0:
+            left -= os.write(fd, zeros[:left])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def segment_paths(journal_dir: Path) -> list[Path]:
@@ -206,7 +226,7 @@ class Journal:
     gives up the GIL once while it waits, instead of once per system call.
     """
 
-    def __init__(self, journal_dir: Path, segment_bytes: int = 64 * 1024 * 1024,
+    def __init__(self, journal_dir: Path, segment_bytes: int = 16 * 1024 * 1024,
                  on_synced: Callable[[int], None] | None = None):
         self.dir = journal_dir
         self._on_synced = on_synced  # told each new durable position, in increasing order
@@ -225,6 +245,8 @@ class Journal:
         self._closing = False
         self._fd = -1
         self._size = 0
+        self._allocated = 0  # bytes of the current segment that exist on disk
+        self._spare_ready = threading.Event()
         self._recover()
         self.synced_seq = self.written_seq
         self._next_seq = self.written_seq + 1
@@ -242,23 +264,59 @@ class Journal:
         end, last_seq = 0, int(last.stem) - 1
         for record, offset in scan_segment(last):
             end, last_seq = offset, record.seq
-        if end < last.stat().st_size:  # a torn or corrupt tail from a crash: cut it off
-            with last.open("r+b") as fh:
-                fh.truncate(end)
-                os.fsync(fh.fileno())
         self.written_seq = last_seq
-        self._fd = os.open(last, os.O_WRONLY | os.O_APPEND)
+        self._fd = os.open(last, os.O_RDWR)
         self._size = end
+        self._zero_torn_tail(end)
+        self._allocated = max(end, os.fstat(self._fd).st_size)
+
+    def _zero_torn_tail(self, end: int) -> None:
+        """Overwrite what a crash left after the last whole record with zeros."""
+        last_dirty, offset = -1, end
+        while True:
+            chunk = os.pread(self._fd, 1 << 16, offset)
+            if not chunk:
+                break
+            stripped = chunk.rstrip(b"\0")
+            if stripped:
+                last_dirty = offset + len(stripped)
+            elif offset - end >= 1 << 16:
+                break  # a whole clean chunk after the dirty part: the rest is preallocated
+            offset += len(chunk)
+        if last_dirty > end:
+            os.pwrite(self._fd, b"\0" * (last_dirty - end), end)
+            os.fsync(self._fd)
 
     def _open_segment(self, first: int) -> None:
         path = self.dir / _segment_name(first)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        spare = self.dir / SPARE_NAME
+        if self._spare_ready.is_set() and spare.exists():
+            os.replace(spare, path)
+        else:
+            try:
+                _preallocate(path, self._segment_bytes)
+            except OSError:  # no room for the zeros: a plain file still takes records
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        self._spare_ready.clear()
+        self._fd = os.open(path, os.O_RDWR)
         self._size = 0
+        self._allocated = os.fstat(self._fd).st_size
         dir_fd = os.open(self.dir, os.O_RDONLY)
         try:
             os.fsync(dir_fd)  # the new file's name must survive a crash too
         finally:
             os.close(dir_fd)
+        threading.Thread(target=self._prepare_spare, name="journal-spare", daemon=True).start()
+
+    def _prepare_spare(self) -> None:
+        """Zero-fill the next segment ahead of time, so rotating does not stall appends."""
+        try:
+            spare = self.dir / SPARE_NAME
+            spare.unlink(missing_ok=True)
+            _preallocate(spare, self._segment_bytes)
+            self._spare_ready.set()
+        except OSError:
+            pass  # rotation will preallocate itself (and report a full disk then)
 
     @property
     def broken(self) -> str | None:
@@ -327,14 +385,14 @@ class Journal:
         first, last = batch[0][0], batch[-1][1]
         data = b"".join(chunk for _, _, chunk in batch)
         try:
-            if self._size >= self._segment_bytes:
+            if self._size and self._size + len(data) > self._segment_bytes:
                 self._rotate(first)
-            written = os.write(self._fd, data)
+            written = os.pwrite(self._fd, data, self._size)
             if written != len(data):
                 raise OSError(f"short write ({written} of {len(data)} bytes)")
         except OSError as exc:
-            try:  # nothing may stay half-written: cut the file back
-                os.ftruncate(self._fd, self._size)
+            try:  # nothing may stay half-written
+                self._undo_write(len(data))
             except OSError:
                 self._fail_all(f"journal write failed and could not be undone: {exc}")
                 return
@@ -358,6 +416,14 @@ class Journal:
             if self._on_synced:
                 self._on_synced(last)
             self._cond.notify_all()
+
+    def _undo_write(self, length: int) -> None:
+        """Put the bytes a failed write may have left back as they were."""
+        if os.fstat(self._fd).st_size > self._allocated:
+            os.ftruncate(self._fd, max(self._size, self._allocated))  # it grew the file
+        zero_to = min(self._size + length, self._allocated)
+        if zero_to > self._size:  # inside the preallocated zeros: zero them again
+            os.pwrite(self._fd, b"\0" * (zero_to - self._size), self._size)
 
     def _fail_all(self, why: str) -> None:
         with self._cond:

@@ -95,6 +95,7 @@ class ReceiverProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PLOOMES_")}
         if self.key:
             env["PLOOMES_VALIDATION_KEYS"] = self.key
+        env.setdefault("PLOOMES_JOURNAL_SEGMENT_BYTES", str(1024 * 1024))  # small test dirs
         env.update(self.extra_env)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")

@@ -198,7 +198,10 @@ def test_full_disk_answers_503_and_keeps_everything_acknowledged(tmp_path):
     from ploomes.journal import iter_records
 
     limit = 3 * 1024 * 1024
-    proc = ReceiverProcess(tmp_path / "data", max_file_bytes=limit).start()
+    # segments larger than the limit: no room to preallocate, so the journal's own
+    # writes are what runs out of room
+    proc = ReceiverProcess(tmp_path / "data", max_file_bytes=limit, extra_env={
+        "PLOOMES_JOURNAL_SEGMENT_BYTES": str(8 * limit)}).start()
     padding = "á" * 20_000
     answers: dict[int, int] = {}
     try:

@@ -30,21 +30,33 @@ def test_append_and_read_back(tmp_path):
     assert [r.seq for r in iter_records(tmp_path / "j", after_seq=3)] == [4, 5]
 
 
-def test_torn_tail_is_cut_off_on_reopen(tmp_path):
-    journal = Journal(tmp_path / "j")
+def test_torn_tail_is_cleared_on_reopen(tmp_path):
+    from ploomes.journal import scan_segment
+
+    journal = Journal(tmp_path / "j", segment_bytes=64 * 1024)
     journal.append(b"one")
     journal.append(b"two")
     journal.close()
     segment = segment_paths(tmp_path / "j")[-1]
-    intact = segment.stat().st_size
-    with segment.open("ab") as fh:  # a crash in the middle of writing a third record
-        fh.write(b"PJ\x01\x00\x40\x00\x00\x00garbage")
-    journal = Journal(tmp_path / "j")
+    end = [offset for _, offset in scan_segment(segment)][-1]
+    with segment.open("r+b") as fh:  # a crash in the middle of writing a third record
+        fh.seek(end)
+        fh.write(b"PJ\x01\x00\x40\x00\x00\x00garbage, then the crash")
+    journal = Journal(tmp_path / "j", segment_bytes=64 * 1024)
     assert journal.written_seq == 2
-    assert segment.stat().st_size == intact
-    assert journal.append(b"three") == 3
+    assert segment.read_bytes()[end:].strip(b"\0") == b""  # the torn bytes are gone
+    assert journal.append(b"3") == 3  # shorter than the garbage it overwrites
     journal.close()
-    assert [r.payload for r in iter_records(tmp_path / "j")] == [b"one", b"two", b"three"]
+    assert [r.payload for r in iter_records(tmp_path / "j")] == [b"one", b"two", b"3"]
+
+
+def test_segments_are_preallocated_and_readers_stop_at_the_zeros(tmp_path):
+    journal = Journal(tmp_path / "j", segment_bytes=256 * 1024)
+    journal.append(b"x" * 100)
+    segment = segment_paths(tmp_path / "j")[-1]
+    assert segment.stat().st_size == 256 * 1024
+    assert [r.payload for r in iter_records(tmp_path / "j")] == [b"x" * 100]
+    journal.close()
 
 
 def test_corrupt_record_stops_reading(tmp_path):
@@ -52,9 +64,12 @@ def test_corrupt_record_stops_reading(tmp_path):
     for i in range(3):
         journal.append(b"x" * 10 + bytes([i]))
     journal.close()
+    from ploomes.journal import scan_segment
+
     segment = segment_paths(tmp_path / "j")[-1]
+    end = [offset for _, offset in scan_segment(segment)][-1]
     data = bytearray(segment.read_bytes())
-    data[-1] ^= 0xFF  # flip a bit of the last payload: its CRC no longer matches
+    data[end - 1] ^= 0xFF  # flip a bit of the last payload: its CRC no longer matches
     segment.write_bytes(bytes(data))
     assert [r.seq for r in iter_records(tmp_path / "j")] == [1, 2]
 
