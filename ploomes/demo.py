@@ -57,6 +57,8 @@ def ingest_pending(settings: Settings, journal: Journal) -> int:
         while batch := reader.read(5000, journal.synced_seq):
             pipeline.apply(con, batch)
             done += len(batch)
+        while pipeline.derive_pending(con, 5000) is not None:
+            pass  # the change model of what was just stored
     return done
 
 

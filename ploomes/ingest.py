@@ -269,7 +269,7 @@ class Pipeline:
 
     def _flush(self, con: duckdb.DuckDBPyConnection, items: list, rows: _Rows) -> int:
         if items:
-            self._derive(con, items, rows, include_event=True)
+            self._stage_events(items, rows)
         if rows.rejected:
             con.register("_rejected", _table(rows.rejected, REJECTED_SCHEMA))
             con.execute("INSERT INTO rejected_deliveries SELECT * FROM _rejected")
@@ -300,24 +300,31 @@ class Pipeline:
             con.unregister("_wanted")
         return {(r[0], r[1]): (json.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows}
 
-    def _derive(self, con, items, rows: _Rows, include_event: bool) -> None:
-        if not self.derive:
-            rows.events += [_event_row(*item, None, None) for item in items]
-            return
+    def _fingerprint(self, seq: int, ns: int, d: Delivery, demo: bool
+                     ) -> tuple[str, int | None]:
+        fp = diffmod.change_fingerprint(d.entity, d.record_id, d.action, d.action_user_id,
+                                        d.old, d.new)
+        dup_of = self._duplicate_of(fp, ns)
+        if dup_of is None:
+            self._remember(fp, seq, ns, demo)
+        return fp, dup_of
+
+    def _stage_events(self, items: list, rows: _Rows) -> None:
+        """Stage 1: event rows with their fingerprint and duplicate mark (cheap)."""
+        for seq, ns, d, demo, sha, text in items:
+            fp, dup_of = self._fingerprint(seq, ns, d, demo) if self.derive else (None, None)
+            rows.events.append(_event_row(seq, ns, d, demo, sha, text, fp, dup_of))
+
+    def _derive(self, con, items: list, rows: _Rows) -> None:
+        """Stage 2: field changes, continuity gaps and record state of stored events.
+
+        `items` are (event id, received ns, delivery, is_demo, duplicate_of) in id order.
+        """
         keys = {(item[2].entity, item[2].record_id) for item in items
                 if item[2].record_id is not None}
         states = self._load_states(con, keys)
-        for seq, ns, d, demo, sha, text in items:
+        for seq, ns, d, demo, dup_of in items:
             at = ns_to_datetime(ns)
-            fp = diffmod.change_fingerprint(d.entity, d.record_id, d.action, d.action_user_id,
-                                            d.old, d.new)
-            dup_of = self._duplicate_of(fp, ns)
-            if dup_of is None:
-                self._remember(fp, seq, ns, demo)
-            if include_event:
-                rows.events.append(_event_row(seq, ns, d, demo, sha, text, fp, dup_of))
-            else:
-                rows.events.append((seq, fp, dup_of))
             for c in diffmod.diff_record(d.action, d.old, d.new):
                 rows.changes.append((
                     seq, at, d.entity, d.record_id, d.action, d.action_user_id, c.field,
@@ -341,6 +348,52 @@ class Pipeline:
             states[key] = (state, seq, at, deleted, demo)
             rows.states[key] = (d.entity, d.record_id, to_json(state), seq, at, deleted, demo,
                                 *record_names(state))
+
+    def derive_pending(self, con: duckdb.DuckDBPyConnection, max_events: int = 1000
+                       ) -> int | None:
+        """Run stage 2 on up to max_events stored events, in one transaction.
+
+        Return the id of the last event derived, or None when every event is derived.
+        """
+        if not self.derive:
+            return None
+        con.execute("BEGIN")
+        try:
+            last = self._derive_next(con, max_events)
+            con.execute("COMMIT")
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass  # a failed COMMIT already ended the transaction: keep the first error
+            raise
+        return last
+
+    def skip_derive(self, con: duckdb.DuckDBPyConnection) -> int | None:
+        """Move stage 2 past the next event (one whose change model cannot be computed)."""
+        row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = 'derive'")
+        nxt = fetch_one(con, "SELECT min(id) FROM events WHERE id > ?", [row[0] if row else 0])
+        if not nxt or nxt[0] is None:
+            return None
+        con.execute("INSERT OR REPLACE INTO ingest_state VALUES ('derive', ?, now())", [nxt[0]])
+        return nxt[0]
+
+    def _derive_next(self, con: duckdb.DuckDBPyConnection, max_events: int) -> int | None:
+        row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = 'derive'")
+        batch = con.execute(
+            "SELECT id, epoch_ns(received_at), payload, is_demo, duplicate_of FROM events "
+            "WHERE id > ? ORDER BY id LIMIT ?", [row[0] if row else 0, max_events]).fetchall()
+        if not batch:
+            return None
+        # the payload column holds the whole body, so it re-validates identically
+        items = [(event_id, ns, parse_delivery(payload.encode("utf-8")), demo, dup_of)
+                 for event_id, ns, payload, demo, dup_of in batch]
+        rows = _Rows()
+        self._derive(con, items, rows)
+        self._write_derived(con, rows)
+        con.execute("INSERT OR REPLACE INTO ingest_state VALUES ('derive', ?, now())",
+                    [batch[-1][0]])
+        return batch[-1][0]
 
     def _write_derived(self, con, rows: _Rows) -> None:
         if rows.changes:
@@ -372,32 +425,34 @@ class Pipeline:
     # -- recomputing the change model from stored events --------------------------------
 
     def rederive_all(self, con: duckdb.DuckDBPyConnection, chunk: int = 5000) -> int:
-        """Recompute field changes, duplicates, gaps and state from `events` (in a transaction)."""
+        """Recompute fingerprints, duplicates and the change model from `events`.
+
+        Runs inside the caller's transaction (a migration or a rebuild).
+        """
         for table in ("field_changes", "continuity_gaps", "record_state"):
             con.execute(f"DELETE FROM {table}")
+        con.execute("DELETE FROM ingest_state WHERE name = 'derive'")
         self._recent.clear()
         last, total = -1, 0
         while True:
             batch = con.execute(
-                "SELECT id, epoch_ns(received_at), payload, is_demo, body_sha256 FROM events "
+                "SELECT id, epoch_ns(received_at), payload, is_demo FROM events "
                 "WHERE id > ? ORDER BY id LIMIT ?", [last, chunk]).fetchall()
             if not batch:
-                return total
-            items = []
-            for event_id, ns, payload, demo, sha in batch:
-                # the payload column holds the whole body, so it re-validates identically
-                items.append((event_id, ns, parse_delivery(payload.encode("utf-8")), demo, sha,
-                              payload))
-            rows = _Rows()
-            self._derive(con, items, rows, include_event=False)
-            self._write_derived(con, rows)
+                break
+            marks = [(event_id, *self._fingerprint(
+                event_id, ns, parse_delivery(payload.encode("utf-8")), demo))
+                for event_id, ns, payload, demo in batch]
             con.register("_fp", pa.table({
-                "id": [r[0] for r in rows.events], "fp": [r[1] for r in rows.events],
-                "dup": pa.array([r[2] for r in rows.events], type=pa.int64())}))
+                "id": [m[0] for m in marks], "fp": [m[1] for m in marks],
+                "dup": pa.array([m[2] for m in marks], type=pa.int64())}))
             con.execute("UPDATE events SET change_fingerprint = _fp.fp, duplicate_of = _fp.dup "
                         "FROM _fp WHERE events.id = _fp.id")
             con.unregister("_fp")
             last, total = batch[-1][0], total + len(batch)
+        while self._derive_next(con, chunk) is not None:
+            pass
+        return total
 
 
 def rederive(con: duckdb.DuckDBPyConnection) -> int:

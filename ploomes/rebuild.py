@@ -74,6 +74,8 @@ def _rebuild(settings: Settings, journal: Journal, batch_size: int) -> RebuildRe
         if batch:
             pipeline.apply(con, batch)
             records += len(batch)
+        while pipeline.derive_pending(con, batch_size) is not None:
+            pass  # stage 2, in id order: the same result as live ingestion
         con.execute("CHECKPOINT")
         counts = fetch_one(con,
             "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM field_changes), "

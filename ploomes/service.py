@@ -60,6 +60,7 @@ class SharedState:
     def __init__(self) -> None:
         self.synced_seq = _CTX.Value(ctypes.c_int64, 0, lock=False)  # written by receiver
         self.ingested_seq = _CTX.Value(ctypes.c_int64, 0, lock=False)  # written by worker
+        self.derived_seq = _CTX.Value(ctypes.c_int64, 0, lock=False)  # change model done
         self.oldest_pending_ns = _CTX.Value(ctypes.c_int64, 0, lock=False)
         self.ingest_errors = _CTX.Value(ctypes.c_int64, 0, lock=False)
         self.error = _CTX.Array(ctypes.c_char, 400, lock=False)
@@ -145,7 +146,16 @@ class _WriteSession:
 
 
 class IngestWorker:
-    """Moves durable journal records into DuckDB in batches, exactly once."""
+    """Moves durable journal records into DuckDB in batches, exactly once.
+
+    Stage 1 makes events visible (rows, fingerprints, duplicates); stage 2 computes the
+    change model of stored events (field changes, gaps, record state). Stage 2 runs in
+    small steps between stage-1 batches, so a burst of deliveries is visible at once and
+    its field changes follow as CPU allows.
+    """
+
+    DERIVE_BUSY = 100  # events derived after each stage-1 batch
+    DERIVE_IDLE = 1000  # events derived per step when no delivery waits
 
     def __init__(self, settings: Settings, shared: SharedState, batch_size: int = 1000):
         self.settings = settings
@@ -155,6 +165,7 @@ class IngestWorker:
         self.session = _WriteSession(self.store)
         self.pipeline = Pipeline(settings.duplicate_window_seconds)
         self.ingested_seq = 0
+        self.derived_seq = 0
         self._reader: JournalReader | None = None
         self._pending: list[Record] = []
         self._last_prune = 0.0
@@ -163,10 +174,13 @@ class IngestWorker:
         with self.store.writer() as con:
             row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = 'main'")
             self.ingested_seq = row[0] if row else 0
+            row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = 'derive'")
+            self.derived_seq = row[0] if row else 0
             self.pipeline.load_recent(con)
         self._reader = JournalReader(self.settings.journal_dir, self.ingested_seq)
         self._pending = []
         self.shared.ingested_seq.value = self.ingested_seq
+        self.shared.derived_seq.value = self.derived_seq
         self.shared.ready.value = True
 
     def run(self, parent_pid: int) -> None:
@@ -220,6 +234,9 @@ class IngestWorker:
             self._pending[0].received_ns if self._pending else 0)
         failures = self._take_failures()
         if not self._pending and not failures:
+            if self._derive_some(self.DERIVE_IDLE):
+                self.session.after_batch()
+                return True
             self.session.idle()
             self._maybe_prune()
             return False
@@ -240,9 +257,43 @@ class IngestWorker:
             self.ingested_seq = self._pending[-1].seq
         self._pending = []
         self.shared.ingested_seq.value = self.ingested_seq
-        self.shared.ready.value = True
         self.shared.oldest_pending_ns.value = 0
+        self._derive_some(self.DERIVE_BUSY)
+        self.session.after_batch()
         return True
+
+    def _derive_some(self, max_events: int) -> bool:
+        """Run stage 2 (the change model) on a few stored events; return whether it did."""
+        if self.derived_seq >= self.ingested_seq:
+            return False
+        try:
+            last = self.pipeline.derive_pending(self.session.connection(), max_events)
+        except RECORD_ERRORS as exc:
+            # one event's values break the change model: find it, skip it, say so
+            self.session.close()
+            last = self._derive_one_by_one(max_events, exc)
+        if last is None:  # every stored event is derived (later records are not events)
+            self.derived_seq = self.ingested_seq
+        else:
+            self.derived_seq = last
+        self.shared.derived_seq.value = self.derived_seq
+        return last is not None
+
+    def _derive_one_by_one(self, count: int, first_error: Exception) -> int | None:
+        last = None
+        for _ in range(count):
+            con = self.session.connection()
+            try:
+                done = self.pipeline.derive_pending(con, 1)
+            except RECORD_ERRORS as exc:
+                done = self.pipeline.skip_derive(con)
+                self.shared.ingest_errors.value += 1
+                log.error("no field changes for event %s: %s (first error: %s)",
+                          done, exc, first_error)
+            if done is None:
+                break
+            last = done
+        return last
 
     def _isolate(self) -> None:
         with self.store.writer() as con:
@@ -463,6 +514,8 @@ class DeliveryService:
             "journal_seq": self.shared.synced_seq.value,
             "ingested_seq": self.shared.ingested_seq.value,
             "backlog": pending,
+            "derive_backlog": max(0, self.shared.ingested_seq.value
+                                  - self.shared.derived_seq.value),
             "ingest_lag_seconds": round(lag, 3),
             "ingest_error": error,
             "journal_error": broken,

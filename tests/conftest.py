@@ -135,8 +135,9 @@ class ReceiverProcess:
         return self.session.get(self.url + "/healthz", timeout=5).json()
 
     def wait_ingested(self, timeout: float = 10.0) -> dict:
-        """Wait until the journal backlog is empty; return the health body."""
-        return wait_for(lambda: (h := self.health())["backlog"] == 0 and h, timeout)
+        """Wait until every delivery is stored and derived; return the health body."""
+        return wait_for(lambda: (h := self.health())["backlog"] == 0
+                        and h["derive_backlog"] == 0 and h, timeout)
 
     def log_text(self) -> str:
         self._log.flush()
