@@ -125,7 +125,7 @@ class Probe(threading.Thread):
                 if found:
                     self.latencies.append(time.perf_counter() - answered)
                     break
-                time.sleep(0.01)
+                time.sleep(0.1)  # a dashboard-like poll; finer polls hold the writer back
             time.sleep(0.1)
 
 

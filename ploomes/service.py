@@ -258,7 +258,10 @@ class IngestWorker:
         self._pending = []
         self.shared.ingested_seq.value = self.ingested_seq
         self.shared.oldest_pending_ns.value = 0
-        self._derive_some(self.DERIVE_BUSY)
+        if self.shared.synced_seq.value <= self.ingested_seq:
+            # caught up: a small step of stage 2 before the next deliveries arrive;
+            # while deliveries wait, visibility comes first
+            self._derive_some(self.DERIVE_BUSY)
         self.session.after_batch()
         return True
 
