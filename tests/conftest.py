@@ -17,7 +17,7 @@ from ploomes.config import load_settings
 from ploomes.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "ploomes"
+SHARED = ROOT / "tests" / "data"  # copies of ../shared/ploomes examples
 TEST_KEY = "test-validation-key-0123456789abcdef"
 
 

@@ -23,7 +23,7 @@ from ploomes.diff import (
     split_path,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "ploomes"
+SHARED = Path(__file__).resolve().parent / "data"  # the shared examples, copied
 needs_shared = pytest.mark.skipif(
     not SHARED.is_dir(), reason=f"shared Ploomes examples not found at {SHARED}"
 )

@@ -23,7 +23,7 @@ from ploomes.generator import (
     local_stamp,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "ploomes"
+SHARED = Path(__file__).resolve().parent / "data"  # the shared examples, copied
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
 END = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,3})?$")
