@@ -19,6 +19,7 @@ import pandas as pd
 import requests
 
 from ploomes.config import DEFAULT_TIMEZONE
+from ploomes.history import EventFilter, event_where
 
 EXPORT_LIMIT = 100_000  # rows in one CSV/Parquet export
 BUCKETS = ("hour", "day", "week")
@@ -243,58 +244,6 @@ def user_top_fields(con: duckdb.DuckDBPyConnection, user_id: int | None, limit: 
 # -- the Events filter and its export -----------------------------------------------------
 
 @dataclass(frozen=True)
-class EventFilter:
-    """The Events page's filter (same fields as `ploomes.history.EventFilter`); None is "any"."""
-
-    start: datetime | None = None
-    end: datetime | None = None
-    entity: str | None = None
-    action: str | None = None
-    action_user_id: int | None = None
-    record_id: int | None = None
-    field: str | None = None  # events with a (non-duplicate) change of this field path
-    text: str | None = None  # case-insensitive substring of the delivery body
-    include_duplicates: bool = False
-    include_demo: bool = True
-
-    def where(self) -> tuple[str, list]:
-        """Return a WHERE clause over `events` (unqualified columns) and its parameters."""
-        return event_where(self)
-
-
-def event_where(flt) -> tuple[str, list]:
-    """Return a WHERE clause over `events` and its bound parameters for a filter.
-
-    `flt` is an EventFilter or any object with the same fields, such as the Events
-    page's `ploomes.history.EventFilter`.
-    """
-    sql, params = "WHERE TRUE", []
-    range_sql, range_params = _range_clause(flt.start, flt.end)
-    sql += range_sql
-    params += range_params
-    for column, value in (("entity", flt.entity), ("action", flt.action)):
-        if value:
-            sql += f" AND {column} = ?"
-            params.append(value)
-    for column, value in (("action_user_id", flt.action_user_id),
-                          ("record_id", flt.record_id)):
-        if value is not None:
-            sql += f" AND {column} = ?"
-            params.append(int(value))
-    if getattr(flt, "field", None):
-        sql += (" AND id IN (SELECT event_id FROM field_changes "
-                "WHERE field = ? AND NOT is_duplicate)")
-        params.append(flt.field)
-    if flt.text:
-        sql += " AND contains(lower(CAST(payload AS VARCHAR)), lower(?))"
-        params.append(flt.text)
-    if not getattr(flt, "include_demo", True):
-        sql += " AND NOT is_demo"
-    sql += _dup_clause(flt.include_duplicates)
-    return sql, params
-
-
-@dataclass(frozen=True)
 class ParsedFilter:
     """An EventFilter read from URL query parameters, with what could not be read."""
 
@@ -365,9 +314,10 @@ def distinct_values(con: duckdb.DuckDBPyConnection, column: str) -> list[str]:
 
 
 def count_events(con: duckdb.DuckDBPyConnection, flt: EventFilter) -> int:
-    """Return how many events match a filter (see `event_where`)."""
+    """Return exactly how many events match a filter (the Events page's own conditions)."""
     where, params = event_where(flt)
-    return int(con.execute("SELECT count(*) FROM events " + where, params).fetchone()[0])
+    return int(con.execute("SELECT count(*) FROM events e WHERE " + where,
+                           params).fetchall()[0][0])
 
 
 EXPORT_COLUMNS = (
@@ -379,7 +329,7 @@ EXPORT_COLUMNS = (
 def export_events(con: duckdb.DuckDBPyConnection, flt: EventFilter,
                   limit: int = EXPORT_LIMIT, include_payload: bool = False,
                   tz: str | None = None) -> pd.DataFrame:
-    """Return the events matching a filter (see `event_where`), newest first, at most
+    """Return the events matching a filter (the Events page's), newest first, at most
     `limit` rows.
 
     With `tz`, received_at is converted to that time zone. With `include_payload`, the
@@ -388,9 +338,9 @@ def export_events(con: duckdb.DuckDBPyConnection, flt: EventFilter,
     where, params = event_where(flt)
     columns = EXPORT_COLUMNS + (", CAST(e.payload AS VARCHAR) AS payload"
                                 if include_payload else "")
-    # the filter's columns are unqualified, so it runs on `events` alone before the join
+    # the filter runs on `events` alone before the join
     frame = con.execute(
-        f"SELECT {columns} FROM (SELECT * FROM events {where} "
+        f"SELECT {columns} FROM (SELECT * FROM events e WHERE {where} "
         "ORDER BY received_at DESC, id DESC LIMIT ?) e "
         "LEFT JOIN users u ON u.id = e.action_user_id ORDER BY e.received_at DESC, e.id DESC",
         [*params, int(limit)]).fetchdf()

@@ -537,7 +537,8 @@ class EventFilter:
     include_demo: bool = True
 
 
-def _event_where(f: EventFilter) -> tuple[str, list]:
+def event_where(f: EventFilter) -> tuple[str, list]:
+    """Return the conditions over `events e` (alias e) that a filter means, and params."""
     where, params = [], []
     if not f.include_duplicates:
         where.append("e.duplicate_of IS NULL")
@@ -601,7 +602,7 @@ def _keys(f: EventFilter) -> tuple[str, str, list]:
         source = (f"(SELECT fc.event_id AS id, fc.received_at FROM field_changes fc "
                   f"WHERE {where}) e")
         return source, "true", params
-    where, params = _event_where(f)
+    where, params = event_where(f)
     return "events e", where, params
 
 
@@ -694,7 +695,7 @@ def events_page(con: duckdb.DuckDBPyConnection, f: EventFilter, page: int = 1,
 
 def _text_page(con: duckdb.DuckDBPyConnection, f: EventFilter, page: int, page_size: int,
                seconds: float | None) -> EventsPage:
-    where, params = _event_where(f)
+    where, params = event_where(f)
     found = _newest_first(con, f"""
         SELECT e.id FROM events e WHERE {{window}} AND {where}
         ORDER BY e.received_at DESC, e.id DESC LIMIT ?
