@@ -34,7 +34,7 @@ from ploomes.api import (
     validate_callback_url,
 )
 from ploomes.keys import mask_secret
-from ploomes.store import Store, StoreError
+from ploomes.store import Store, StoreError, transaction
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def upsert_directory(con: duckdb.DuckDBPyConnection, users: Iterable[dict],
     field_rows = [(str(f["Key"]), _int_or_none(f.get("EntityId")), f.get("Name"),
                    _int_or_none(f.get("TypeId")), synced_at)
                   for f in fields if f.get("Key")]
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         if user_rows:
             # Users gone from Ploomes stay: old events still name them.
             con.executemany(
@@ -106,10 +105,6 @@ def upsert_directory(con: duckdb.DuckDBPyConnection, users: Iterable[dict],
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
                 "entity_id = excluded.entity_id, name = excluded.name, "
                 "type_id = excluded.type_id, synced_at = excluded.synced_at", field_rows)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     return len(user_rows), len(field_rows)
 
 

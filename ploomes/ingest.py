@@ -28,7 +28,7 @@ import pyarrow as pa
 from ploomes import diff as diffmod
 from ploomes.delivery import Delivery, InvalidDelivery, parse_delivery, to_json
 from ploomes.journal import KIND_CONTROL, KIND_DELIVERY, KIND_REJECTED, Record
-from ploomes.store import fetch_one
+from ploomes.store import fetch_one, transaction
 
 DUPLICATE_INDEX_SIZE = 50_000  # fingerprints remembered for duplicate detection
 REJECTED_RAW_LIMIT = 64 * 1024
@@ -209,11 +209,10 @@ class Pipeline:
         With `expect_seq`, refuse (PositionMoved) unless the store's position is exactly
         there, so two workers can never apply the same records twice.
         """
-        con.execute("BEGIN")
-        try:
+        with transaction(con):
             if expect_seq is not None:
                 row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = ?",
-                                  [journal_name])
+                                [journal_name])
                 if (row[0] if row else 0) != expect_seq:
                     raise PositionMoved(f"store is at {row[0] if row else 0}, "
                                         f"expected {expect_seq}")
@@ -226,16 +225,8 @@ class Pipeline:
                     "FROM (SELECT received_at FROM auth_failures "
                     "ORDER BY received_at DESC LIMIT 1000))")
             if records:
-                con.execute(
-                    "INSERT OR REPLACE INTO ingest_state VALUES (?, ?, now())",
-                    [journal_name, records[-1].seq])
-            con.execute("COMMIT")
-        except BaseException:
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass  # a failed COMMIT already ended the transaction: keep the first error
-            raise
+                con.execute("INSERT OR REPLACE INTO ingest_state VALUES (?, ?, now())",
+                            [journal_name, records[-1].seq])
         return count
 
     def _apply(self, con: duckdb.DuckDBPyConnection, records: Sequence[Record]) -> int:
@@ -357,17 +348,8 @@ class Pipeline:
         """
         if not self.derive:
             return None
-        con.execute("BEGIN")
-        try:
-            last = self._derive_next(con, max_events)
-            con.execute("COMMIT")
-        except BaseException:
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass  # a failed COMMIT already ended the transaction: keep the first error
-            raise
-        return last
+        with transaction(con):
+            return self._derive_next(con, max_events)
 
     def skip_derive(self, con: duckdb.DuckDBPyConnection) -> int | None:
         """Move stage 2 past the next event (one whose change model cannot be computed)."""

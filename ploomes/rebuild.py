@@ -11,7 +11,7 @@ import duckdb
 from ploomes.config import Settings
 from ploomes.ingest import Pipeline
 from ploomes.journal import Journal, JournalBusy, first_seq, iter_records
-from ploomes.store import Store, StoreError, fetch_one
+from ploomes.store import Store, StoreError, fetch_one, transaction
 
 # Rows the journal does not carry, kept from the old file across a rebuild.
 KEPT_TABLES = ("users", "fields", "auth_failures")
@@ -60,9 +60,8 @@ def _rebuild(settings: Settings, journal: Journal, batch_size: int) -> RebuildRe
             kept = _carry_over(old, con, tmp, start)
         pipeline = Pipeline(settings.duplicate_window_seconds)
         if kept:
-            con.execute("BEGIN")
-            pipeline.rederive_all(con)
-            con.execute("COMMIT")
+            with transaction(con):
+                pipeline.rederive_all(con)
         records = 0
         batch = []
         for record in iter_records(settings.journal_dir, after_seq=start - 1):

@@ -161,6 +161,21 @@ MIGRATIONS: list[tuple[int, Callable[[duckdb.DuckDBPyConnection], None]]] = [
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Run the block in one transaction; a failed COMMIT's error is the one raised."""
+    con.execute("BEGIN")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # a failed COMMIT already ended the transaction: keep the first error
+        raise
+
+
 def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> tuple | None:
     """Run a query and return its first row (the result is read to its end).
 
@@ -190,15 +205,10 @@ def migrate(con: duckdb.DuckDBPyConnection, target: int = SCHEMA_VERSION) -> int
                          f"program ({SCHEMA_VERSION}): upgrade the program")
     for version, step in MIGRATIONS:
         if current < version <= target:
-            con.execute("BEGIN")
-            try:
+            with transaction(con):
                 step(con)
                 con.execute("INSERT OR REPLACE INTO schema_meta VALUES ('version', ?)",
                             [str(version)])
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
             current = version
     return current
 
