@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ROOT, free_port, wait_for
+from conftest import ROOT, free_port, stop_process, wait_for
 from playwright.sync_api import Locator, Page, expect
 
 # The Debian package's path; CI installs it with `apt-get install chromium`.
@@ -79,13 +79,7 @@ class StreamlitProcess:
         """Terminate the server (kill it if it does not stop); safe if never started."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 

@@ -75,6 +75,18 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
         time.sleep(interval)
 
 
+def stop_process(proc: subprocess.Popen | None, grace: float = 15) -> None:
+    """Terminate a child process, killing it if it does not stop within `grace` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class ReceiverProcess:
     """The real receiver (`python receiver.py`) on a loopback port."""
 
@@ -148,13 +160,7 @@ class ReceiverProcess:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.session.close()
 
 
