@@ -83,7 +83,10 @@ def _utc(value: datetime | pd.Timestamp | None) -> datetime | None:
 
 def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> pd.DataFrame:
     """Run a query into a DataFrame whose timestamp columns are tz-aware UTC."""
-    df = con.execute(sql, params).df()
+    return _normalized(con.execute(sql, params).df())
+
+
+def _normalized(df: pd.DataFrame) -> pd.DataFrame:
     for name in df.columns:
         column = df[name]
         if isinstance(column.dtype, pd.DatetimeTZDtype):
@@ -290,8 +293,15 @@ def changes_matching(con: duckdb.DuckDBPyConnection, text: str, *,
                      side: str = "either", start: datetime | None = None,
                      end: datetime | None = None, limit: int = DEFAULT_LIMIT,
                      include_duplicates: bool = False,
-                     include_bookkeeping: bool = False) -> pd.DataFrame:
-    """List changes whose old or new JSON text contains `text` (any case, accents kept)."""
+                     include_bookkeeping: bool = False,
+                     seconds: float | None = TEXT_SEARCH_SECONDS) -> pd.DataFrame:
+    """List changes whose old or new JSON text contains `text` (any case, accents kept).
+
+    Newest first. A text match reads every value it tests, so the search reads recent
+    time windows first and, with `seconds`, stops after that long: then the result's
+    `attrs["complete"]` is False and `attrs["searched_since"]` says how far back it read
+    (None means everything was read).
+    """
     if side not in ("either", "old", "new"):
         raise ValueError("side must be 'either', 'old' or 'new'")
     sides = {name: _ilike(f"CAST(fc.{name}_value AS VARCHAR)", text)[0]
@@ -305,14 +315,24 @@ def changes_matching(con: duckdb.DuckDBPyConnection, text: str, *,
     if entity:
         where.append("fc.entity = ?")
         params.append(entity)
-    _time_range(where, params, "fc.received_at", start, end)
     if side == "either":
         where.append(f"({sides['old']} OR {sides['new']})")
         params += [pattern, pattern]
     else:
         where.append(sides[side])
         params.append(pattern)
-    return _changes(con, where, params, limit)
+    # each window returns whole rows: fetching them again by rowid would rescan the table
+    rows_sql = (f"SELECT {_CHANGE_COLUMNS} {_CHANGE_FROM} WHERE {{window}} AND "
+                + " AND ".join(where)
+                + " ORDER BY fc.received_at DESC, fc.event_id DESC, fc.rowid LIMIT ?")
+    found = _newest_first(con, rows_sql, params, "field_changes", "received_at",
+                          _limit(limit), start, end, seconds)
+    names = [d[0] for d in con.execute(
+        f"SELECT {_CHANGE_COLUMNS} {_CHANGE_FROM} LIMIT 0").description]
+    frame = _normalized(pd.DataFrame.from_records(found.rows, columns=names))
+    frame.attrs["complete"] = found.complete
+    frame.attrs["searched_since"] = found.searched_since
+    return frame
 
 
 # --- one record ------------------------------------------------------------------------

@@ -73,3 +73,19 @@ def test_text_search_stops_once_the_page_is_full_and_says_so(tmp_path):
         hurried = h.events_page(con, h.EventFilter(text="plano"), 1, 50, text_seconds=0)
         assert not hurried.exact and list(hurried.rows["title"]) == ["Plano 9"]
         assert h.count_events(con, h.EventFilter(text="plano")) == 10
+
+
+def test_change_search_reads_newest_first_and_says_how_far(tmp_path):
+    # one matching change a week for ten weeks, newest last
+    settings = seeded(tmp_path, [(T0 + timedelta(weeks=i), deal(i, f"Plano Açaí {i}"))
+                                 for i in range(10)])
+    with Store(settings).reader() as con:
+        everything = h.changes_matching(con, "açaí", field_path="Title", seconds=None)
+        assert everything.attrs["complete"] and everything.attrs["searched_since"] is None
+        assert list(everything["event_id"]) == list(range(10, 0, -1))  # newest first
+        two = h.changes_matching(con, "AÇAÍ", field_path="Title", limit=2, seconds=None)
+        assert list(two["event_id"]) == [10, 9]
+        assert not two.attrs["complete"]  # stopped once the page was full
+        hurried = h.changes_matching(con, "nada disso", seconds=0)  # one window, then stop
+        assert hurried.empty and not hurried.attrs["complete"]
+        assert hurried.attrs["searched_since"] > T0
