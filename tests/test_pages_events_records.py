@@ -148,6 +148,8 @@ def test_event_detail_of_the_seed_payload_from_the_url(data_dir):
     who = at.markdown[0].value
     assert "**Who:** 116" in who and "**When:** 01/03/2026 09:00:00" in who
     assert "Update of Contacts 2630362 “Ploomes Sistemas Empresariais”" in who
+    # the help article's example names no subscription
+    assert "**Subscription:** not named in the delivery, account 57" in who
     diff = frame(at, "before")
     assert diff.to_dict("records") == [
         {"field": "OtherProperties.contact_check", "before": "false", "after": "true",

@@ -166,11 +166,14 @@ def _who_when_what(event: dict) -> None:
     if event["action_user_id"] is not None and user != str(event["action_user_id"]):
         user = f"{user} ({event['action_user_id']})"
     title = f" “{event['title']}”" if event["title"] else ""
+    hook = (f"WebhookId {event['webhook_id']}" if event["webhook_id"] is not None
+            else "not named in the delivery")
+    account = f", account {event['account_id']}" if event["account_id"] is not None else ""
     st.markdown(
         f"**Who:** {user}  \n"
         f"**When:** {fmt_time(event['received_at'])} (received)  \n"
         f"**What:** {event['action']} of {event['entity']} {event['record_id']}{title}  \n"
-        f"**Subscription:** WebhookId {event['webhook_id']}, account {event['account_id']}")
+        f"**Subscription:** {hook}{account}")
     if event["is_demo"]:
         st.info("Demo event: generated sample data, not a delivery from Ploomes.")
 
