@@ -74,6 +74,17 @@ class RWLock:
             os.close(data)  # closing the descriptor releases its lock
             os.close(gate)
 
+    def writer_waiting(self) -> bool:
+        """Return whether a writer holds or waits at the gate right now."""
+        fd = self._open(self._gate)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
     def readers_waiting(self) -> bool:
         """Return whether a reader is waiting for the lock right now."""
         fd = self._open(self._want)

@@ -223,8 +223,18 @@ class Store:
 
     def __init__(self, settings: Settings, busy_timeout: float = 30.0,
                  memory_limit: str | None = None, schema_target: int = SCHEMA_VERSION,
-                 path: Path | None = None):
+                 path: Path | None = None, keep_reader: float = 0.0):
         self.settings = settings
+        # keep_reader > 0 (the dashboard): keep one read-only connection open between
+        # queries for that many idle seconds, and hand out cursors on it. Creating a
+        # DuckDB connection costs ~25-30 ms; a cursor on a live one ~0.01 ms. It is closed
+        # as soon as a writer waits, so ingestion is never held up for long.
+        self._keep_reader = keep_reader
+        self._kept: tuple | None = None  # (connection, lock context) while kept
+        self._kept_users = 0
+        self._kept_used = 0.0
+        self._kept_cond = threading.Condition()
+        self._kept_watch: threading.Thread | None = None
         self.path: Path = path or settings.db_path
         self.busy_timeout = busy_timeout
         # A store at another path (a rebuild's new file) is locked on its own.
@@ -286,6 +296,10 @@ class Store:
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open the store read-only, shared with other readers, for one or more queries."""
         self.ensure_ready()
+        if self._keep_reader > 0:
+            with self._kept_reader() as con:
+                yield con
+            return
         deadline = time.monotonic() + self.busy_timeout
         try:
             with self.lock.shared(self.busy_timeout):
@@ -296,6 +310,67 @@ class Store:
                     con.close()
         except LockTimeout as exc:
             raise StoreBusy("the data store stayed busy; try again in a moment") from exc
+
+    def _open_kept(self) -> tuple:
+        deadline = time.monotonic() + self.busy_timeout
+        lock_cm = self.lock.shared(self.busy_timeout)
+        try:
+            lock_cm.__enter__()
+        except LockTimeout as exc:
+            raise StoreBusy("the data store stayed busy; try again in a moment") from exc
+        try:
+            return self._connect(True, deadline), lock_cm
+        except BaseException:
+            lock_cm.__exit__(None, None, None)
+            raise
+
+    def _close_kept(self) -> None:
+        # called with self._kept_cond held and no user of the kept connection
+        con, lock_cm = self._kept
+        self._kept = None
+        try:
+            con.close()
+        finally:
+            lock_cm.__exit__(None, None, None)
+
+    @contextmanager
+    def _kept_reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._kept_cond:
+            if self._kept is not None and self.lock.writer_waiting():
+                # let the writer in: no new user on the kept connection, close it when
+                # the current ones are done, then queue behind the writer like anyone
+                while self._kept_users:
+                    self._kept_cond.wait()
+                if self._kept is not None:
+                    self._close_kept()
+            if self._kept is None:
+                self._kept = self._open_kept()
+                if self._kept_watch is None or not self._kept_watch.is_alive():
+                    self._kept_watch = threading.Thread(target=self._watch_kept,
+                                                        name="store-kept-reader", daemon=True)
+                    self._kept_watch.start()
+            self._kept_users += 1
+            cursor = self._kept[0].cursor()  # a cursor per use: threads never share one
+        try:
+            yield cursor
+        finally:
+            cursor.close()
+            with self._kept_cond:
+                self._kept_users -= 1
+                self._kept_used = time.monotonic()
+                self._kept_cond.notify_all()
+
+    def _watch_kept(self) -> None:
+        """Close the kept connection once idle, or as soon as a writer waits."""
+        while True:
+            time.sleep(0.05)
+            with self._kept_cond:
+                if self._kept is None:
+                    return
+                idle = time.monotonic() - self._kept_used > self._keep_reader
+                if not self._kept_users and (idle or self.lock.writer_waiting()):
+                    self._close_kept()
+                    return
 
     def size_bytes(self) -> int:
         """Return the size of the DuckDB file (and its WAL) on disk."""

@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 from conftest import ROOT, TEST_KEY, ReceiverProcess, query, wait_for
 
@@ -159,10 +160,24 @@ def test_parallel_deliveries_share_journal_syncs(receiver):
     assert query(receiver.data_dir, "SELECT count(*) FROM events")[0][0] == 400
 
 
-def test_readers_never_see_lock_errors_while_a_writer_works(settings):
+def test_kept_reader_lets_a_writer_in_and_then_sees_its_rows(settings):
     from ploomes.store import Store, fetch_one
 
-    store = Store(settings)
+    dashboard = Store(settings, keep_reader=60.0)  # only a waiting writer closes it early
+    with dashboard.reader() as con:
+        assert fetch_one(con, "SELECT count(*) FROM users")[0] == 0
+    other = Store(settings)  # another program's writer (the receiver's worker)
+    with other.writer() as con:
+        con.execute("INSERT INTO users VALUES (1, 'Conceição', NULL, false, now())")
+    with dashboard.reader() as con:
+        assert fetch_one(con, "SELECT name FROM users") == ("Conceição",)
+
+
+@pytest.mark.parametrize("keep_reader", [0.0, 0.5])
+def test_readers_never_see_lock_errors_while_a_writer_works(settings, keep_reader):
+    from ploomes.store import Store, fetch_one
+
+    store = Store(settings, keep_reader=keep_reader)
     errors = []
     stop = threading.Event()
 
