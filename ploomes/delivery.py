@@ -106,10 +106,6 @@ def decode_body(raw: bytes) -> dict:
     """Decode raw bytes into a JSON object, or raise InvalidDelivery."""
     if not raw:
         raise InvalidDelivery("empty body")
-    try:
-        raw.decode("utf-8")  # orjson checks too; this names the offending byte
-    except UnicodeDecodeError as exc:
-        raise InvalidDelivery(f"body is not valid UTF-8 (byte {exc.start})") from None
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
         _check_depth(raw)  # orjson has no depth limit and crashes on very deep input
     try:
@@ -117,6 +113,10 @@ def decode_body(raw: bytes) -> dict:
         # Infinity, numbers out of double range, unpaired surrogate escapes.
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        try:  # only a refused body pays for a second decode, to name a bad byte
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise InvalidDelivery(f"body is not valid UTF-8 (byte {bad.start})") from None
         raise InvalidDelivery(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
                               ) from None
     if not isinstance(body, dict):

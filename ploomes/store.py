@@ -300,18 +300,14 @@ class Store:
             with self._kept_reader() as con:
                 yield con
             return
-        deadline = time.monotonic() + self.busy_timeout
+        opened = self._open_shared()
         try:
-            with self.lock.shared(self.busy_timeout):
-                con = self._connect(True, deadline)
-                try:
-                    yield con
-                finally:
-                    con.close()
-        except LockTimeout as exc:
-            raise StoreBusy("the data store stayed busy; try again in a moment") from exc
+            yield opened[0]
+        finally:
+            self._close_shared(opened)
 
-    def _open_kept(self) -> tuple:
+    def _open_shared(self) -> tuple:
+        """Take the lock as a reader and open the file read-only: (connection, lock)."""
         deadline = time.monotonic() + self.busy_timeout
         lock_cm = self.lock.shared(self.busy_timeout)
         try:
@@ -324,14 +320,18 @@ class Store:
             lock_cm.__exit__(None, None, None)
             raise
 
-    def _close_kept(self) -> None:
-        # called with self._kept_cond held and no user of the kept connection
-        con, lock_cm = self._kept
-        self._kept = None
+    @staticmethod
+    def _close_shared(opened: tuple) -> None:
+        con, lock_cm = opened
         try:
             con.close()
         finally:
             lock_cm.__exit__(None, None, None)
+
+    def _close_kept(self) -> None:
+        # called with self._kept_cond held and no user of the kept connection
+        opened, self._kept = self._kept, None
+        self._close_shared(opened)
 
     @contextmanager
     def _kept_reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -344,7 +344,7 @@ class Store:
                 if self._kept is not None:
                     self._close_kept()
             if self._kept is None:
-                self._kept = self._open_kept()
+                self._kept = self._open_shared()
                 if self._kept_watch is None or not self._kept_watch.is_alive():
                     self._kept_watch = threading.Thread(target=self._watch_kept,
                                                         name="store-kept-reader", daemon=True)
