@@ -81,7 +81,7 @@ def _post(settings: Settings, body: dict) -> dict:
 
 def _append(settings: Settings, payloads: list[bytes], kind: int, flags: int,
             stamps: list[int] | None) -> int:
-    """Append through this process when no receiver holds the journal; None if one does."""
+    """Append and ingest in this process; raise JournalBusy when a receiver holds it."""
     journal = Journal(settings.journal_dir, settings.journal_segment_bytes)
     try:
         journal.append_many(payloads, kind=kind, flags=flags, received_ns=stamps)

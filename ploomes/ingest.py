@@ -32,7 +32,7 @@ from ploomes.store import fetch_one, transaction
 
 DUPLICATE_INDEX_SIZE = 50_000  # fingerprints remembered for duplicate detection
 REJECTED_RAW_LIMIT = 64 * 1024
-# Derived counters move without any delivery (time passes), so they never signal a gap.
+# Never compared for gaps besides bookkeeping fields (those change without deliveries).
 GAP_IGNORED = frozenset({"Id"})
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import duckdb
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from ploomes.config import Settings
@@ -380,8 +380,6 @@ class DeliveryService:
         self.registry = CollectorRegistry()
         self.deliveries = Counter("ploomes_deliveries", "Deliveries by outcome", ["outcome"],
                                   registry=self.registry)
-        from prometheus_client import Histogram
-
         self.ack_seconds = Histogram("ploomes_ack_seconds", "Time from request to accepted "
                                      "answer", buckets=ACK_BUCKETS, registry=self.registry)
         self.registry.register(_SharedCollector(self))
