@@ -4,6 +4,10 @@ Every function takes an open read connection (`with store.reader() as con:`) and
 parameters, binds every value, and returns a DataFrame (or a scalar for a single
 number). Counts leave out repeated deliveries of the same change (`duplicate_of`) unless
 asked to include them; demo rows are counted like any other, the dashboard labels them.
+
+Distinct records per user (and per user and field) come from the rollups stage 2 keeps
+(`user_records`, `user_fields`) when the range allows it exactly, otherwise from the raw
+tables; both give the same numbers (tests/test_user_rollups.py).
 """
 
 from __future__ import annotations
@@ -158,27 +162,64 @@ def timeline(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime,
 _USER_NAME = ("COALESCE(u.name, CAST(e.action_user_id AS VARCHAR), '(no ActionUserId)')")
 
 
+def _records_raw(where: str, dup: str) -> str:
+    # distinct (entity, record) per user, counted on `events e`
+    return ("SELECT e.action_user_id, count(DISTINCT (e.entity, e.record_id)) AS records "
+            "FROM events e WHERE e.record_id IS NOT NULL" + where + dup + " GROUP BY 1")
+
+
+def _records_rolled(since: datetime | None, include_duplicates: bool, where: str,
+                    dup: str) -> tuple[str, list]:
+    """Distinct records per user since `since` (up to now) from `user_records`.
+
+    `user_records` holds every event stage 2 has passed; the few stored events after the
+    `derive` position are read from `events` and added when their record is not counted
+    yet, so the result is exact while stage 2 catches up.
+    """
+    if since is None:
+        cond, params = ("TRUE" if include_duplicates else "events > 0"), []
+    elif include_duplicates:
+        cond, params = "(last_at >= ? OR last_duplicate_at >= ?)", [since, since]
+    else:
+        cond, params = "last_at >= ?", [since]
+    sql = (
+        "rolled AS (SELECT action_user_id, entity, record_id FROM user_records "
+        f"WHERE {cond}), "
+        "pending AS (SELECT DISTINCT e.action_user_id, e.entity, e.record_id FROM events e "
+        "WHERE e.id > (SELECT coalesce(max(last_seq), 0) FROM ingest_state "
+        "WHERE name = 'derive') AND e.record_id IS NOT NULL" + where + dup + "), "
+        "touched AS (SELECT action_user_id, count(*) AS records FROM ("
+        "SELECT action_user_id FROM rolled UNION ALL SELECT p.action_user_id FROM pending p "
+        "ANTI JOIN rolled r ON r.action_user_id IS NOT DISTINCT FROM p.action_user_id "
+        "AND r.entity = p.entity AND r.record_id = p.record_id) GROUP BY 1)")
+    return sql, params
+
+
 def users_summary(con: duckdb.DuckDBPyConnection, since: datetime | None = None,
-                  until: datetime | None = None, include_duplicates: bool = False
-                  ) -> pd.DataFrame:
+                  until: datetime | None = None, include_duplicates: bool = False,
+                  rollups: bool = True) -> pd.DataFrame:
     """Return one row per ActionUserId, busiest first.
 
     Columns: action_user_id, user (name from `users`, else the id), events, records,
-    first_at, last_at.
+    first_at, last_at. Distinct records come from `user_records` unless `until` is set
+    (or `rollups` is False): the same numbers, counted on `events`.
     """
     where, params = _range_clause(since, until, "e.received_at")
-    # per user and record first, then per user: cheaper than count(DISTINCT (entity, id))
+    dup = _dup_clause(include_duplicates, "e.duplicate_of")
+    if rollups and until is None:
+        touched, touched_params = _records_rolled(since, include_duplicates, where, dup)
+        touched_params += params
+    else:
+        touched, touched_params = "touched AS (" + _records_raw(where, dup) + ")", params
     return con.execute(
-        "WITH per_record AS (SELECT e.action_user_id, e.entity, e.record_id, count(*) AS n, "
+        "WITH per_user AS (SELECT e.action_user_id, count(*) AS events, "
         "min(e.received_at) AS first_at, max(e.received_at) AS last_at FROM events e "
-        "WHERE TRUE" + where + _dup_clause(include_duplicates, "e.duplicate_of")
-        + " GROUP BY ALL), per_user AS (SELECT action_user_id, sum(n) AS events, "
-        "count(*) FILTER (WHERE record_id IS NOT NULL) AS records, min(first_at) AS first_at, "
-        "max(last_at) AS last_at FROM per_record GROUP BY action_user_id) "
-        f"SELECT e.action_user_id, {_USER_NAME} AS user, CAST(e.events AS BIGINT) AS events, "
-        "e.records, e.first_at, e.last_at FROM per_user e "
-        "LEFT JOIN users u ON u.id = e.action_user_id ORDER BY events DESC, e.action_user_id",
-        params).fetchdf()
+        "WHERE TRUE" + where + dup + " GROUP BY 1), " + touched + " "
+        f"SELECT e.action_user_id, {_USER_NAME} AS user, e.events, "
+        "coalesce(t.records, 0) AS records, e.first_at, e.last_at FROM per_user e "
+        "LEFT JOIN touched t ON t.action_user_id IS NOT DISTINCT FROM e.action_user_id "
+        "LEFT JOIN users u ON u.id = e.action_user_id ORDER BY e.events DESC, e.action_user_id",
+        [*params, *touched_params]).fetchdf()
 
 
 def user_entity_actions(con: duckdb.DuckDBPyConnection, since: datetime | None = None,
@@ -189,11 +230,12 @@ def user_entity_actions(con: duckdb.DuckDBPyConnection, since: datetime | None =
     Columns: action_user_id, user, entity, action, events.
     """
     where, params = _range_clause(since, until, "e.received_at")
+    # count first, name the few groups after
     return con.execute(
-        f"SELECT e.action_user_id, {_USER_NAME} AS user, e.entity, e.action, "
-        "count(*) AS events FROM events e LEFT JOIN users u ON u.id = e.action_user_id "
-        "WHERE TRUE" + where + _dup_clause(include_duplicates, "e.duplicate_of")
-        + " GROUP BY e.action_user_id, u.name, e.entity, e.action "
+        "WITH counts AS (SELECT e.action_user_id, e.entity, e.action, count(*) AS events "
+        "FROM events e WHERE TRUE" + where + _dup_clause(include_duplicates, "e.duplicate_of")
+        + f" GROUP BY ALL) SELECT e.action_user_id, {_USER_NAME} AS user, e.entity, e.action, "
+        "e.events FROM counts e LEFT JOIN users u ON u.id = e.action_user_id "
         "ORDER BY e.action_user_id, e.entity, e.action", params).fetchdf()
 
 
@@ -220,25 +262,33 @@ def user_heatmap(con: duckdb.DuckDBPyConnection, user_id: int | None,
 
 
 def user_top_fields(con: duckdb.DuckDBPyConnection, user_id: int | None, limit: int = 10,
-                    since: datetime | None = None, until: datetime | None = None
-                    ) -> pd.DataFrame:
+                    since: datetime | None = None, until: datetime | None = None,
+                    rollups: bool = True) -> pd.DataFrame:
     """Return the fields one user changes most (bookkeeping and duplicates left out).
 
     Columns: entity, field, label (custom field name from `fields` when known, else the
-    field path), changes, records.
+    field path), changes, records. All time comes from `user_fields`; a range (or
+    `rollups=False`) counts on `field_changes`, with the same result.
     """
-    where, params = _range_clause(since, until, "c.received_at")
-    user_sql, user_params = _user_clause(user_id, "c.action_user_id")
+    if rollups and since is None and until is None:
+        user_sql, params = _user_clause(user_id, "c.action_user_id")
+        agg = ("SELECT c.entity, c.field, c.changes, c.records FROM user_fields c "
+               "WHERE TRUE" + user_sql)
+    else:
+        where, params = _range_clause(since, until, "c.received_at")
+        user_sql, user_params = _user_clause(user_id, "c.action_user_id")
+        params = [*user_params, *params]
+        agg = ("SELECT c.entity, c.field, count(*) AS changes, "
+               "count(DISTINCT c.record_id) AS records FROM field_changes c "
+               "WHERE NOT c.bookkeeping AND NOT c.is_duplicate" + user_sql + where
+               + " GROUP BY c.entity, c.field")
     # count first, label the few groups after
     return con.execute(
-        "WITH agg AS (SELECT c.entity, c.field, count(*) AS changes, "
-        "count(DISTINCT c.record_id) AS records FROM field_changes c "
-        "WHERE NOT c.bookkeeping AND NOT c.is_duplicate" + user_sql + where
-        + " GROUP BY c.entity, c.field) "
+        f"WITH agg AS ({agg}) "
         "SELECT a.entity, a.field, COALESCE(f.name, a.field) AS label, a.changes, a.records "
         "FROM agg a LEFT JOIN fields f ON starts_with(a.field, ?) AND f.key = substr(a.field, ?) "
         "ORDER BY a.changes DESC, a.entity, a.field LIMIT ?",
-        [*user_params, *params, OTHER_PREFIX, len(OTHER_PREFIX) + 1, int(limit)]).fetchdf()
+        [*params, OTHER_PREFIX, len(OTHER_PREFIX) + 1, int(limit)]).fetchdf()
 
 
 # -- the Events filter and its export -----------------------------------------------------

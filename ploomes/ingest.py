@@ -9,6 +9,8 @@ twice or skips one.
 Per delivery it computes, once: the event row, its field changes (`ploomes.diff`),
 whether it repeats an earlier delivery of the same change (duplicate detection), and
 whether its `Old` contradicts what earlier events said the record was (continuity gaps).
+Stage 2 also keeps the per-user rollups the Users page reads (`user_records`,
+`user_fields`), in the same transaction as the field changes they summarise.
 """
 
 from __future__ import annotations
@@ -50,12 +52,46 @@ def rejected_payload(status: int, reason: str, raw: bytes, source: str | None) -
 
 
 @dataclass
+class _UserRecord:
+    """One `user_records` row: what one ActionUserId did to one record.
+
+    Times are microseconds since the epoch (what the column stores): converting every
+    loaded TIMESTAMPTZ to a datetime would cost more than the rest of the rollup.
+    """
+
+    events: int = 0
+    duplicates: int = 0
+    first_us: int | None = None
+    last_us: int | None = None
+    last_duplicate_us: int | None = None
+    fields: set[str] = field(default_factory=set)
+    rowid: int | None = None  # where the stored row is, in this transaction
+
+    def add(self, us: int, duplicate: bool) -> None:
+        """Count one delivery received at `us`."""
+        if duplicate:
+            self.duplicates += 1
+            self.last_duplicate_us = (us if self.last_duplicate_us is None
+                                      else max(self.last_duplicate_us, us))
+        else:
+            self.events += 1
+            self.first_us = us if self.first_us is None else min(self.first_us, us)
+            self.last_us = us if self.last_us is None else max(self.last_us, us)
+
+
+UserKey = tuple[int | None, str, int]  # (action_user_id, entity, record_id)
+
+
+@dataclass
 class _Rows:
     events: list[tuple] = field(default_factory=list)
     changes: list[tuple] = field(default_factory=list)
     gaps: list[tuple] = field(default_factory=list)
     rejected: list[tuple] = field(default_factory=list)
     states: dict[tuple[str, int], tuple] = field(default_factory=dict)
+    # user rollups: rows as they are after this batch, and (changes, records) to add
+    user_records: dict[UserKey, _UserRecord] = field(default_factory=dict)
+    user_fields: dict[tuple[int | None, str, str], list[int]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.events or self.rejected or self.states)
@@ -94,6 +130,16 @@ STATE_SCHEMA = pa.schema([
     ("last_event_id", pa.int64()), ("last_received_at", pa.timestamp("us", tz="UTC")),
     ("deleted", pa.bool_()), ("is_demo", pa.bool_()), ("title", pa.string()),
     ("names", pa.string()),
+])
+USER_RECORD_SCHEMA = pa.schema([
+    ("action_user_id", pa.int64()), ("entity", pa.string()), ("record_id", pa.int64()),
+    ("events", pa.int64()), ("duplicates", pa.int64()),
+    ("first_at", pa.timestamp("us", tz="UTC")), ("last_at", pa.timestamp("us", tz="UTC")),
+    ("last_duplicate_at", pa.timestamp("us", tz="UTC")), ("fields", pa.string()),
+])
+USER_FIELD_SCHEMA = pa.schema([
+    ("action_user_id", pa.int64()), ("entity", pa.string()), ("field", pa.string()),
+    ("changes", pa.int64()), ("records", pa.int64()),
 ])
 # A record's title is the first of these it has; a name search looks in the first three.
 TITLE_KEYS = ("Name", "LegalName", "Title", "ContactName")
@@ -153,6 +199,33 @@ def find_gap(state: dict, old: dict) -> list[dict]:
         found.append({"field": change.field, "expected": change.old_value,
                       "found": change.new_value})
     return found
+
+
+def fold_user_event(rows: _Rows, stored: dict[UserKey, _UserRecord], user: int | None,
+                    entity: str, record_id: int | None, ns: int, duplicate: bool,
+                    fields: Sequence[str]) -> None:
+    """Add one event received at `ns` and its changed fields (bookkeeping left out) to
+    the user rollups.
+
+    `stored` holds the `user_records` rows of the batch's records as the store has them.
+    A repeated delivery counts as a duplicate and adds no field changes, as the Users
+    page counts them.
+    """
+    if not duplicate:
+        for name in fields:
+            rows.user_fields.setdefault((user, entity, name), [0, 0])[0] += 1
+    if record_id is None:
+        return  # no record: counted in `user_fields.changes`, never in `records`
+    key = (user, entity, record_id)
+    row = rows.user_records.get(key)
+    if row is None:
+        row = rows.user_records[key] = stored.get(key) or _UserRecord()
+    row.add(ns // 1000, duplicate)
+    if not duplicate:
+        for name in fields:
+            if name not in row.fields:  # the first change of this field on this record
+                row.fields.add(name)
+                rows.user_fields[(user, entity, name)][1] += 1
 
 
 def _event_row(seq: int, ns: int, d: Delivery, demo: bool, sha: str, text: str,
@@ -291,6 +364,25 @@ class Pipeline:
             con.unregister("_wanted")
         return {(r[0], r[1]): (json.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows}
 
+    def _load_user_records(self, con: duckdb.DuckDBPyConnection,
+                           keys: set[tuple[str, int]]) -> dict[UserKey, _UserRecord]:
+        """Return the stored `user_records` rows of these (entity, record_id), every user."""
+        if not keys:
+            return {}
+        wanted = pa.table({"entity": [k[0] for k in keys], "record_id": [k[1] for k in keys]})
+        con.register("_wanted", wanted)
+        try:
+            rows = con.execute(
+                "SELECT r.action_user_id, r.entity, r.record_id, r.events, r.duplicates, "
+                "epoch_us(r.first_at), epoch_us(r.last_at), epoch_us(r.last_duplicate_at), "
+                "r.fields, r.rowid FROM user_records r "
+                "JOIN _wanted w ON r.entity = w.entity AND r.record_id = w.record_id"
+            ).fetchall()
+        finally:
+            con.unregister("_wanted")
+        return {(r[0], r[1], r[2]): _UserRecord(r[3], r[4], r[5], r[6], r[7],
+                                                set(orjson.loads(r[8])), r[9]) for r in rows}
+
     def _fingerprint(self, seq: int, ns: int, d: Delivery, demo: bool
                      ) -> tuple[str, int | None]:
         fp = diffmod.change_fingerprint(d.entity, d.record_id, d.action, d.action_user_id,
@@ -314,9 +406,13 @@ class Pipeline:
         keys = {(item[2].entity, item[2].record_id) for item in items
                 if item[2].record_id is not None}
         states = self._load_states(con, keys)
+        stored = self._load_user_records(con, keys)
         for seq, ns, d, demo, dup_of in items:
             at = ns_to_datetime(ns)
-            for c in diffmod.diff_record(d.action, d.old, d.new):
+            changes = diffmod.diff_record(d.action, d.old, d.new)
+            fold_user_event(rows, stored, d.action_user_id, d.entity, d.record_id, ns,
+                            dup_of is not None, [c.field for c in changes if not c.bookkeeping])
+            for c in changes:
                 rows.changes.append((
                     seq, at, d.entity, d.record_id, d.action, d.action_user_id, c.field,
                     _json_value(c.old_value, c.old_known), _json_value(c.new_value, c.new_known),
@@ -352,13 +448,29 @@ class Pipeline:
             return self._derive_next(con, max_events)
 
     def skip_derive(self, con: duckdb.DuckDBPyConnection) -> int | None:
-        """Move stage 2 past the next event (one whose change model cannot be computed)."""
-        row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = 'derive'")
-        nxt = fetch_one(con, "SELECT min(id) FROM events WHERE id > ?", [row[0] if row else 0])
-        if not nxt or nxt[0] is None:
-            return None
-        con.execute("INSERT OR REPLACE INTO ingest_state VALUES ('derive', ?, now())", [nxt[0]])
-        return nxt[0]
+        """Move stage 2 past the next event (one whose change model cannot be computed).
+
+        The event still counts in the user rollups, with no field changes: they summarise
+        every event stage 2 has passed, as the Users page counts events.
+        """
+        with transaction(con):
+            row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = 'derive'")
+            nxt = fetch_one(
+                con, "SELECT id, action_user_id, entity, record_id, epoch_ns(received_at), "
+                "duplicate_of FROM events WHERE id > ? ORDER BY id LIMIT 1",
+                [row[0] if row else 0])
+            if not nxt:
+                return None
+            event_id, user, entity, record_id, ns, dup_of = nxt
+            rows = _Rows()
+            stored = self._load_user_records(con, {(entity, record_id)}
+                                             if record_id is not None else set())
+            fold_user_event(rows, stored, user, entity, record_id, ns,
+                            dup_of is not None, [])
+            self._write_derived(con, rows)
+            con.execute("INSERT OR REPLACE INTO ingest_state VALUES ('derive', ?, now())",
+                        [event_id])
+        return event_id
 
     def _derive_next(self, con: duckdb.DuckDBPyConnection, max_events: int) -> int | None:
         row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = 'derive'")
@@ -394,11 +506,46 @@ class Pipeline:
                         "last_received_at, deleted, is_demo, title, names) "
                         "SELECT * FROM _states")
             con.unregister("_states")
+        if rows.user_records:
+            # stored rows go by the rowid they were loaded with (same transaction): no
+            # second join over the whole table
+            stale = [r.rowid for r in rows.user_records.values() if r.rowid is not None]
+            if stale:
+                con.execute("DELETE FROM user_records WHERE rowid IN (SELECT unnest(?))",
+                            [stale])
+            con.register("_user_records", _table(
+                [(*key, r.events, r.duplicates, r.first_us, r.last_us, r.last_duplicate_us,
+                  to_json(sorted(r.fields))) for key, r in rows.user_records.items()],
+                USER_RECORD_SCHEMA))
+            con.execute("INSERT INTO user_records SELECT * FROM _user_records")
+            con.unregister("_user_records")
+        if rows.user_fields:
+            con.register("_user_fields", _table(
+                [(*key, changes, records)
+                 for key, (changes, records) in rows.user_fields.items()],
+                USER_FIELD_SCHEMA))
+            con.execute(
+                "MERGE INTO user_fields t USING _user_fields d ON "
+                + _same_key("t", "d", USER_FIELD_KEY)
+                + " WHEN MATCHED THEN UPDATE SET changes = t.changes + d.changes, "
+                "records = t.records + d.records WHEN NOT MATCHED THEN INSERT VALUES "
+                "(d.action_user_id, d.entity, d.field, d.changes, d.records)")
+            con.unregister("_user_fields")
 
     def _control(self, con: duckdb.DuckDBPyConnection, op: dict) -> None:
         if op.get("op") == "remove_demo":
+            # the user rollups of what demo rows touched are recomputed once they are gone
+            con.execute("CREATE OR REPLACE TEMP TABLE _demo_records AS SELECT DISTINCT "
+                        "action_user_id, entity, record_id FROM events "
+                        "WHERE is_demo AND record_id IS NOT NULL")
+            con.execute("CREATE OR REPLACE TEMP TABLE _demo_fields AS SELECT DISTINCT "
+                        "action_user_id, entity, field FROM field_changes "
+                        "WHERE is_demo AND NOT bookkeeping AND NOT is_duplicate")
             for table in ("events", "field_changes", "continuity_gaps", "record_state"):
                 con.execute(f"DELETE FROM {table} WHERE is_demo")
+            refill_user_rollups(con, records="_demo_records", fields="_demo_fields")
+            con.execute("DROP TABLE _demo_records")
+            con.execute("DROP TABLE _demo_fields")
             # names written by load_demo carry no sync time; synced ones stay
             con.execute("DELETE FROM users WHERE synced_at IS NULL")
             con.execute("DELETE FROM fields WHERE synced_at IS NULL")
@@ -411,7 +558,8 @@ class Pipeline:
 
         Runs inside the caller's transaction (a migration or a rebuild).
         """
-        for table in ("field_changes", "continuity_gaps", "record_state"):
+        for table in ("field_changes", "continuity_gaps", "record_state", "user_records",
+                      "user_fields"):
             con.execute(f"DELETE FROM {table}")
         con.execute("DELETE FROM ingest_state WHERE name = 'derive'")
         self._recent.clear()
@@ -440,3 +588,77 @@ class Pipeline:
 def rederive(con: duckdb.DuckDBPyConnection) -> int:
     """Recompute the change model of a store in place (schema migration to v2)."""
     return Pipeline().rederive_all(con)
+
+
+# -- the user rollups from stored rows ------------------------------------------------------
+
+USER_RECORD_KEY = ("action_user_id", "entity", "record_id")
+USER_FIELD_KEY = ("action_user_id", "entity", "field")
+
+
+def _same_key(left: str, right: str, columns: Sequence[str]) -> str:
+    # deliveries without an ActionUserId are a group of their own: NULL matches NULL
+    return " AND ".join(f"{left}.{c} IS NOT DISTINCT FROM {right}.{c}" if c == "action_user_id"
+                        else f"{left}.{c} = {right}.{c}" for c in columns)
+
+
+# Every event stage 2 has passed (id up to the `derive` position), as stage 2 folds them.
+_FILL_USER_RECORDS = """
+INSERT INTO user_records
+WITH derived AS (SELECT coalesce(max(last_seq), 0) AS seq FROM ingest_state
+                 WHERE name = 'derive'),
+per_record AS (
+    SELECT e.action_user_id, e.entity, e.record_id,
+           count(*) FILTER (WHERE e.duplicate_of IS NULL) AS events,
+           count(*) FILTER (WHERE e.duplicate_of IS NOT NULL) AS duplicates,
+           min(e.received_at) FILTER (WHERE e.duplicate_of IS NULL) AS first_at,
+           max(e.received_at) FILTER (WHERE e.duplicate_of IS NULL) AS last_at,
+           max(e.received_at) FILTER (WHERE e.duplicate_of IS NOT NULL) AS last_duplicate_at
+    FROM events e {scope}
+    WHERE e.record_id IS NOT NULL AND e.id <= (SELECT seq FROM derived)
+    GROUP BY ALL),
+changed AS (
+    SELECT action_user_id, entity, record_id, list(field ORDER BY field) AS fields
+    FROM (SELECT DISTINCT e.action_user_id, e.entity, e.record_id, e.field
+          FROM field_changes e {scope}
+          WHERE e.record_id IS NOT NULL AND NOT e.bookkeeping AND NOT e.is_duplicate)
+    GROUP BY ALL)
+SELECT p.*, coalesce(to_json(c.fields), '[]') FROM per_record p LEFT JOIN changed c ON {join}
+"""
+_FILL_USER_FIELDS = """
+INSERT INTO user_fields
+SELECT e.action_user_id, e.entity, e.field, count(*), count(DISTINCT e.record_id)
+FROM field_changes e {scope}
+WHERE NOT e.bookkeeping AND NOT e.is_duplicate
+GROUP BY ALL
+"""
+
+
+def refill_user_rollups(con: duckdb.DuckDBPyConnection, records: str | None = None,
+                        fields: str | None = None) -> None:
+    """Recompute the user rollups from `events` and `field_changes`.
+
+    Everything (schema migration to v4), or only the keys listed in the tables named
+    `records` (action_user_id, entity, record_id) and `fields` (action_user_id, entity,
+    field), e.g. what demo rows touched before they were removed. Runs inside the
+    caller's transaction; the result is what stage 2 folds event by event.
+    """
+    if records is None and fields is None:
+        con.execute("DELETE FROM user_records")
+        con.execute("DELETE FROM user_fields")
+        con.execute(_FILL_USER_RECORDS.format(scope="", join=_same_key("c", "p",
+                                                                        USER_RECORD_KEY)))
+        con.execute(_FILL_USER_FIELDS.format(scope=""))
+        return
+    # table names come from this module, never from input
+    if records is not None:
+        con.execute(f"DELETE FROM user_records r USING {records} k WHERE "
+                    + _same_key("r", "k", USER_RECORD_KEY))
+        scope = f"SEMI JOIN {records} k ON " + _same_key("e", "k", USER_RECORD_KEY)
+        con.execute(_FILL_USER_RECORDS.format(scope=scope, join=_same_key("c", "p",
+                                                                           USER_RECORD_KEY)))
+    if fields is not None:
+        con.execute(f"DELETE FROM user_fields r USING {fields} k WHERE "
+                    + _same_key("r", "k", USER_FIELD_KEY))
+        scope = f"SEMI JOIN {fields} k ON " + _same_key("e", "k", USER_FIELD_KEY)
+        con.execute(_FILL_USER_FIELDS.format(scope=scope))

@@ -140,9 +140,36 @@ UPDATE record_state SET
 """
 
 
+# v4: per-user rollups of the change model, kept by ingest stage 2 beside field_changes,
+# so the Users page reads a few thousand rows instead of counting distinct records among
+# millions (see ingest.fold_user_event and ARCHITECTURE.md).
+SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS user_records (
+    action_user_id BIGINT,             -- NULL: deliveries without an ActionUserId
+    entity VARCHAR NOT NULL,
+    record_id BIGINT NOT NULL,
+    events BIGINT NOT NULL,            -- original deliveries (duplicate_of IS NULL)
+    duplicates BIGINT NOT NULL,        -- repeated deliveries
+    first_at TIMESTAMPTZ,              -- first and last original delivery (NULL if none)
+    last_at TIMESTAMPTZ,
+    last_duplicate_at TIMESTAMPTZ,     -- last repeated delivery (NULL if none)
+    fields JSON NOT NULL               -- [field, …] changed, sorted; no bookkeeping or repeats
+);
+CREATE TABLE IF NOT EXISTS user_fields (
+    action_user_id BIGINT,
+    entity VARCHAR NOT NULL,
+    field VARCHAR NOT NULL,
+    changes BIGINT NOT NULL,           -- field changes, bookkeeping and repeats left out
+    records BIGINT NOT NULL            -- distinct records among them
+);
+"""
+
+
 def _migrate_v2(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA_V2)
-    con.execute(SCHEMA_V3)  # rederive writes the current code's record_state columns
+    # rederive writes the current code's record_state columns and user rollups
+    con.execute(SCHEMA_V3)
+    con.execute(SCHEMA_V4)
     from ploomes.ingest import rederive  # late import: ingest builds on the store
 
     rederive(con)
@@ -153,10 +180,31 @@ def _migrate_v3(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(FILL_V3)
 
 
+# A store written before two-stage ingest computed each event's change model as it stored
+# the event, and has no `derive` position: every event it holds is derived. Without the
+# position, stage 2 would diff them all again (duplicating their field changes) and the
+# rollups would leave them out. A store of today has the position once anything is derived.
+DERIVED_BEFORE_V4 = """
+INSERT INTO ingest_state SELECT 'derive', max(id), now() FROM events
+WHERE NOT EXISTS (SELECT 1 FROM ingest_state WHERE name = 'derive')
+  AND (EXISTS (SELECT 1 FROM field_changes) OR EXISTS (SELECT 1 FROM record_state))
+HAVING max(id) IS NOT NULL
+"""
+
+
+def _migrate_v4(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(SCHEMA_V4)
+    con.execute(DERIVED_BEFORE_V4)
+    from ploomes.ingest import refill_user_rollups  # late import: ingest builds on the store
+
+    refill_user_rollups(con)
+
+
 MIGRATIONS: list[tuple[int, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     (1, lambda con: con.execute(SCHEMA_V1)),
     (2, _migrate_v2),
     (3, _migrate_v3),
+    (4, _migrate_v4),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
