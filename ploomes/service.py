@@ -422,6 +422,7 @@ class DeliveryService:
                                   registry=self.registry)
         self.ack_seconds = Histogram("ploomes_ack_seconds", "Time from request to accepted "
                                      "answer", buckets=ACK_BUCKETS, registry=self.registry)
+        self._accepted = self.deliveries.labels(outcome="accepted")  # looked up once
         self.registry.register(_SharedCollector(self))
         self.started_at = time.time()
         self.worker: multiprocessing.process.BaseProcess | None = None
@@ -505,7 +506,7 @@ class DeliveryService:
         except JournalWriteError as exc:
             log.error("cannot store a delivery: %s", exc)
             return self.refuse("unavailable", 503, "cannot store the delivery now; retry later")
-        self.deliveries.labels(outcome="accepted").inc()
+        self._accepted.inc()
         self.ack_seconds.observe(time.perf_counter() - started)
         return Outcome(200, {"status": "accepted", "delivery_id": seq})
 
