@@ -1,13 +1,18 @@
 """The Ploomes webhook receiver: `python receiver.py [--host H] [--port P] [--data-dir D]`.
 
-A thin Flask shell over `ploomes.service.DeliveryService`, served by waitress.
+A thin Flask shell over `ploomes.service.DeliveryService`, served by gevent's WSGI
+server (`serve`): requests are greenlets on one thread, and journal appends are grouped
+and synced on gevent's thread pool (`ploomes.green.GroupCommit`), so waiting for the
+disk costs no thread hand-off per request.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
+import socket
 import sys
 import time
 
@@ -23,6 +28,63 @@ from ploomes.service import DeliveryService
 
 WEBHOOK_PATH = "/ploomes/webhook"
 KEY_HEADER = "X-Ploomes-Validation-Key"
+MAX_CONNECTIONS = 1000  # requests served at once; more wait in the listen backlog
+IDLE_TIMEOUT = 60.0  # seconds a connection may stay silent (or trickle) before it is closed
+_KEY_IN_TEXT = re.compile(r"(validation_key=)[^&\s\"']*", re.IGNORECASE)
+
+
+class _RedactingLog:
+    """The server's error log: a logger that never writes a key given in a URL.
+
+    gevent's server reports malformed requests with their request line, which may hold
+    `?validation_key=`; the value is replaced before the line reaches the log.
+    """
+
+    def __init__(self, logger: logging.Logger):
+        self._logger = logger
+
+    def write(self, text: str) -> None:
+        text = _KEY_IN_TEXT.sub(r"\1[hidden]", str(text)).rstrip()
+        if text:
+            self._logger.warning("%s", text)
+
+    def flush(self) -> None:
+        pass
+
+
+def serve(app, host: str, port: int, on_ready=None) -> None:
+    """Serve a WSGI app with gevent until SIGTERM or SIGINT (KeyboardInterrupt).
+
+    Also used by bench/baseline_server.py, so the benchmark's baseline runs on the same
+    server with the same settings. `on_ready(port)` is called once listening.
+    """
+    from gevent import signal_handler
+    from gevent.pool import Pool
+    from gevent.pywsgi import WSGIHandler, WSGIServer
+
+    class Handler(WSGIHandler):
+        def handle(self) -> None:
+            # a client that opens connections and sends nothing must not hold them forever
+            self.socket.settimeout(IDLE_TIMEOUT)
+            super().handle()
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # answers are small and sent in two writes (headers, body): without NODELAY the
+    # second waits for the client's delayed ACK (~40 ms)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener.bind((host, port))
+    listener.listen(1024)
+    listener.setblocking(False)
+    server = WSGIServer(listener, app, spawn=Pool(MAX_CONNECTIONS), handler_class=Handler,
+                        log=None,
+                        error_log=_RedactingLog(logging.getLogger("ploomes.receiver.http")))
+    signal_handler(signal.SIGTERM, server.stop)
+    server.start()
+    if on_ready is not None:
+        on_ready(server.server_port)
+    server.serve_forever()
 
 
 def create_app(settings: Settings | None = None, start_worker: bool = True) -> Flask:
@@ -98,12 +160,11 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Start the receiver with waitress until interrupted."""
+    """Start the receiver with gevent's WSGI server until interrupted."""
     parser = argparse.ArgumentParser(description="Receive Ploomes webhook deliveries.")
     parser.add_argument("--host", default="0.0.0.0")  # noqa: S104 - Ploomes must reach it
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--data-dir", help="data folder (default: PLOOMES_DATA_DIR or data/)")
-    parser.add_argument("--threads", type=int, default=16)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -125,22 +186,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: another receiver is already running on {settings.data_dir}",
               file=sys.stderr)
         return 1
-    from waitress import create_server
+    from ploomes.green import GroupCommit
 
-    server = create_server(app, host=args.host, port=args.port, threads=args.threads,
-                           ident="ploomes-receiver",
-                           # waitress buffers a body before the app sees it: cap that too
-                           max_request_body_size=settings.max_body_bytes * 2)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    log.info("Receiver listening on http://%s:%s%s (data dir %s)", args.host,
-             server.effective_port, WEBHOOK_PATH, settings.data_dir)
+    service = app.extensions["ploomes"]
+    service.appender = GroupCommit(service.journal)
     try:
-        server.run()
+        serve(app, args.host, args.port, on_ready=lambda port: log.info(
+            "Receiver listening on http://%s:%s%s (data dir %s)", args.host, port,
+            WEBHOOK_PATH, settings.data_dir))
     except KeyboardInterrupt:
         pass
     finally:
-        server.close()
-        app.extensions["ploomes"].close()
+        service.close()
     return 0
 
 

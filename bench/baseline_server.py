@@ -1,12 +1,20 @@
-"""Baseline for bench/receiver_load.py: the same Flask + waitress setup, storing nothing."""
+"""Baseline for bench/receiver_load.py: the same Flask app shell and server, storing nothing.
+
+It runs on `receiver.serve` (gevent's WSGI server, same settings) and answers like the
+receiver (key check, body read, JSON answer) without validating or keeping anything.
+"""
 
 from __future__ import annotations
 
 import argparse
 import hmac
+import sys
+from pathlib import Path
 
 from flask import Flask, jsonify, request
-from waitress import serve
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from receiver import serve  # noqa: E402
 
 
 def create_app(key: str) -> Flask:
@@ -32,6 +40,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--key", required=True)
-    parser.add_argument("--threads", type=int, default=16)
     args = parser.parse_args()
-    serve(create_app(args.key), host="127.0.0.1", port=args.port, threads=args.threads)
+    try:
+        serve(create_app(args.key), "127.0.0.1", args.port)
+    except KeyboardInterrupt:
+        pass

@@ -1,7 +1,8 @@
 """Benchmark: durable deliveries/s of the receiver vs the same server storing nothing.
 
 Runs wrk (Debian package `wrk`) with 16 connections against, in one run:
-  1. bench/baseline_server.py: Flask on waitress, 16 threads, answering without storing;
+  1. bench/baseline_server.py: Flask on the receiver's server (gevent), answering without
+     storing;
   2. receiver.py on a fresh data dir (journal + fdatasync + ingest worker into DuckDB).
 
 Answer → visible in DuckDB is measured two ways during (2):
@@ -166,7 +167,9 @@ def histogram_quantile(buckets: dict[float, float], q: float) -> str:
 
 
 def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def main() -> None:

@@ -11,11 +11,13 @@ opened again. Exactly one process appends at a time (it holds `journal/.writer.l
 any process may read.
 
 Durability: `append` returns only once the record is on disk (fdatasync). Concurrent
-appenders share one write and one sync (group commit, by a writer thread).
+appenders share one write and one sync (group commit: the appender that finds nobody
+writing writes and syncs everything queued, the others wait for it).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -36,6 +38,10 @@ KIND_REJECTED = 2  # an authenticated delivery that was refused: payload is JSON
 KIND_CONTROL = 3  # an operation on stored data (e.g. remove demo data): payload is JSON
 
 FLAG_DEMO = 1  # the record is demo data, not a real delivery
+
+# errors a write reports before writing anything: its bytes can be undone and the
+# journal goes on (a full disk clears up; the appenders concerned get an error)
+WRITE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class JournalError(Exception):
@@ -220,15 +226,12 @@ class JournalReader:
 class Journal:
     """The appending side of a journal; one per data dir at a time.
 
-    Appenders encode their records, take the next sequence numbers and queue them; one
-    writer thread writes everything queued in one `write` and makes it durable with one
-    `fdatasync`, then wakes the appenders it covered (group commit). An appender thus
-    gives up the GIL once while it waits, instead of once per system call.
-
-    Each waiting appender sleeps on a lock of its own that the writer releases once its
-    records are durable: a sync wakes only the appenders it covered and an append wakes
-    only the writer. (One shared condition woke every waiting request thread on every
-    append and every sync, and those wake-ups cost more CPU than the requests.)
+    Appenders encode their records, take the next sequence numbers and queue them. An
+    appender that finds nobody writing becomes the leader: it writes everything queued
+    in one call that also syncs it, wakes the appenders it covered and hands the lead
+    to the next one still waiting (group commit, as in LevelDB's writer queue). Records
+    queued while a sync runs form the next group. Each waiting appender sleeps on a
+    lock of its own, so a sync wakes only the appenders it covered.
     """
 
     def __init__(self, journal_dir: Path, segment_bytes: int = 16 * 1024 * 1024,
@@ -244,12 +247,12 @@ class Journal:
             os.close(self._lock_fd)
             raise JournalBusy(f"another process is writing to {self.dir}") from exc
         self._mutex = threading.Lock()
-        self._work = threading.Condition(self._mutex)  # the writer waits on it, alone
+        self._leading = False  # an appender is writing and syncing a group right now
+        self._dsync = hasattr(os, "RWF_DSYNC")  # write + sync in one call (Linux >= 4.7)
         self._waiters: list[tuple[int, threading.Lock]] = []  # (last seq, held lock)
         self._broken: str | None = None
         self._failed: list[tuple[int, int, str]] = []  # (first, last, why) never written
         self._queue: list[tuple[int, int, bytes]] = []  # (first seq, last seq, bytes)
-        self._closing = False
         self._fd = -1
         self._size = 0
         self._allocated = 0  # bytes of the current segment that exist on disk
@@ -257,9 +260,6 @@ class Journal:
         self._recover()
         self.synced_seq = self.written_seq
         self._next_seq = self.written_seq + 1
-        self._writer = threading.Thread(target=self._write_loop, name="journal-writer",
-                                        daemon=True)
-        self._writer.start()
 
     def _recover(self) -> None:
         segments = segment_paths(self.dir)
@@ -333,85 +333,94 @@ class Journal:
     def append(self, payload: bytes, kind: int = KIND_DELIVERY, flags: int = 0,
                received_ns: int | None = None, durable: bool = True) -> int:
         """Append one record and return its sequence number once it is on disk."""
-        return self.append_many([payload], kind, flags, [received_ns], durable)[-1]
+        return self.append_entries([(payload, kind, flags, received_ns)], durable)[-1]
 
     def append_many(self, payloads: list[bytes], kind: int = KIND_DELIVERY, flags: int = 0,
                     received_ns: list[int | None] | None = None, durable: bool = True
                     ) -> list[int]:
-        """Append records (written together); return their sequence numbers when durable.
+        """Append records of one kind (written together); return their sequence numbers."""
+        stamps = received_ns or [None] * len(payloads)
+        return self.append_entries([(payload, kind, flags, stamp) for payload, stamp
+                                    in zip(payloads, stamps, strict=True)], durable)
 
-        With durable=False the call returns once the records are queued; the next sync
-        (anybody's) covers them.
+    def append_entries(self, entries: list[tuple[bytes, int, int, int | None]],
+                       durable: bool = True) -> list[int]:
+        """Append (payload, kind, flags, received_ns or None) records written together.
+
+        Returns their sequence numbers once durable. With durable=False the call returns
+        once the records are queued; the next sync (anybody's, or `sync()`) covers them.
         """
         now = time.time_ns()
-        stamps = received_ns or [None] * len(payloads)
         with self._mutex:
             if self._broken:
                 raise JournalWriteError(self._broken)
             first = self._next_seq
-            data = b"".join(
-                encode(Record(first + i, kind, flags, stamp or now, payload))
-                for i, (payload, stamp) in enumerate(zip(payloads, stamps, strict=True)))
-            last = first + len(payloads) - 1
+            data = b"".join(encode(Record(first + i, kind, flags, stamp or now, payload))
+                            for i, (payload, kind, flags, stamp) in enumerate(entries))
+            last = first + len(entries) - 1
             self._next_seq = last + 1
             self._queue.append((first, last, data))
-            self._work.notify()
-            waiter = self._waiter(last) if durable else None
-        if waiter is not None:
-            self._wait_for(first, last, waiter)
+            if durable:
+                self._make_durable(first, last)
         return list(range(first, last + 1))
 
-    def _waiter(self, last: int) -> threading.Lock | None:
-        """Return a held lock the writer releases once `last` is durable (None if it is).
-
-        Called with self._mutex held.
-        """
-        if self.synced_seq >= last or self._broken:
-            return None
-        waiter = threading.Lock()
-        waiter.acquire()
-        self._waiters.append((last, waiter))
-        return waiter
-
-    def _wait_for(self, first: int, last: int, waiter: threading.Lock | None) -> None:
-        if waiter is not None:
-            waiter.acquire()  # released by the writer: durable, failed or broken
-        with self._mutex:
-            for lo, hi, why in self._failed:
-                if lo <= last and first <= hi:
-                    raise JournalWriteError(why)
-            if self.synced_seq < last:
-                raise JournalWriteError(self._broken or "journal closed")
-
-    def _wake(self, upto: int | None) -> None:
-        """Release the waiters covered by `upto` (every waiter if None).
-
-        Called with self._mutex held.
-        """
-        keep = []
-        for last, waiter in self._waiters:
-            if upto is None or last <= upto:
-                waiter.release()
-            else:
-                keep.append((last, waiter))
-        self._waiters = keep
+    @property
+    def unsynced(self) -> bool:
+        """Return whether records were queued that no sync has covered yet."""
+        return self._next_seq - 1 > self.synced_seq
 
     def sync(self) -> None:
         """Make every record queued so far durable."""
         with self._mutex:
             last = self._next_seq - 1
-            waiter = self._waiter(last)
-        self._wait_for(last, last, waiter)
+            self._make_durable(last, last)
 
-    def _write_loop(self) -> None:
-        while True:
-            with self._work:
-                while not self._queue and not self._closing:
-                    self._work.wait()
-                if not self._queue:
-                    return
-                batch, self._queue = self._queue, []
-            self._write_batch(batch)
+    def _make_durable(self, first: int, last: int) -> None:
+        """Return once records first..last are durable; raise if they never will be.
+
+        Called with self._mutex held; releases it while writing or waiting.
+        """
+        while self.synced_seq < last and not self._broken:
+            if not self._leading:
+                self._lead()
+                continue
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._waiters.append((last, waiter))
+            self._mutex.release()
+            try:
+                waiter.acquire()  # released by a leader: covered, broken, or our turn
+            finally:
+                self._mutex.acquire()
+        for lo, hi, why in self._failed:
+            if lo <= last and first <= hi:
+                raise JournalWriteError(why)
+        if self.synced_seq < last:
+            raise JournalWriteError(self._broken or "the journal stopped")
+
+    def _lead(self) -> None:
+        """Write and sync everything queued, then wake who it covered and the next leader.
+
+        Called with self._mutex held and nobody leading.
+        """
+        batch, self._queue = self._queue, []
+        self._leading = True
+        self._mutex.release()
+        try:
+            if batch:
+                self._write_batch(batch)
+        finally:
+            self._mutex.acquire()
+            self._leading = False
+            keep = []
+            for last, waiter in self._waiters:
+                if last <= self.synced_seq or self._broken:
+                    waiter.release()
+                else:
+                    keep.append((last, waiter))
+            if keep:  # records queued during this sync: the first waiter leads them
+                keep.pop(0)[1].release()
+            self._waiters = keep
 
     def _write_batch(self, batch: list[tuple[int, int, bytes]]) -> None:
         first, last = batch[0][0], batch[-1][1]
@@ -419,7 +428,12 @@ class Journal:
         try:
             if self._size and self._size + len(data) > self._segment_bytes:
                 self._rotate(first)
-            written = os.pwrite(self._fd, data, self._size)
+            if self._dsync:
+                written = self._write_dsync(data)
+                if written is None:
+                    return  # the journal is broken now
+            else:
+                written = os.pwrite(self._fd, data, self._size)
             if written != len(data):
                 raise OSError(f"short write ({written} of {len(data)} bytes)")
         except OSError as exc:
@@ -433,11 +447,11 @@ class Journal:
                 self._failed = [*self._failed[-99:], (first, last, f"cannot write the "
                                                                     f"journal: {exc}")]
                 self.synced_seq = last
-                self._wake(last)
             return
         self._size += len(data)
         try:
-            os.fdatasync(self._fd)
+            if not self._dsync:
+                os.fdatasync(self._fd)
         except OSError as exc:
             # After a failed fsync the kernel may have dropped the pages: nothing more
             # can be promised from this file.
@@ -447,7 +461,24 @@ class Journal:
             self.written_seq = self.synced_seq = last
             if self._on_synced:
                 self._on_synced(last)
-            self._wake(last)
+
+    def _write_dsync(self, data: bytes) -> int | None:
+        """Write and sync in one system call (RWF_DSYNC); None if the journal broke.
+
+        Errors a write reports before anything is written are raised for the caller to
+        undo; any other error may have left the bytes unsynced, so nothing more can be
+        promised from this file.
+        """
+        try:
+            return os.pwritev(self._fd, [data], self._size, os.RWF_DSYNC)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # an old kernel: two calls
+                self._dsync = False
+                return os.pwrite(self._fd, data, self._size)
+            if exc.errno in WRITE_REFUSED:
+                raise
+            self._fail_all(f"cannot write and sync the journal: {exc}")
+            return None
 
     def _undo_write(self, length: int) -> None:
         """Put the bytes a failed write may have left back as they were."""
@@ -459,8 +490,7 @@ class Journal:
 
     def _fail_all(self, why: str) -> None:
         with self._mutex:
-            self._broken = why
-            self._wake(None)
+            self._broken = why  # the leader wakes every waiter when it finishes
 
     def _rotate(self, first: int) -> None:
         os.fdatasync(self._fd)
@@ -469,17 +499,13 @@ class Journal:
 
     def close(self) -> None:
         """Write what is queued, sync, and release the journal."""
-        with self._work:
-            self._closing = True
-            self._work.notify()
-        self._writer.join()
+        try:
+            self.sync()
+        except JournalWriteError:
+            pass  # those appenders were told; nothing more can be written
         with self._mutex:
-            self._wake(None)  # nothing is left queued; nobody may wait forever
+            self._broken = self._broken or "the journal is closed"
             if self._fd >= 0:
-                try:
-                    os.fdatasync(self._fd)
-                except OSError:
-                    pass
                 os.close(self._fd)
                 self._fd = -1
         if self._lock_fd >= 0:

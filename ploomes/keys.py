@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import time
 from pathlib import Path
 
 from ploomes.config import Settings
@@ -88,16 +89,27 @@ def key_matches(candidate: str | None, keys: list[str]) -> bool:
 
 
 class KeyRing:
-    """The receiver's accepted keys, re-read when the key file changes."""
+    """The receiver's accepted keys, re-read when the key file changes.
+
+    The file is looked at no more than every `CHECK_EVERY` seconds: a `stat` per request
+    is a system call, and each one hands the GIL to another request thread.
+    """
+
+    CHECK_EVERY = 1.0
 
     def __init__(self, settings: Settings):
         self._settings = settings
         self._stamp: tuple | None = None
         self._keys: list[str] = []
+        self._checked = 0.0
         self.refresh()
 
-    def refresh(self) -> None:
+    def refresh(self, force: bool = True) -> None:
         """Re-read the stored keys if their file changed since the last read."""
+        now = time.monotonic()
+        if not force and now - self._checked < self.CHECK_EVERY and self._keys:
+            return
+        self._checked = now
         try:
             st = key_file(self._settings).stat()
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -109,7 +121,7 @@ class KeyRing:
 
     def matches(self, candidate: str | None) -> bool:
         """Return whether a presented key is accepted."""
-        self.refresh()
+        self.refresh(force=False)
         return key_matches(candidate, self._keys)
 
     def __len__(self) -> int:

@@ -45,8 +45,8 @@ class RWLock:
         self.directory = directory
         self._gate = directory / f".{name}-gate.lock"
         self._data = directory / f".{name}-data.lock"
-        # Readers hold this (shared) while they wait, so a writer that keeps the file
-        # open across batches can tell when to let them in.
+        # Readers and writers hold this (shared) while they wait, so a writer that keeps
+        # the file open across batches can tell when to let them in.
         self._want = directory / f".{name}-want.lock"
 
     def _open(self, path: Path) -> int:
@@ -86,7 +86,7 @@ class RWLock:
         return False
 
     def readers_waiting(self) -> bool:
-        """Return whether a reader is waiting for the lock right now."""
+        """Return whether a reader (or another writer) is waiting for the lock right now."""
         fd = self._open(self._want)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -100,10 +100,15 @@ class RWLock:
     def exclusive(self, timeout: float = 30.0) -> Iterator[None]:
         """Hold the lock as the only writer."""
         deadline = time.monotonic() + timeout
+        want = self._open(self._want)
         gate, data = self._open(self._gate), self._open(self._data)
         try:
-            _acquire(gate, fcntl.LOCK_EX, deadline)
-            _acquire(data, fcntl.LOCK_EX, deadline)
+            fcntl.flock(want, fcntl.LOCK_SH)  # a writer holding the file lets us in
+            try:
+                _acquire(gate, fcntl.LOCK_EX, deadline)
+                _acquire(data, fcntl.LOCK_EX, deadline)
+            finally:
+                os.close(want)
             yield
         finally:
             os.close(data)
