@@ -50,7 +50,7 @@ log = logging.getLogger("ploomes.receiver")
 RECORD_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException,
                  ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError)
 AUTH_SAMPLE = 1000  # unauthenticated attempts kept (time, source, reason), never bodies
-LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _CTX = multiprocessing.get_context("spawn")  # no fork of a threaded server
 
@@ -175,7 +175,7 @@ class IngestWorker:
     """
 
     GATHER = 0.25  # seconds between the starts of two stage-1 batches under load
-    DERIVE_BUSY = 200  # events per stage-2 step while deliveries flow
+    DERIVE_BUSY = 200  # events per stage-2 step while deliveries flow (a step has a fixed cost)
     DERIVE_SHARE = 0.1  # at most this share of the time goes to stage 2 while they flow
     DERIVE_IDLE = 1000  # events derived per step when no delivery waits
 
