@@ -25,7 +25,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 VIEWPORT = {"width": 1400, "height": 900}
-TIMEOUT_MS = 20_000  # generous: the first run of each page imports pandas, altair, duckdb
+TIMEOUT_MS = 20_000  # generous: the first run of each page imports pandas, duckdb
 
 
 def require_chromium() -> None:

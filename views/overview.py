@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -93,15 +92,24 @@ def _timeline(include_duplicates: bool) -> None:
     # the axis spans the chosen range (same local-as-UTC tagging as the bars)
     local = pd.Timestamp(start).tz_convert(settings().timezone).tz_localize(None)
     domain = [local.tz_localize("UTC"), (local + RANGES[choice or "7 d"]).tz_localize("UTC")]
-    chart = alt.Chart(data).mark_bar().encode(
-        x=alt.X("bucket:T", title=f"{bucket} ({settings().timezone})",
-                scale=alt.Scale(type="utc", domain=[d.isoformat() for d in domain])),
-        x2="bucket_end:T",
-        y=alt.Y("sum(events):Q", title="events"),
-        color=alt.Color("group:N", title=(by or "entity").capitalize()),
-        tooltip=[alt.Tooltip("when:N", title=bucket), alt.Tooltip("group:N", title=by),
-                 alt.Tooltip("events:Q")])
-    st.altair_chart(chart, width="stretch")
+    # a plain Vega-Lite spec: importing altair would add ~0.45 s to the first render
+    spec = {
+        "mark": {"type": "bar"},
+        "encoding": {
+            "x": {"field": "bucket", "type": "temporal",
+                  "title": f"{bucket} ({settings().timezone})",
+                  "scale": {"type": "utc", "domain": [d.isoformat() for d in domain]}},
+            "x2": {"field": "bucket_end"},
+            "y": {"aggregate": "sum", "field": "events", "type": "quantitative",
+                  "title": "events"},
+            "color": {"field": "group", "type": "nominal",
+                      "title": (by or "entity").capitalize()},
+            "tooltip": [{"field": "when", "type": "nominal", "title": bucket},
+                        {"field": "group", "type": "nominal", "title": by},
+                        {"field": "events", "type": "quantitative"}],
+        },
+    }
+    st.vega_lite_chart(data, spec, width="stretch")
     st.caption(f"One bar per {bucket}, times in {settings().timezone}.")
 
 
