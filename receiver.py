@@ -9,6 +9,7 @@ disk costs no thread hand-off per request.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import signal
@@ -28,23 +29,30 @@ from ploomes.service import DeliveryService
 
 WEBHOOK_PATH = "/ploomes/webhook"
 KEY_HEADER = "X-Ploomes-Validation-Key"
-MAX_CONNECTIONS = 1000  # requests served at once; more wait in the listen backlog
-IDLE_TIMEOUT = 60.0  # seconds a connection may stay silent (or trickle) before it is closed
-_KEY_IN_TEXT = re.compile(r"(validation_key=)[^&\s\"']*", re.IGNORECASE)
+MAX_CONNECTIONS = 1000  # open connections (keep-alive ones count); more wait to connect
+IDLE_TIMEOUT = 60.0  # seconds a connection may stay silent before it is closed (each read
+#                      waits at most this long; a client trickling a byte at a time is
+#                      not caught by it)
+DRAIN_MAX = 64 * 1024  # unread body bytes read and dropped to keep a connection; beyond
+#                        that (a refused huge body) the connection is closed instead
+DEMO_MAX_BYTES = 16 * 1024 * 1024  # one chunk of demo deliveries from the dashboard
+STOP_SECONDS = 10.0  # on SIGTERM, how long requests waiting for the disk may finish
+_QUERY_IN_TEXT = re.compile(r"\?[^\s\"']*")
 
 
 class _RedactingLog:
     """The server's error log: a logger that never writes a key given in a URL.
 
     gevent's server reports malformed requests with their request line, which may hold
-    `?validation_key=`; the value is replaced before the line reaches the log.
+    `?validation_key=` (in any spelling werkzeug decodes, `validation%5Fkey` too): the
+    whole query string is hidden before the line reaches the log.
     """
 
     def __init__(self, logger: logging.Logger):
         self._logger = logger
 
     def write(self, text: str) -> None:
-        text = _KEY_IN_TEXT.sub(r"\1[hidden]", str(text)).rstrip()
+        text = _QUERY_IN_TEXT.sub("?[query hidden]", str(text)).rstrip()
         if text:
             self._logger.warning("%s", text)
 
@@ -58,15 +66,36 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
     Also used by bench/baseline_server.py, so the benchmark's baseline runs on the same
     server with the same settings. `on_ready(port)` is called once listening.
     """
+    import gevent
     from gevent import signal_handler
     from gevent.pool import Pool
     from gevent.pywsgi import WSGIHandler, WSGIServer
+
+    busy: set = set()  # handlers running the app (not idle keep-alive connections)
 
     class Handler(WSGIHandler):
         def handle(self) -> None:
             # a client that opens connections and sends nothing must not hold them forever
             self.socket.settimeout(IDLE_TIMEOUT)
             super().handle()
+
+        def run_application(self) -> None:
+            busy.add(self)
+            try:
+                super().run_application()
+            finally:
+                busy.discard(self)
+            # After an answer that did not read the whole body (401, 413), gevent reads
+            # the rest to keep the connection: an unauthenticated client could push
+            # gigabytes through it. Past DRAIN_MAX, stop reading and close instead.
+            body = self.wsgi_input
+            if body is not None and (body.chunked_input or
+                                     (body.content_length or 0) - body.position > DRAIN_MAX):
+                self.close_connection = True
+                try:
+                    self.socket.shutdown(socket.SHUT_RD)  # the drain then ends at once
+                except OSError:
+                    pass
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
@@ -80,7 +109,16 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
     server = WSGIServer(listener, app, spawn=Pool(MAX_CONNECTIONS), handler_class=Handler,
                         log=None,
                         error_log=_RedactingLog(logging.getLogger("ploomes.receiver.http")))
-    signal_handler(signal.SIGTERM, server.stop)
+
+    def stop() -> None:
+        """Stop accepting, let requests in progress finish, then close every connection."""
+        server.stop_accepting()  # close() would make serve_forever kill everyone in 1 s
+        deadline = time.monotonic() + STOP_SECONDS
+        while busy and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        server.stop(timeout=0)  # what is left: idle keep-alive connections
+
+    signal_handler(signal.SIGTERM, stop)
     server.start()
     if on_ready is not None:
         on_ready(server.server_port)
@@ -127,7 +165,15 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
         key = request.headers.get(KEY_HEADER)
         if not service.authenticated(key):
             return answer(service.unauthorized(request.remote_addr, "wrong key (demo)"))
-        return answer(service.accept_demo(request.get_json(silent=True)))
+        raw = request.stream.read(DEMO_MAX_BYTES + 1)
+        if len(raw) > DEMO_MAX_BYTES:
+            return answer(service.refuse("too_large", 413,
+                                         f"demo data is larger than {DEMO_MAX_BYTES} bytes"))
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            body = None  # accept_demo explains what it expected
+        return answer(service.accept_demo(body))
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -186,10 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: another receiver is already running on {settings.data_dir}",
               file=sys.stderr)
         return 1
-    from ploomes.green import GroupCommit
+    from ploomes.green import GroupCommit, offload
 
     service = app.extensions["ploomes"]
-    service.appender = GroupCommit(service.journal)
+    commit = GroupCommit(service.journal)
+    service.appender, service.run_cpu = commit, offload
     try:
         serve(app, args.host, args.port, on_ready=lambda port: log.info(
             "Receiver listening on http://%s:%s%s (data dir %s)", args.host, port,
@@ -197,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        service.close()
+        try:
+            commit.drain()  # refusals still queued when the server stopped
+        finally:
+            service.close()
     return 0
 
 

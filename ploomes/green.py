@@ -14,7 +14,7 @@ delivery costs no OS thread hand-off at all: only the group does, twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import gevent
 from gevent.event import AsyncResult, Event
@@ -22,6 +22,27 @@ from gevent.event import AsyncResult, Event
 from ploomes.journal import Journal
 
 Entry = tuple[bytes, int, int, int | None]  # payload, kind, flags, received_ns
+
+
+def _outcome(fn: Callable, args: tuple) -> tuple[bool, object]:
+    # runs on a pool thread: hand an exception back instead of letting gevent print it
+    try:
+        return True, fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - re-raised in the calling greenlet
+        return False, exc
+
+
+def offload(fn: Callable, *args: object) -> object:
+    """Run fn(*args) on gevent's thread pool; the event loop serves others meanwhile.
+
+    For CPU work that could otherwise hold the loop for long (a 1 MiB body of nested
+    arrays takes ~1 s to check): the pool thread still needs the GIL, but gives it back
+    every switch interval, so other requests keep being answered.
+    """
+    ok, value = gevent.get_hub().threadpool.apply(_outcome, (fn, args))
+    if not ok:
+        raise value
+    return value
 
 
 class GroupCommit:
@@ -48,23 +69,30 @@ class GroupCommit:
         return result.get() if result is not None else None
 
     def _run(self) -> None:
-        pool = gevent.get_hub().threadpool
         while True:
             self._wake.wait()
             self._wake.clear()
-            while self._pending:
-                group, self._pending = self._pending, []
-                entries = [entry for entries, _ in group for entry in entries]
-                try:
-                    seqs = pool.apply(self.journal.append_entries, (entries,))
-                except Exception as exc:  # noqa: BLE001 - each waiting request gets it
-                    for _, result in group:
-                        if result is not None:
-                            result.set_exception(exc)
-                    continue
-                start = 0
-                for entries_of_one, result in group:
-                    end = start + len(entries_of_one)
+            self._write_pending()
+
+    def _write_pending(self, inline: bool = False) -> None:
+        while self._pending:
+            group, self._pending = self._pending, []
+            entries = [entry for entries, _ in group for entry in entries]
+            try:
+                seqs = (self.journal.append_entries(entries) if inline
+                        else offload(self.journal.append_entries, entries))
+            except Exception as exc:  # noqa: BLE001 - each waiting request gets it
+                for _, result in group:
                     if result is not None:
-                        result.set(seqs[start:end])
-                    start = end
+                        result.set_exception(exc)
+                continue
+            start = 0
+            for entries_of_one, result in group:
+                end = start + len(entries_of_one)
+                if result is not None:
+                    result.set(seqs[start:end])
+                start = end
+
+    def drain(self) -> None:
+        """Write what is still queued (at shutdown, after the server stopped)."""
+        self._write_pending(inline=True)

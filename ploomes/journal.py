@@ -39,8 +39,9 @@ KIND_CONTROL = 3  # an operation on stored data (e.g. remove demo data): payload
 
 FLAG_DEMO = 1  # the record is demo data, not a real delivery
 
-# errors a write reports before writing anything: its bytes can be undone and the
-# journal goes on (a full disk clears up; the appenders concerned get an error)
+# errors a write reports when it could not take the bytes: they are undone (and the
+# undoing synced) and the journal goes on (a full disk clears up; the appenders
+# concerned get an error). Any other error stops the journal until a restart.
 WRITE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
@@ -257,6 +258,8 @@ class Journal:
         self._size = 0
         self._allocated = 0  # bytes of the current segment that exist on disk
         self._spare_ready = threading.Event()
+        for leftover in self.dir.glob(SPARE_NAME + "*"):
+            leftover.unlink()  # a crash may have left one half zero-filled
         self._recover()
         self.synced_seq = self.written_seq
         self._next_seq = self.written_seq + 1
@@ -298,7 +301,7 @@ class Journal:
         path = self.dir / _segment_name(first)
         spare = self.dir / SPARE_NAME
         if self._spare_ready.is_set() and spare.exists():
-            os.replace(spare, path)
+            os.replace(spare, path)  # whole and synced (see _prepare_spare)
         else:
             try:
                 _preallocate(path, self._segment_bytes)
@@ -316,14 +319,21 @@ class Journal:
         threading.Thread(target=self._prepare_spare, name="journal-spare", daemon=True).start()
 
     def _prepare_spare(self) -> None:
-        """Zero-fill the next segment ahead of time, so rotating does not stall appends."""
+        """Zero-fill the next segment ahead of time, so rotating does not stall appends.
+
+        The zeros go to a file of this thread's own, renamed to SPARE_NAME only once
+        whole and synced: a file under that name is always complete, so a rotation can
+        never adopt one still being written (when two segments filled faster than a
+        spare, a second spare thread once zeroed a file already holding records).
+        """
+        spare = self.dir / SPARE_NAME
+        part = self.dir / f"{SPARE_NAME}.{threading.get_ident()}.{time.monotonic_ns()}"
         try:
-            spare = self.dir / SPARE_NAME
-            spare.unlink(missing_ok=True)
-            _preallocate(spare, self._segment_bytes)
+            _preallocate(part, self._segment_bytes)
+            os.replace(part, spare)
             self._spare_ready.set()
         except OSError:
-            pass  # rotation will preallocate itself (and report a full disk then)
+            part.unlink(missing_ok=True)  # rotation preallocates itself (a full disk shows)
 
     @property
     def broken(self) -> str | None:
@@ -382,6 +392,8 @@ class Journal:
         """
         while self.synced_seq < last and not self._broken:
             if not self._leading:
+                if not self._queue:  # nobody writes them and nothing is left to write
+                    raise JournalWriteError("journal records were lost before their sync")
                 self._lead()
                 continue
             waiter = threading.Lock()
@@ -409,6 +421,11 @@ class Journal:
         try:
             if batch:
                 self._write_batch(batch)
+        except BaseException as exc:
+            # Not an I/O error _write_batch handles (a thread that cannot start during
+            # a rotation, memory): nobody may be told these records are durable.
+            self._fail_all(f"journal write failed: {exc!r}")
+            raise
         finally:
             self._mutex.acquire()
             self._leading = False
@@ -437,8 +454,9 @@ class Journal:
             if written != len(data):
                 raise OSError(f"short write ({written} of {len(data)} bytes)")
         except OSError as exc:
-            try:  # nothing may stay half-written
+            try:  # nothing may stay half-written, and the undoing must be on disk too
                 self._undo_write(len(data))
+                os.fdatasync(self._fd)
             except OSError:
                 self._fail_all(f"journal write failed and could not be undone: {exc}")
                 return
@@ -472,7 +490,8 @@ class Journal:
         try:
             return os.pwritev(self._fd, [data], self._size, os.RWF_DSYNC)
         except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # an old kernel: two calls
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.EPERM):
+                # an old kernel, or a sandbox refusing the flag: two calls from now on
                 self._dsync = False
                 return os.pwrite(self._fd, data, self._size)
             if exc.errno in WRITE_REFUSED:

@@ -92,7 +92,7 @@ class KeyRing:
     """The receiver's accepted keys, re-read when the key file changes.
 
     The file is looked at no more than every `CHECK_EVERY` seconds: a `stat` per request
-    is a system call, and each one hands the GIL to another request thread.
+    is a system call on the single thread that serves every request.
     """
 
     CHECK_EVERY = 1.0

@@ -11,6 +11,7 @@ from ploomes.journal import (
     Journal,
     JournalBusy,
     JournalReader,
+    JournalWriteError,
     first_seq,
     iter_records,
     prune_segments,
@@ -138,3 +139,62 @@ def test_concurrent_appends_are_dense_and_durable(tmp_path):
     assert sorted(results) == list(range(1, 801))
     journal.close()
     assert len(list(iter_records(tmp_path / "j"))) == 800
+
+
+def test_rotations_faster_than_the_spare_never_zero_acknowledged_records(tmp_path, monkeypatch):
+    """Segments that fill faster than the next one is zero-filled in the background: a
+    rotation must never adopt a spare file some thread is still writing zeros into."""
+    import os
+    import time
+
+    from ploomes import journal as journal_module
+
+    real = journal_module._preallocate
+    spares = []
+
+    def slow_spares(path, size):
+        if not path.name.startswith(journal_module.SPARE_NAME):
+            return real(path, size)
+        spares.append(path)
+        if len(spares) == 1:  # the first spare is done, but says so late
+            real(path, size)
+            time.sleep(0.6)
+        elif len(spares) == 2:  # the second writes its zeros slowly
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                for offset in range(0, size, 1024):
+                    time.sleep(1.0 if offset == 0 else 0.05)
+                    os.pwrite(fd, bytes(1024), offset)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        else:
+            real(path, size)
+
+    monkeypatch.setattr(journal_module, "_preallocate", slow_spares)
+    journal = Journal(tmp_path / "j", segment_bytes=4096)  # 4 records per segment
+    payload = b'{"x": "' + b"a" * 900 + b'"}'
+    acknowledged = [journal.append(payload) for _ in range(5)]  # rotates before spare 1 says
+    time.sleep(0.7)  # spare 1 has said it is ready; spare 2 is still zero-filling
+    acknowledged += [journal.append(payload) for _ in range(5)]  # the next rotation
+    time.sleep(1.5)  # every spare thread has finished
+    journal.close()
+    assert [r.seq for r in iter_records(tmp_path / "j")] == acknowledged
+
+
+def test_an_unexpected_error_while_writing_fails_the_appenders_never_acknowledges(tmp_path):
+    journal = Journal(tmp_path / "j")
+    journal.append(b'{"n": 1}')
+    real = journal._write_batch
+
+    def explode(batch):
+        raise RuntimeError("can't start new thread")
+
+    journal._write_batch = explode
+    with pytest.raises(RuntimeError):
+        journal.append(b'{"n": 2}')
+    journal._write_batch = real
+    with pytest.raises(JournalWriteError, match="can't start new thread"):
+        journal.append(b'{"n": 3}')  # broken: nothing more is promised until a restart
+    journal.close()
+    assert [r.seq for r in iter_records(tmp_path / "j")] == [1]

@@ -194,3 +194,48 @@ def test_second_receiver_on_the_same_data_dir_refuses(receiver):
         env={"PLOOMES_VALIDATION_KEYS": TEST_KEY, "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
     assert "already running" in result.stderr
+
+
+def _raw_http(receiver, request: bytes, read_for: float = 5.0) -> bytes:
+    """Send raw bytes to the receiver and return what it answers until it closes."""
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=read_for) as sock:
+        sock.sendall(request)
+        answer, deadline = b"", time.monotonic() + read_for
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                return answer + b"<closed>"
+            answer += chunk
+        return answer
+
+
+def test_a_key_in_a_malformed_request_line_never_reaches_the_log(receiver):
+    # werkzeug decodes `validation%5Fkey` to validation_key, so any spelling is a key
+    for line in (b"POST /ploomes/webhook?validation_key=SECRETAAA1 BAD/9\r\n\r\n",
+                 b"POST /ploomes/webhook?validation%5Fkey=SECRETBBB2 HTTP/1.1 x\r\n\r\n",
+                 b"\x16\x03 /?x=1&Validation_Key=SECRETCCC3\r\n\r\n"):
+        answer = _raw_http(receiver, line)
+        assert answer.startswith(b"HTTP/1.1 400") or answer == b"<closed>", answer
+    assert receiver.session.get(receiver.url + "/healthz", timeout=5).status_code == 200
+    log = receiver.log_text()
+    assert "SECRET" not in log, log
+
+
+def test_a_refused_huge_body_closes_the_connection_instead_of_being_read(receiver):
+    # 401 after the headers: the receiver must not keep reading a declared 1 GiB body
+    head = (b"POST /ploomes/webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-Ploomes-Validation-Key: wrong-key-000000000000000000\r\n"
+            b"Content-Length: 1073741824\r\n\r\n")
+    answer = _raw_http(receiver, head + b"{" + b" " * 100_000)
+    assert answer.startswith(b"HTTP/1.1 401") and answer.endswith(b"<closed>"), answer[:200]
+    # a small refused body keeps its connection (read and dropped as usual)
+    small = json.dumps({"Action": "Update"}).encode()
+    answer = _raw_http(receiver, b"POST /ploomes/webhook HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % len(small) + small, read_for=1.5)
+    assert answer.startswith(b"HTTP/1.1 401") and not answer.endswith(b"<closed>")
