@@ -116,7 +116,11 @@ class ReceiverProcess:
              "--port", str(self.port), "--data-dir", str(self.data_dir)],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             preexec_fn=self._limit_files if self.max_file_bytes else None)
-        wait_for(self._healthy, timeout=30)
+        try:
+            wait_for(self._healthy, timeout=30)
+        except BaseException:
+            self.stop()  # a receiver that never became healthy must not outlive the test
+            raise
         return self
 
     def _limit_files(self) -> None:
