@@ -18,6 +18,7 @@ import heapq
 import json
 import random
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
@@ -49,6 +50,13 @@ CHUNK = 10_000
 MARKER = "bench.json"
 FORMAT = 1  # bump when the data a build produces changes meaning
 
+
+
+def free_port() -> int:
+    """Return a free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Add --events, --data-dir and --seed to a benchmark's arguments."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
-from common import ROOT, add_common_args, ensure_data, median_ms, print_table, verdict
+from common import (
+    ROOT,
+    add_common_args,
+    ensure_data,
+    free_port,
+    median_ms,
+    print_table,
+    verdict,
+)
 
 from ploomes import activity, history
 from ploomes.demo import demo_count
@@ -52,13 +59,6 @@ PAGES = (
 )
 
 
-def free_port() -> int:
-    """Return a free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- 1. each page's queries ----------------------------------------------------------------
 
 def page_queries(store: Store) -> dict[str, list[tuple[str, object]]]:
@@ -79,6 +79,11 @@ def page_queries(store: Store) -> dict[str, list[tuple[str, object]]]:
     since90 = end - timedelta(minutes=1, days=90)  # the Users page's "90 d"
     banner = ("demo_count (banner)", demo_count)
     entity, record_id = deal[0], int(deal[1])
+    # what the Events page runs before its table, whatever the filter
+    events_page = [banner, ("filter_options", history.filter_options),
+                   ("field_options(any entity)", lambda con: history.field_options(con, None))]
+    first_page = ("events_page(no filter, 1, 50)",
+                  lambda con: history.events_page(con, history.EventFilter(), 1, 50))
     return {
         "Overview": [
             banner,
@@ -89,26 +94,14 @@ def page_queries(store: Store) -> dict[str, list[tuple[str, object]]]:
              lambda con: activity.timeline(con, start, end, by="entity",
                                            bucket=activity.bucket_for(start, end), tz=TZ)),
         ],
-        "Events": [
-            banner,
-            ("filter_options", history.filter_options),
-            ("field_options(any entity)", lambda con: history.field_options(con, None)),
-            ("events_page(no filter, 1, 50)",
-             lambda con: history.events_page(con, history.EventFilter(), 1, 50)),
-        ],
+        "Events": [*events_page, first_page],
         "Events, text search": [
-            banner,
-            ("filter_options", history.filter_options),
-            ("field_options(any entity)", lambda con: history.field_options(con, None)),
+            *events_page,
             ("events_page(text='Padaria')",
              lambda con: history.events_page(con, history.EventFilter(text="Padaria"), 1, 50)),
         ],
         "Events, one event open": [
-            banner,
-            ("filter_options", history.filter_options),
-            ("field_options(any entity)", lambda con: history.field_options(con, None)),
-            ("events_page(no filter, 1, 50)",
-             lambda con: history.events_page(con, history.EventFilter(), 1, 50)),
+            *events_page, first_page,
             ("event_detail", lambda con: history.event_detail(
                 con, int(con.execute("SELECT max(id) FROM events").fetchall()[0][0]))),
         ],

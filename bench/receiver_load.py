@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,17 +41,13 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import free_port  # noqa: E402
+
 from ploomes.config import load_settings  # noqa: E402
 from ploomes.generator import Simulation, delivery_body  # noqa: E402
 from ploomes.store import Store, fetch_one  # noqa: E402, fetch_one
 
 KEY = "bench-validation-key-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen) -> None:

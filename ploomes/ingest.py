@@ -235,6 +235,20 @@ def _event_row(seq: int, ns: int, d: Delivery, demo: bool, sha: str, text: str,
             to_json(d.old), to_json(d.new), text, sha, demo, fp, dup_of)
 
 
+def _rows_of_records(con: duckdb.DuckDBPyConnection, keys: set[tuple[str, int]],
+                     select: str) -> list[tuple]:
+    """Run `select` (a table aliased `s`) for the rows of these (entity, record_id)."""
+    if not keys:
+        return []
+    con.register("_wanted", pa.table({"entity": [k[0] for k in keys],
+                                      "record_id": [k[1] for k in keys]}))
+    try:
+        return con.execute(select + " JOIN _wanted w "
+                           "ON s.entity = w.entity AND s.record_id = w.record_id").fetchall()
+    finally:
+        con.unregister("_wanted")
+
+
 class PositionMoved(RuntimeError):
     """The store's journal position is not where this pipeline expected it."""
 
@@ -351,35 +365,18 @@ class Pipeline:
 
     def _load_states(self, con: duckdb.DuckDBPyConnection, keys: set[tuple[str, int]]
                      ) -> dict[tuple[str, int], tuple]:
-        if not keys:
-            return {}
-        wanted = pa.table({"entity": [k[0] for k in keys], "record_id": [k[1] for k in keys]})
-        con.register("_wanted", wanted)
-        try:
-            rows = con.execute(
-                "SELECT s.entity, s.record_id, s.state, s.last_event_id, s.last_received_at, "
-                "s.deleted, s.is_demo FROM record_state s JOIN _wanted w "
-                "ON s.entity = w.entity AND s.record_id = w.record_id").fetchall()
-        finally:
-            con.unregister("_wanted")
+        rows = _rows_of_records(
+            con, keys, "SELECT s.entity, s.record_id, s.state, s.last_event_id, "
+            "s.last_received_at, s.deleted, s.is_demo FROM record_state s")
         return {(r[0], r[1]): (json.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows}
 
     def _load_user_records(self, con: duckdb.DuckDBPyConnection,
                            keys: set[tuple[str, int]]) -> dict[UserKey, _UserRecord]:
         """Return the stored `user_records` rows of these (entity, record_id), every user."""
-        if not keys:
-            return {}
-        wanted = pa.table({"entity": [k[0] for k in keys], "record_id": [k[1] for k in keys]})
-        con.register("_wanted", wanted)
-        try:
-            rows = con.execute(
-                "SELECT r.action_user_id, r.entity, r.record_id, r.events, r.duplicates, "
-                "epoch_us(r.first_at), epoch_us(r.last_at), epoch_us(r.last_duplicate_at), "
-                "r.fields, r.rowid FROM user_records r "
-                "JOIN _wanted w ON r.entity = w.entity AND r.record_id = w.record_id"
-            ).fetchall()
-        finally:
-            con.unregister("_wanted")
+        rows = _rows_of_records(
+            con, keys, "SELECT s.action_user_id, s.entity, s.record_id, s.events, "
+            "s.duplicates, epoch_us(s.first_at), epoch_us(s.last_at), "
+            "epoch_us(s.last_duplicate_at), s.fields, s.rowid FROM user_records s")
         return {(r[0], r[1], r[2]): _UserRecord(r[3], r[4], r[5], r[6], r[7],
                                                 set(orjson.loads(r[8])), r[9]) for r in rows}
 

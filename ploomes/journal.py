@@ -257,7 +257,6 @@ class Journal:
         self._fd = -1
         self._size = 0
         self._allocated = 0  # bytes of the current segment that exist on disk
-        self._spare_ready = threading.Event()
         for leftover in self.dir.glob(SPARE_NAME + "*"):
             leftover.unlink()  # a crash may have left one half zero-filled
         self._recover()
@@ -300,14 +299,13 @@ class Journal:
     def _open_segment(self, first: int) -> None:
         path = self.dir / _segment_name(first)
         spare = self.dir / SPARE_NAME
-        if self._spare_ready.is_set() and spare.exists():
-            os.replace(spare, path)  # whole and synced (see _prepare_spare)
-        else:
+        try:
+            os.replace(spare, path)  # only ever whole and synced (see _prepare_spare)
+        except FileNotFoundError:  # not ready yet: zero-fill this one now
             try:
                 _preallocate(path, self._segment_bytes)
             except OSError:  # no room for the zeros: a plain file still takes records
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-        self._spare_ready.clear()
         self._fd = os.open(path, os.O_RDWR)
         self._size = 0
         self._allocated = os.fstat(self._fd).st_size
@@ -331,7 +329,6 @@ class Journal:
         try:
             _preallocate(part, self._segment_bytes)
             os.replace(part, spare)
-            self._spare_ready.set()
         except OSError:
             part.unlink(missing_ok=True)  # rotation preallocates itself (a full disk shows)
 

@@ -54,42 +54,20 @@ class RWLock:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
     @contextmanager
-    def shared(self, timeout: float = 30.0) -> Iterator[None]:
-        """Hold the lock as a reader."""
-        deadline = time.monotonic() + timeout
+    def _wanting(self) -> Iterator[None]:
+        """Say we wait for the lock (a writer keeping the file open then lets us in)."""
         want = self._open(self._want)
-        gate, data = self._open(self._gate), self._open(self._data)
         try:
             fcntl.flock(want, fcntl.LOCK_SH)  # only ever held exclusively for an instant
-            try:
-                _acquire(gate, fcntl.LOCK_SH, deadline)
-                try:
-                    _acquire(data, fcntl.LOCK_SH, deadline)
-                finally:
-                    fcntl.flock(gate, fcntl.LOCK_UN)
-            finally:
-                os.close(want)
             yield
         finally:
-            os.close(data)  # closing the descriptor releases its lock
-            os.close(gate)
+            os.close(want)
 
-    def writer_waiting(self) -> bool:
-        """Return whether a writer holds or waits at the gate right now."""
-        fd = self._open(self._gate)
+    def _taken(self, path: Path, mode: int) -> bool:
+        """Return whether `path` cannot be locked in `mode` right now (a probe)."""
+        fd = self._open(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
-    def readers_waiting(self) -> bool:
-        """Return whether a reader (or another writer) is waiting for the lock right now."""
-        fd = self._open(self._want)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
         finally:
@@ -97,18 +75,39 @@ class RWLock:
         return False
 
     @contextmanager
+    def shared(self, timeout: float = 30.0) -> Iterator[None]:
+        """Hold the lock as a reader."""
+        deadline = time.monotonic() + timeout
+        gate, data = self._open(self._gate), self._open(self._data)
+        try:
+            with self._wanting():
+                _acquire(gate, fcntl.LOCK_SH, deadline)
+                try:
+                    _acquire(data, fcntl.LOCK_SH, deadline)
+                finally:
+                    fcntl.flock(gate, fcntl.LOCK_UN)
+            yield
+        finally:
+            os.close(data)  # closing the descriptor releases its lock
+            os.close(gate)
+
+    def writer_waiting(self) -> bool:
+        """Return whether a writer holds or waits at the gate right now."""
+        return self._taken(self._gate, fcntl.LOCK_SH)
+
+    def others_waiting(self) -> bool:
+        """Return whether a reader or another writer is waiting for the lock right now."""
+        return self._taken(self._want, fcntl.LOCK_EX)
+
+    @contextmanager
     def exclusive(self, timeout: float = 30.0) -> Iterator[None]:
         """Hold the lock as the only writer."""
         deadline = time.monotonic() + timeout
-        want = self._open(self._want)
         gate, data = self._open(self._gate), self._open(self._data)
         try:
-            fcntl.flock(want, fcntl.LOCK_SH)  # a writer holding the file lets us in
-            try:
+            with self._wanting():
                 _acquire(gate, fcntl.LOCK_EX, deadline)
                 _acquire(data, fcntl.LOCK_EX, deadline)
-            finally:
-                os.close(want)
             yield
         finally:
             os.close(data)

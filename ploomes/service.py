@@ -110,7 +110,7 @@ class _WriteSession:
 
     Opening and closing the file costs far more than a batch once the store is large
     (closing checkpoints it), so the worker keeps it while busy, and lets readers in as
-    soon as one waits (`RWLock.readers_waiting`, which also sees a waiting writer such as
+    soon as one waits (`RWLock.others_waiting`, which also sees a waiting writer such as
     the dashboard loading demo data), after `HOLD_MAX` seconds at the most (closing
     checkpoints the file), or once it has been idle for `IDLE_CLOSE` seconds.
     """
@@ -134,7 +134,7 @@ class _WriteSession:
         """
         if self._con is None:
             deadline = time.monotonic() + self.READER_GRACE
-            while self.store.lock.readers_waiting() and time.monotonic() < deadline:
+            while self.store.lock.others_waiting() and time.monotonic() < deadline:
                 time.sleep(0.002)
             cm = self.store.writer()
             self._con = cm.__enter__()
@@ -147,7 +147,7 @@ class _WriteSession:
         """Let waiting readers in, or everyone after HOLD_MAX seconds."""
         if self._con is not None and (
                 time.monotonic() - self._opened > self.HOLD_MAX
-                or self.store.lock.readers_waiting()):
+                or self.store.lock.others_waiting()):
             self.close()
 
     def idle(self) -> None:
@@ -299,13 +299,12 @@ class IngestWorker:
     def _between_batches(self, gather: float) -> bool:
         """While deliveries gather for the next batch: a stage-2 step if due, else wait."""
         started = time.monotonic()
-        if started >= self._derive_after and self._derive_some(self.DERIVE_BUSY):
-            took = time.monotonic() - started
-            self._derive_after = started + took / self.DERIVE_SHARE
-            self.session.after_batch()
-            return True
+        derived = started >= self._derive_after and self._derive_some(self.DERIVE_BUSY)
+        if derived:
+            self._derive_after = started + (time.monotonic() - started) / self.DERIVE_SHARE
         self.session.after_batch()  # a waiting reader need not wait for the next batch
-        time.sleep(min(gather, 0.01))
+        if not derived:
+            time.sleep(min(gather, 0.01))
         return True
 
     def _derive_some(self, max_events: int) -> bool:
