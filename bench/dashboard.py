@@ -107,11 +107,11 @@ def page_queries(store: Store) -> dict[str, list[tuple[str, object]]]:
         ],
         "Records": [
             banner,
-            ("filter_options (entities)", history.filter_options),
+            ("distinct_values(entity)", lambda con: activity.distinct_values(con, "entity")),
         ],
         "Records, a record found by name": [
             banner,
-            ("filter_options (entities)", history.filter_options),
+            ("distinct_values(entity)", lambda con: activity.distinct_values(con, "entity")),
             ("find_records(Deals, text)",
              lambda con: history.find_records(con, entity="Deals", text="Padaria")),
             ("record_events", lambda con: history.record_events(con, entity, record_id)),

@@ -456,3 +456,64 @@ def test_real_won_reopened_and_won_again_is_a_gap(real):
         (406469273, "Negócio #22"), (406466323, "Negócio #29"), (406466274, "Negócio #28")]
     assert len(run(real, h.find_records, text="negócio #2")) == 14  # #2 and #20–#29
     assert run(real, h.find_records, text="negocio #2").empty
+
+
+# --- small results are built without DuckDB's pandas conversion: same frames -------------
+
+
+def _frame_by_pandas(con, sql, params):
+    return h._normalized(con.execute(sql, params).df())
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/Sao_Paulo"])
+def test_small_frames_match_duckdbs_conversion(zone):
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET TimeZone = '{zone}'")
+    con.execute("""CREATE TABLE t AS SELECT * FROM (VALUES
+        (1::BIGINT, 2::INTEGER, true, 1.5::DOUBLE, 'ação ☕'::VARCHAR, '{"a": "é"}'::JSON,
+         TIMESTAMPTZ '2026-03-02 12:00:00.123456+00', 3::BIGINT, false),
+        (NULL, NULL, NULL, NULL, NULL, NULL, NULL, 4::BIGINT, true),
+        ((-9223372036854775807 - 1)::BIGINT, (-2147483647 - 1)::INTEGER, false, 'nan'::DOUBLE, '',
+         'null'::JSON, TIMESTAMPTZ '1970-01-01 00:00:00+00', 5::BIGINT, true)
+        ) v(i, i4, b, d, s, j, ts, n, m)""")
+    queries = [
+        "SELECT * FROM t",  # NULLs in most columns: nullable dtypes
+        "SELECT * FROM t WHERE i IS NOT NULL",  # none: plain numpy dtypes
+        "SELECT * FROM t WHERE false",  # empty
+        "SELECT n, m, s FROM t WHERE i IS NULL",  # only NULL text
+        "SELECT n AS x, n + 1 AS y, ts FROM t ORDER BY n DESC",
+        "SELECT i AS a, i AS a FROM t",  # a repeated name: DuckDB's conversion
+        "SELECT DATE '2026-01-01' AS d, n FROM t",  # other types: DuckDB's conversion too
+        "SELECT range AS r, 'x' AS s FROM range(2500)",  # big: DuckDB's too
+    ]
+    for sql in queries:
+        pd.testing.assert_frame_equal(h._frame(con, sql, []), _frame_by_pandas(con, sql, []),
+                                      check_exact=True, obj=sql)
+
+
+def test_page_queries_give_the_same_frames_either_way(tmp_path, monkeypatch):
+    settings = seed(tmp_path, [(T0 + timedelta(minutes=i), body)
+                               for i, body in enumerate(real_deliveries())])
+    with Store(settings).reader() as con:
+        entity, record_id = con.execute(
+            "SELECT entity, record_id FROM events ORDER BY id LIMIT 1").fetchall()[0]
+        last = con.execute("SELECT max(id) FROM events").fetchall()[0][0]
+    calls = [
+        lambda con: h.events_page(con, h.EventFilter(), 1, 50).rows,
+        lambda con: h.events_page(con, h.EventFilter(text="Win"), 1, 10).rows,
+        lambda con: h.record_events(con, entity, record_id),
+        lambda con: h.record_history(con, entity, record_id, include_bookkeeping=True),
+        lambda con: h.find_records(con, entity=entity),
+        lambda con: h.continuity_gaps(con),
+        lambda con: h.event_detail(con, last).changes,
+        lambda con: h.event_detail(con, last).duplicates,
+    ]
+    for i, call in enumerate(calls):
+        ours = run(settings, call)
+        monkeypatch.setattr(h, "_frame", _frame_by_pandas)
+        theirs = run(settings, call)
+        monkeypatch.undo()
+        assert len(ours) > 0 or i in (5, 7)  # the real deliveries hold no gaps or copies
+        pd.testing.assert_frame_equal(ours, theirs, check_exact=True)

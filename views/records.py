@@ -8,13 +8,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ploomes import history
+from ploomes import activity, history
 from views.common import QUERY_TTL, fmt_time, run_query, settings, to_local
 
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
 def _entities(data_dir: str) -> list[str]:
-    return run_query(history.filter_options)["entities"]
+    return run_query(activity.distinct_values, "entity")  # not users and actions too
 
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
