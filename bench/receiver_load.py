@@ -63,7 +63,8 @@ def wait_healthy(url: str, proc: subprocess.Popen) -> None:
             if requests.get(url + "/healthz", timeout=1).json().get("status") == "ok":
                 return
         except requests.RequestException:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     raise SystemExit("server did not start")
 
 

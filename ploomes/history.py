@@ -94,15 +94,22 @@ def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> pd.DataFra
     cursor = con.execute(sql, params)
     types = [str(d[1]) for d in cursor.description]
     names = [d[0] for d in cursor.description]
-    if len(set(names)) == len(names) and all(t in _COLUMN_BUILDERS for t in types):
+    # DuckDB renames names repeated in any case (a, A -> a, A_1): leave those to it
+    if len({n.lower() for n in names}) == len(names) and \
+            all(t in _COLUMN_BUILDERS for t in types):
         rows = cursor.fetchmany(_SMALL_RESULT + 1)
         if len(rows) <= _SMALL_RESULT:
-            return _small_frame(names, types, rows)
-        cursor = con.execute(sql, params)  # big: DuckDB's own conversion is faster
+            try:
+                return _small_frame(names, types, rows)
+            except (TypeError, ValueError):  # e.g. a timestamp beyond year 9999 (a str)
+                pass
+        cursor = con.execute(sql, params)  # big or odd: DuckDB's own conversion
     return _normalized(cursor.df())
 
 
-_SMALL_RESULT = 1000  # rows up to which `_frame` builds the frame itself
+# Rows up to which `_frame` builds the frame itself: about as fast as `.df()` at 10,000
+# rows, so only results far beyond what a page shows run their query a second time.
+_SMALL_RESULT = 5000
 
 
 def _ints(bits: int):

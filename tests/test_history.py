@@ -486,7 +486,9 @@ def test_small_frames_match_duckdbs_conversion(zone):
         "SELECT n AS x, n + 1 AS y, ts FROM t ORDER BY n DESC",
         "SELECT i AS a, i AS a FROM t",  # a repeated name: DuckDB's conversion
         "SELECT DATE '2026-01-01' AS d, n FROM t",  # other types: DuckDB's conversion too
-        "SELECT range AS r, 'x' AS s FROM range(2500)",  # big: DuckDB's too
+        "SELECT range AS r, 'x' AS s FROM range(6000)",  # big: DuckDB's too
+        "SELECT 1::BIGINT AS a, 2::BIGINT AS A",  # renamed by DuckDB (A_1): DuckDB's too
+        "SELECT TIMESTAMPTZ '10000-01-01 00:00:00+00' AS far",  # fetched as text: DuckDB's
     ]
     for sql in queries:
         pd.testing.assert_frame_equal(h._frame(con, sql, []), _frame_by_pandas(con, sql, []),

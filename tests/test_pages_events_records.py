@@ -140,6 +140,9 @@ def test_events_filters_come_from_the_link(data_dir):
     assert list(frame(at, "changed fields")["event"]) == [5, 4, 3, 1]  # nothing applied
     warnings = " ".join(texts(at.warning))
     assert "999" in warnings and "record=abc" in warnings
+    at = run_page(EVENTS, field="LastUpdateDate")  # bookkeeping: not offered as a filter
+    assert list(frame(at, "changed fields")["event"]) == [5, 4, 3, 1]
+    assert "'LastUpdateDate' is not offered as a filter" in " ".join(texts(at.warning))
 
 
 def test_event_detail_of_the_seed_payload_from_the_url(data_dir):

@@ -74,6 +74,9 @@ def _seed_from_link(options: dict, data_dir: str, zone: str) -> None:
         st.session_state["f_record"] = str(f.record_id)
     if f.field and f.field in dict(_fields(data_dir, st.session_state.get("f_entity"))):
         st.session_state["f_field"] = f.field
+    elif f.field:
+        st.warning(f"The field {f.field!r} is not offered as a filter (no change to it yet, "
+                   "or a bookkeeping field); that filter from the link was left out.")
     if f.text:
         st.session_state["f_text"] = f.text
     if f.start is not None:
