@@ -2,6 +2,11 @@
 
 Each page is a thin view in `views/` over query functions in `ploomes/`. Pages whose file
 is not there (yet) are left out of the navigation instead of breaking it.
+
+`streamlit run` first imports this file to look for an `st.App`: that import declares
+one, whose start-up imports what the pages need (pandas, DuckDB, the query modules:
+~1 s here) before the server takes its first request, so the first visitor does not
+wait for them. Every session then runs this file as `__main__`: the routing below.
 """
 
 from __future__ import annotations
@@ -10,24 +15,43 @@ from pathlib import Path
 
 import streamlit as st
 
-from views.common import demo_banner
-
 ROOT = Path(__file__).resolve().parent
 
-# (file, title, icon); the first one is the default page
-PAGES = (
-    ("views/overview.py", "Overview", ":material/dashboard:"),
-    ("views/events.py", "Events", ":material/list_alt:"),
-    ("views/records.py", "Records", ":material/history:"),
-    ("views/users.py", "Users", ":material/group:"),
-    ("views/webhooks.py", "Webhooks", ":material/webhook:"),
-    ("views/status.py", "Status", ":material/monitor_heart:"),
-)
+if __name__ != "__main__":
+    # `streamlit run dashboard.py` imports this file once to find `app`, then serves
+    # this same file with it (each session runs it as __main__, the branch below)
+    import asyncio
+    from contextlib import asynccontextmanager
 
-st.set_page_config(page_title="Ploomes webhooks", page_icon=":material/webhook:",
-                   layout="wide")
-pages = [st.Page(path, title=title, icon=icon, default=index == 0)
-         for index, (path, title, icon) in enumerate(PAGES) if (ROOT / path).is_file()]
-page = st.navigation(pages)
-demo_banner()
-page.run()
+    def _warm_up() -> None:
+        try:
+            import views.common  # noqa: F401 - pandas, DuckDB, the query modules: ~1 s
+        except Exception:  # noqa: BLE001, S110 - the page itself will say what is wrong
+            pass
+
+    @asynccontextmanager
+    async def _lifespan(_app):
+        await asyncio.to_thread(_warm_up)  # before the server takes its first request
+        yield
+
+    app = st.App(__file__, lifespan=_lifespan)
+else:
+    from views.common import demo_banner
+
+    # (file, title, icon); the first one is the default page
+    PAGES = (
+        ("views/overview.py", "Overview", ":material/dashboard:"),
+        ("views/events.py", "Events", ":material/list_alt:"),
+        ("views/records.py", "Records", ":material/history:"),
+        ("views/users.py", "Users", ":material/group:"),
+        ("views/webhooks.py", "Webhooks", ":material/webhook:"),
+        ("views/status.py", "Status", ":material/monitor_heart:"),
+    )
+
+    st.set_page_config(page_title="Ploomes webhooks", page_icon=":material/webhook:",
+                       layout="wide")
+    pages = [st.Page(path, title=title, icon=icon, default=index == 0)
+             for index, (path, title, icon) in enumerate(PAGES) if (ROOT / path).is_file()]
+    page = st.navigation(pages)
+    demo_banner()
+    page.run()
