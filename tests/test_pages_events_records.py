@@ -102,6 +102,7 @@ def test_events_table_and_counts(data_dir):
 
 def test_events_filters_narrow_the_table(data_dir):
     at = run_page(EVENTS)
+    assert at.toggle(key="f_demo").value is True  # demo events shown unless asked
     at.selectbox(key="f_entity").set_value("Deals").run()
     assert list(frame(at, "changed fields")["event"]) == [5, 4, 3]
     at.selectbox(key="f_action").set_value("Update").run()

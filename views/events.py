@@ -117,7 +117,9 @@ def _filters(data_dir: str, zone: str) -> history.EventFilter | None:
                                   "other filters.")
         c9, c10 = st.columns(2)
         include_duplicates = c9.toggle("Show repeated deliveries", key="f_dups")
-        include_demo = c10.toggle("Show demo events", value=True, key="f_demo")
+        # on by default; a value passed here as well would clash with a link's (a warning)
+        st.session_state.setdefault("f_demo", True)
+        include_demo = c10.toggle("Show demo events", key="f_demo")
     record_id = _int_or_none(record_text)
     if record_text.strip() and record_id is None:
         st.error("Record id must be a whole number, such as 405531355. Fix it to filter.")
