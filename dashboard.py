@@ -36,17 +36,8 @@ if __name__ != "__main__":
 
     app = st.App(__file__, lifespan=_lifespan)
 else:
+    from views import PAGES
     from views.common import demo_banner
-
-    # (file, title, icon); the first one is the default page
-    PAGES = (
-        ("views/overview.py", "Overview", ":material/dashboard:"),
-        ("views/events.py", "Events", ":material/list_alt:"),
-        ("views/records.py", "Records", ":material/history:"),
-        ("views/users.py", "Users", ":material/group:"),
-        ("views/webhooks.py", "Webhooks", ":material/webhook:"),
-        ("views/status.py", "Status", ":material/monitor_heart:"),
-    )
 
     st.set_page_config(page_title="Ploomes webhooks", page_icon=":material/webhook:",
                        layout="wide")

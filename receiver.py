@@ -87,7 +87,9 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
                 busy.discard(self)
             # After an answer that did not read the whole body (401, 413), gevent reads
             # the rest to keep the connection: an unauthenticated client could push
-            # gigabytes through it. Past DRAIN_MAX, stop reading and close instead.
+            # gigabytes through it. Past DRAIN_MAX, stop reading and close instead. A
+            # chunked body does not say what is left, so it always closes the connection
+            # (even one read to its end).
             body = self.wsgi_input
             if body is not None and (body.chunked_input or
                                      (body.content_length or 0) - body.position > DRAIN_MAX):

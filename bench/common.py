@@ -51,12 +51,12 @@ MARKER = "bench.json"
 FORMAT = 1  # bump when the data a build produces changes meaning
 
 
-
 def free_port() -> int:
     """Return a free loopback port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Add --events, --data-dir and --seed to a benchmark's arguments."""

@@ -41,6 +41,7 @@ from common import (
 from ploomes import activity, history
 from ploomes.demo import demo_count
 from ploomes.store import Store, schema_version
+from views import PAGES as DASHBOARD_PAGES
 
 QUERY_TARGET_MS = 150.0
 RENDER_TARGET_S = 2.0
@@ -48,15 +49,11 @@ MEMORY_TARGET_MB = 400.0
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 TZ = "America/Sao_Paulo"
-# (title, page file, URL path in the running app)
-PAGES = (
-    ("Overview", "views/overview.py", ""),
-    ("Events", "views/events.py", "events"),
-    ("Records", "views/records.py", "records"),
-    ("Users", "views/users.py", "users"),
-    ("Webhooks (no API key)", "views/webhooks.py", "webhooks"),
-    ("Status", "views/status.py", "status"),
-)
+# (title, page file, URL path in the running app): the dashboard's own page list; the
+# default page is served at "/", the others at their file's name
+PAGES = tuple((f"{title} (no API key)" if title == "Webhooks" else title, path,
+               "" if index == 0 else Path(path).stem)
+              for index, (path, title, _icon) in enumerate(DASHBOARD_PAGES))
 
 
 # -- 1. each page's queries ----------------------------------------------------------------

@@ -119,8 +119,11 @@ class Probe(threading.Thread):
         self.early = 0  # /healthz said ingested but the row was not readable yet
 
     def _ingested(self, session: requests.Session, delivery_id: int) -> None:
+        deadline = time.monotonic() + 60  # a stalled ingest must not hang the benchmark
         while session.get(self.url + "/healthz", timeout=10).json()["ingested_seq"] \
                 < delivery_id:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"delivery {delivery_id} not ingested after 60 s")
             time.sleep(0.02)
 
     def run(self) -> None:

@@ -19,9 +19,7 @@ from collections.abc import Callable, Sequence
 import gevent
 from gevent.event import AsyncResult, Event
 
-from ploomes.journal import Journal
-
-Entry = tuple[bytes, int, int, int | None]  # payload, kind, flags, received_ns
+from ploomes.journal import Entry, Journal
 
 
 def _outcome(fn: Callable, args: tuple) -> tuple[bool, object]:

@@ -138,7 +138,7 @@ def _texts(values: list) -> pd.Series:
     return pd.Series(out, dtype=object)
 
 
-def _utc_stamps(values: list) -> pd.DatetimeIndex:
+def _utc_stamps(values: list) -> pd.api.extensions.ExtensionArray:
     return pd.to_datetime(pd.Series(values, dtype=object), utc=True).astype(
         "datetime64[us, UTC]").array
 
@@ -846,7 +846,7 @@ def field_options(con: duckdb.DuckDBPyConnection, entity: str | None = None
     Bookkeeping fields (`diff.BOOKKEEPING_FIELDS`: LastUpdateDate and the like change on
     nearly every delivery) are left out. Read from the `user_fields` rollup (a few
     thousand rows, kept by ingest stage 2 with `field_changes`) instead of a DISTINCT
-    over millions of field changes: ~1 ms instead of ~22 ms at 1M events.
+    over millions of field changes: 2–4 ms instead of ~22 ms at 1M events.
     """
     where = "WHERE fc.entity = ?" if entity else ""
     rows = con.execute(

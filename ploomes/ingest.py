@@ -19,7 +19,8 @@ import base64
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -235,18 +236,24 @@ def _event_row(seq: int, ns: int, d: Delivery, demo: bool, sha: str, text: str,
             to_json(d.old), to_json(d.new), text, sha, demo, fp, dup_of)
 
 
-def _rows_of_records(con: duckdb.DuckDBPyConnection, keys: set[tuple[str, int]],
-                     select: str) -> list[tuple]:
-    """Run `select` (a table aliased `s`) for the rows of these (entity, record_id)."""
-    if not keys:
-        return []
+@contextmanager
+def _wanted_records(con: duckdb.DuckDBPyConnection, keys: set[tuple[str, int]]
+                    ) -> Iterator[None]:
+    """Make these (entity, record_id) joinable as `_wanted` for the block."""
     con.register("_wanted", pa.table({"entity": [k[0] for k in keys],
-                                      "record_id": [k[1] for k in keys]}))
+                                      "record_id": [k[1] for k in keys]},
+                                     schema=pa.schema([("entity", pa.string()),
+                                                       ("record_id", pa.int64())])))
     try:
-        return con.execute(select + " JOIN _wanted w "
-                           "ON s.entity = w.entity AND s.record_id = w.record_id").fetchall()
+        yield
     finally:
         con.unregister("_wanted")
+
+
+def _rows_of_wanted(con: duckdb.DuckDBPyConnection, select: str) -> list[tuple]:
+    """Run `select` (a table aliased `s`) for the records registered as `_wanted`."""
+    return con.execute(select + " JOIN _wanted w "
+                       "ON s.entity = w.entity AND s.record_id = w.record_id").fetchall()
 
 
 class PositionMoved(RuntimeError):
@@ -363,18 +370,18 @@ class Pipeline:
             con.unregister("_events")
         return len(rows.events) + len(rows.rejected)
 
-    def _load_states(self, con: duckdb.DuckDBPyConnection, keys: set[tuple[str, int]]
-                     ) -> dict[tuple[str, int], tuple]:
-        rows = _rows_of_records(
-            con, keys, "SELECT s.entity, s.record_id, s.state, s.last_event_id, "
+    def _load_states(self, con: duckdb.DuckDBPyConnection) -> dict[tuple[str, int], tuple]:
+        """Return the stored `record_state` rows of the `_wanted` records."""
+        rows = _rows_of_wanted(
+            con, "SELECT s.entity, s.record_id, s.state, s.last_event_id, "
             "s.last_received_at, s.deleted, s.is_demo FROM record_state s")
         return {(r[0], r[1]): (json.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows}
 
-    def _load_user_records(self, con: duckdb.DuckDBPyConnection,
-                           keys: set[tuple[str, int]]) -> dict[UserKey, _UserRecord]:
-        """Return the stored `user_records` rows of these (entity, record_id), every user."""
-        rows = _rows_of_records(
-            con, keys, "SELECT s.action_user_id, s.entity, s.record_id, s.events, "
+    def _load_user_records(self, con: duckdb.DuckDBPyConnection
+                           ) -> dict[UserKey, _UserRecord]:
+        """Return the stored `user_records` rows of the `_wanted` records, every user."""
+        rows = _rows_of_wanted(
+            con, "SELECT s.action_user_id, s.entity, s.record_id, s.events, "
             "s.duplicates, epoch_us(s.first_at), epoch_us(s.last_at), "
             "epoch_us(s.last_duplicate_at), s.fields, s.rowid FROM user_records s")
         return {(r[0], r[1], r[2]): _UserRecord(r[3], r[4], r[5], r[6], r[7],
@@ -402,8 +409,9 @@ class Pipeline:
         """
         keys = {(item[2].entity, item[2].record_id) for item in items
                 if item[2].record_id is not None}
-        states = self._load_states(con, keys)
-        stored = self._load_user_records(con, keys)
+        with _wanted_records(con, keys):
+            states = self._load_states(con)
+            stored = self._load_user_records(con)
         for seq, ns, d, demo, dup_of in items:
             at = ns_to_datetime(ns)
             changes = diffmod.diff_record(d.action, d.old, d.new)
@@ -460,8 +468,9 @@ class Pipeline:
                 return None
             event_id, user, entity, record_id, ns, dup_of = nxt
             rows = _Rows()
-            stored = self._load_user_records(con, {(entity, record_id)}
-                                             if record_id is not None else set())
+            with _wanted_records(con, {(entity, record_id)} if record_id is not None
+                                 else set()):
+                stored = self._load_user_records(con)
             fold_user_event(rows, stored, user, entity, record_id, ns,
                             dup_of is not None, [])
             self._write_derived(con, rows)
@@ -640,22 +649,18 @@ def refill_user_rollups(con: duckdb.DuckDBPyConnection, records: str | None = No
     field), e.g. what demo rows touched before they were removed. Runs inside the
     caller's transaction; the result is what stage 2 folds event by event.
     """
-    if records is None and fields is None:
-        con.execute("DELETE FROM user_records")
-        con.execute("DELETE FROM user_fields")
-        con.execute(_FILL_USER_RECORDS.format(scope="", join=_same_key("c", "p",
-                                                                        USER_RECORD_KEY)))
-        con.execute(_FILL_USER_FIELDS.format(scope=""))
-        return
+    everything = records is None and fields is None
     # table names come from this module, never from input
-    if records is not None:
-        con.execute(f"DELETE FROM user_records r USING {records} k WHERE "
-                    + _same_key("r", "k", USER_RECORD_KEY))
-        scope = f"SEMI JOIN {records} k ON " + _same_key("e", "k", USER_RECORD_KEY)
-        con.execute(_FILL_USER_RECORDS.format(scope=scope, join=_same_key("c", "p",
-                                                                           USER_RECORD_KEY)))
-    if fields is not None:
-        con.execute(f"DELETE FROM user_fields r USING {fields} k WHERE "
-                    + _same_key("r", "k", USER_FIELD_KEY))
-        scope = f"SEMI JOIN {fields} k ON " + _same_key("e", "k", USER_FIELD_KEY)
-        con.execute(_FILL_USER_FIELDS.format(scope=scope))
+    for keys, table, key, fill in ((records, "user_records", USER_RECORD_KEY,
+                                    _FILL_USER_RECORDS),
+                                   (fields, "user_fields", USER_FIELD_KEY, _FILL_USER_FIELDS)):
+        if everything:
+            con.execute(f"DELETE FROM {table}")
+            scope = ""
+        elif keys is not None:
+            con.execute(f"DELETE FROM {table} r USING {keys} k WHERE "
+                        + _same_key("r", "k", key))
+            scope = f"SEMI JOIN {keys} k ON " + _same_key("e", "k", key)
+        else:
+            continue
+        con.execute(fill.format(scope=scope, join=_same_key("c", "p", USER_RECORD_KEY)))

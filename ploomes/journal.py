@@ -24,7 +24,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,8 @@ KIND_REJECTED = 2  # an authenticated delivery that was refused: payload is JSON
 KIND_CONTROL = 3  # an operation on stored data (e.g. remove demo data): payload is JSON
 
 FLAG_DEMO = 1  # the record is demo data, not a real delivery
+
+Entry = tuple[bytes, int, int, int | None]  # payload, kind, flags, received_ns (None: now)
 
 # errors a write reports when it could not take the bytes: they are undone (and the
 # undoing synced) and the journal goes on (a full disk clears up; the appenders
@@ -257,8 +259,9 @@ class Journal:
         self._fd = -1
         self._size = 0
         self._allocated = 0  # bytes of the current segment that exist on disk
-        for leftover in self.dir.glob(SPARE_NAME + "*"):
-            leftover.unlink()  # a crash may have left one half zero-filled
+        for leftover in self.dir.glob(SPARE_NAME + ".*"):
+            leftover.unlink()  # a crash may have left one half zero-filled (a whole one
+            #                    under SPARE_NAME itself is kept: see _prepare_spare)
         self._recover()
         self.synced_seq = self.written_seq
         self._next_seq = self.written_seq + 1
@@ -350,8 +353,7 @@ class Journal:
         return self.append_entries([(payload, kind, flags, stamp) for payload, stamp
                                     in zip(payloads, stamps, strict=True)], durable)
 
-    def append_entries(self, entries: list[tuple[bytes, int, int, int | None]],
-                       durable: bool = True) -> list[int]:
+    def append_entries(self, entries: Sequence[Entry], durable: bool = True) -> list[int]:
         """Append (payload, kind, flags, received_ns or None) records written together.
 
         Returns their sequence numbers once durable. With durable=False the call returns
@@ -416,8 +418,7 @@ class Journal:
         self._leading = True
         self._mutex.release()
         try:
-            if batch:
-                self._write_batch(batch)
+            self._write_batch(batch)  # never empty: only called with records queued
         except BaseException as exc:
             # Not an I/O error _write_batch handles (a thread that cannot start during
             # a rotation, memory): nobody may be told these records are durable.
