@@ -43,11 +43,21 @@ def test_many_greenlets_get_dense_durable_sequence_numbers_in_few_groups(tmp_pat
 
 def test_a_refusal_does_not_wait_and_rides_with_the_next_group(tmp_path):
     journal = Journal(tmp_path / "j")
+    groups: list[int] = []
+    real = journal.append_entries
+
+    def counting(entries, durable=True):
+        groups.append(len(entries))
+        return real(entries, durable)
+
+    journal.append_entries = counting
     commit = GroupCommit(journal)
     assert commit.append_entries([(b'{"refused": 1}', KIND_REJECTED, 0, None)],
                                  durable=False) is None
+    assert groups == [] and journal.synced_seq == 0  # returned before any write
     [seq] = commit.append_entries([(b'{"n": 1}', KIND_DELIVERY, 0, None)])
     assert seq == 2
+    assert groups == [2]  # written and synced together, in one group
     journal.close()
     assert [(r.seq, r.kind) for r in iter_records(tmp_path / "j")] == [
         (1, KIND_REJECTED), (2, KIND_DELIVERY)]

@@ -146,6 +146,24 @@ def test_events_filters_come_from_the_link(data_dir):
     assert "'LastUpdateDate' is not offered as a filter" in " ".join(texts(at.warning))
 
 
+def test_a_link_setting_the_demo_toggle_raises_no_streamlit_warning(data_dir):
+    """`?demo=0` sets the toggle through session state: the widget must not also pass
+    a default, or Streamlit logs a warning on every run."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("streamlit.elements.lib.policies")  # does not propagate
+    logger.addHandler(handler)
+    try:
+        at = run_page(EVENTS, demo=0)
+    finally:
+        logger.removeHandler(handler)
+    assert at.toggle(key="f_demo").value is False
+    assert not [r.getMessage() for r in records if "f_demo" in r.getMessage()]
+
+
 def test_event_detail_of_the_seed_payload_from_the_url(data_dir):
     at = run_page(EVENTS, event=1)
     assert "Event #1" in texts(at.header)
