@@ -269,6 +269,11 @@ class IngestWorker:
             self._pending[0].received_ns if self._pending else 0)
         failures = self._take_failures()
         if not self._pending and not failures:
+            gather = self._next_batch_at - time.monotonic()
+            if gather > 0:
+                # caught up, but deliveries came less than GATHER ago: a flow pausing
+                # between two syncs, not an idle receiver; stage 2 keeps its share
+                return self._between_batches(gather)
             if self._derive_some(self.DERIVE_IDLE):
                 self.session.after_batch()
                 return True
