@@ -260,8 +260,10 @@ class Journal:
         self._size = 0
         self._allocated = 0  # bytes of the current segment that exist on disk
         for leftover in self.dir.glob(SPARE_NAME + ".*"):
-            leftover.unlink()  # a crash may have left one half zero-filled (a whole one
-            #                    under SPARE_NAME itself is kept: see _prepare_spare)
+            # a crash may have left one half zero-filled (a whole one under SPARE_NAME
+            # itself is kept: see _prepare_spare); a journal closed in this process may
+            # still be finishing one, and renames it away meanwhile
+            leftover.unlink(missing_ok=True)
         self._recover()
         self.synced_seq = self.written_seq
         self._next_seq = self.written_seq + 1
