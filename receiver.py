@@ -2,8 +2,8 @@
 
 A thin Flask shell over `ploomes.service.DeliveryService`, served by gevent's WSGI
 server (`serve`): requests are greenlets on one thread, and journal appends are grouped
-and synced on gevent's thread pool (`ploomes.green.GroupCommit`), so waiting for the
-disk costs no thread hand-off per request.
+(`ploomes.green.GroupCommit`) and synced by a helper process while the loop serves the
+others, so waiting for the disk costs no thread hand-off at all.
 """
 
 from __future__ import annotations
@@ -249,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             commit.drain()  # refusals still queued when the server stopped
         finally:
-            service.close()
+            try:
+                service.close()
+            finally:
+                commit.close()
     return 0
 
 

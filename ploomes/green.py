@@ -1,25 +1,38 @@
-"""Journal appends for the receiver's gevent server: grouped, off the event loop.
+"""Journal appends for the receiver's gevent server: grouped, synced off the event loop.
 
 The receiver serves requests as greenlets on one OS thread (gevent's WSGI server). A
 delivery may be answered only once it is durable, and the sync takes a fraction of a
 millisecond to several: done in the request's greenlet it would stop every other
-request. `GroupCommit` queues each append and lets one writer greenlet hand everything
-queued to a thread of gevent's pool as one journal group (one write that is also the
-sync); the requests of that group wait on their own result, the loop serves the others
-meanwhile, and records that arrive during a sync form the next group.
+request. `GroupCommit` queues each append and lets one writer greenlet write everything
+queued as one journal group; a helper process (`ploomes.syncd`, driven by `SyncHelper`)
+runs the group's fdatasync while the writer greenlet waits on a socket, so the loop
+serves the other requests meanwhile, and records that arrive during a sync form the
+next group.
 
 Compared with a thread per request blocking on the sync (what waitress does), a
-delivery costs no OS thread hand-off at all: only the group does, twice.
+delivery costs no OS thread hand-off at all; compared with gevent's thread pool doing
+the write-and-sync, a group costs no GIL hand-off either: the loop keeps the GIL.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import gevent
 from gevent.event import AsyncResult, Event
 
+from ploomes import syncd
 from ploomes.journal import Entry, Journal
+
+log = logging.getLogger(__name__)
 
 
 def _outcome(fn: Callable, args: tuple) -> tuple[bool, object]:
@@ -43,11 +56,109 @@ def offload(fn: Callable, *args: object) -> object:
     return value
 
 
+class SyncHelper:
+    """fdatasync of journal segments in a helper process, waited for without a thread.
+
+    Create it on the event loop's thread: there a sync waits cooperatively (other
+    greenlets run); on any other thread it blocks that thread. Not for concurrent use:
+    the journal calls it only from the appender leading a group, one at a time.
+
+    If the helper is gone (killed, or it could not start), the segment is synced here
+    with the journal's own descriptor, which reports any write-back error since the
+    segment was opened, and a new helper is started at most every RESTART_SECONDS.
+    """
+
+    RESTART_SECONDS = 5.0
+
+    def __init__(self) -> None:
+        self._loop_thread = threading.get_ident()
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+        self._watcher = None  # the loop's read watcher on the socket, made on first use
+        self._next_start = 0.0
+        self._start()
+
+    @property
+    def pid(self) -> int | None:
+        """Return the helper's process id while it runs."""
+        return self._proc.pid if self._proc is not None and self._sock is not None else None
+
+    def _start(self) -> None:
+        self._next_start = time.monotonic() + self.RESTART_SECONDS
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-I", "-S", syncd.__file__],
+                                          stdin=theirs, close_fds=True)
+        except OSError as exc:
+            ours.close()
+            log.warning("cannot start the sync helper (%s); syncing in the receiver", exc)
+            return
+        finally:
+            theirs.close()
+        self._sock = ours
+
+    def _stop(self) -> None:
+        if self._watcher is not None:
+            if threading.get_ident() == self._loop_thread:  # its loop's thread only
+                self._watcher.close()
+            self._watcher = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)  # it ends once it reads the end of the socket
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def _ask(self, path: Path) -> int | None:
+        """Return the helper's reply for path, or None if the helper is gone."""
+        name = os.fsencode(path)
+        try:
+            self._sock.sendall(syncd.REQUEST.pack(len(name)) + name)
+            if threading.get_ident() == self._loop_thread:
+                if self._watcher is None:  # made here: it must belong to this thread's loop
+                    self._watcher = gevent.get_hub().loop.io(self._sock.fileno(), 1)
+                gevent.get_hub().wait(self._watcher)
+            reply = syncd.read_exactly(self._sock, syncd.REPLY.size)
+        except OSError:
+            return None
+        except BaseException:
+            self._stop()  # interrupted between question and answer: never read a stale one
+            raise
+        return None if reply is None else syncd.REPLY.unpack(reply)[0]
+
+    def datasync(self, fd: int, path: Path) -> None:
+        """Return once the bytes written through fd (the file at path) are durable."""
+        if self._sock is None and time.monotonic() >= self._next_start:
+            self._start()
+        outcome = None if self._sock is None else self._ask(path)
+        if outcome is None and self._sock is not None:
+            log.warning("the sync helper stopped; syncing in the receiver until it restarts")
+            self._stop()
+        if outcome is not None and outcome > 0:
+            raise OSError(outcome, os.strerror(outcome), str(path))
+        if outcome != 0:  # no helper, or it could not open the file: the slow way
+            os.fdatasync(fd)
+
+    def close(self) -> None:
+        """End the helper process."""
+        self._stop()
+
+
 class GroupCommit:
-    """Appends journal entries from greenlets in groups, like `Journal.append_entries`."""
+    """Appends journal entries from greenlets in groups, like `Journal.append_entries`.
+
+    Create it on the event loop's thread; it starts a `SyncHelper` and makes the journal
+    sync through it (`close()` stops it).
+    """
 
     def __init__(self, journal: Journal):
         self.journal = journal
+        self.syncer = SyncHelper()
+        journal.sync_elsewhere(self.syncer.datasync)
         self._pending: list[tuple[Sequence[Entry], AsyncResult | None]] = []
         self._wake = Event()
         self._writer: gevent.Greenlet | None = None
@@ -72,13 +183,15 @@ class GroupCommit:
             self._wake.clear()
             self._write_pending()
 
-    def _write_pending(self, inline: bool = False) -> None:
+    def _write_pending(self) -> None:
         while self._pending:
             group, self._pending = self._pending, []
             entries = [entry for entries, _ in group for entry in entries]
             try:
-                seqs = (self.journal.append_entries(entries) if inline
-                        else offload(self.journal.append_entries, entries))
+                # on the loop: the write goes to the page cache, and the sync waits on the
+                # helper cooperatively. Only this greenlet calls the journal, so its locks
+                # are never held by anybody else on this thread.
+                seqs = self.journal.append_entries(entries)
             except Exception as exc:  # noqa: BLE001 - each waiting request gets it
                 for _, result in group:
                     if result is not None:
@@ -93,4 +206,9 @@ class GroupCommit:
 
     def drain(self) -> None:
         """Write what is still queued (at shutdown, after the server stopped)."""
-        self._write_pending(inline=True)
+        self._write_pending()
+
+    def close(self) -> None:
+        """Stop the sync helper: the journal syncs by itself again."""
+        self.journal.sync_elsewhere(None)
+        self.syncer.close()

@@ -257,7 +257,11 @@ class Journal:
         self._failed: list[tuple[int, int, str]] = []  # (first, last, why) never written
         self._queue: list[tuple[int, int, bytes]] = []  # (first seq, last seq, bytes)
         self._fd = -1
+        self._path = self.dir  # the current segment's file, once open
         self._size = 0
+        # What makes written bytes durable when not os.fdatasync here: called with the
+        # segment's descriptor and path (see `sync_elsewhere`)
+        self._datasync: Callable[[int, Path], None] | None = None
         self._allocated = 0  # bytes of the current segment that exist on disk
         for leftover in self.dir.glob(SPARE_NAME + ".*"):
             # a crash may have left one half zero-filled (a whole one under SPARE_NAME
@@ -280,6 +284,7 @@ class Journal:
             end, last_seq = offset, record.seq
         self.written_seq = last_seq
         self._fd = os.open(last, os.O_RDWR)
+        self._path = last
         self._size = end
         self._zero_torn_tail(end)
         self._allocated = max(end, os.fstat(self._fd).st_size)
@@ -312,6 +317,7 @@ class Journal:
             except OSError:  # no room for the zeros: a plain file still takes records
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         self._fd = os.open(path, os.O_RDWR)
+        self._path = path
         self._size = 0
         self._allocated = os.fstat(self._fd).st_size
         dir_fd = os.open(self.dir, os.O_RDONLY)
@@ -336,6 +342,18 @@ class Journal:
             os.replace(part, spare)
         except OSError:
             part.unlink(missing_ok=True)  # rotation preallocates itself (a full disk shows)
+
+    def sync_elsewhere(self, datasync: Callable[[int, Path], None] | None) -> None:
+        """Write groups with a plain write and make them durable with datasync(fd, path).
+
+        For the receiver, whose event loop waits on a helper process's fdatasync
+        (`ploomes.green.SyncHelper`) instead of a thread's write-and-sync. datasync must
+        return only once the bytes written so far through fd are durable, and raise
+        OSError if they may not be (the journal then stops, as after its own failed sync).
+        None goes back to syncing here.
+        """
+        with self._mutex:
+            self._datasync = datasync
 
     @property
     def broken(self) -> str | None:
@@ -443,9 +461,10 @@ class Journal:
         first, last = batch[0][0], batch[-1][1]
         data = b"".join(chunk for _, _, chunk in batch)
         try:
-            if self._size and self._size + len(data) > self._segment_bytes:
-                self._rotate(first)
-            if self._dsync:
+            if self._size and self._size + len(data) > self._segment_bytes \
+                    and not self._rotate(first):
+                return  # the journal is broken now
+            if self._dsync and self._datasync is None:
                 written = self._write_dsync(data)
                 if written is None:
                     return  # the journal is broken now
@@ -468,8 +487,8 @@ class Journal:
             return
         self._size += len(data)
         try:
-            if not self._dsync:
-                os.fdatasync(self._fd)
+            if self._datasync is not None or not self._dsync:
+                self._sync_segment()
         except OSError as exc:
             # After a failed fsync the kernel may have dropped the pages: nothing more
             # can be promised from this file.
@@ -511,10 +530,23 @@ class Journal:
         with self._mutex:
             self._broken = why  # the leader wakes every waiter when it finishes
 
-    def _rotate(self, first: int) -> None:
-        os.fdatasync(self._fd)
+    def _sync_segment(self) -> None:
+        if self._datasync is not None:
+            self._datasync(self._fd, self._path)
+        else:
+            os.fdatasync(self._fd)
+
+    def _rotate(self, first: int) -> bool:
+        """Close the full segment and start the next; False if the journal broke."""
+        try:
+            self._sync_segment()  # every group was synced already: this is a last check
+        except OSError as exc:
+            # as after any failed sync, the pages of records already answered may be gone
+            self._fail_all(f"cannot sync the journal: {exc}")
+            return False
         os.close(self._fd)
         self._open_segment(first)
+        return True
 
     def close(self) -> None:
         """Write what is queued, sync, and release the journal."""

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -96,13 +97,38 @@ def test_reader_process_during_steady_load(receiver):
     assert "Traceback" not in receiver.log_text()
 
 
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def sync_helpers(parent: int) -> list[int]:
+    """Return the running sync helpers (ploomes/syncd.py) whose parent is `parent`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+        if b"syncd.py" in cmdline and ppid == parent and _running(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
 def test_kill_9_during_load_loses_no_acknowledged_delivery(tmp_path):
     proc = ReceiverProcess(tmp_path / "data").start()
     try:
         with Load(proc.webhook_url, threads=6) as load:
             wait_for(lambda: len(load.accepted) > 300, timeout=30)
+            helpers = sync_helpers(proc.proc.pid)
             proc.kill()  # SIGKILL: no chance to flush or close anything
             time.sleep(0.2)
+        assert len(helpers) == 1
+        # the sync helper ends with the receiver's end of its socket, not orphaned
+        wait_for(lambda: not any(map(_running, helpers)), timeout=10)
         acknowledged = dict(load.accepted)
         assert acknowledged
         proc.start()

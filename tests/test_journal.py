@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -198,3 +199,26 @@ def test_an_unexpected_error_while_writing_fails_the_appenders_never_acknowledge
         journal.append(b'{"n": 3}')  # broken: nothing more is promised until a restart
     journal.close()
     assert [r.seq for r in iter_records(tmp_path / "j")] == [1]
+
+
+def test_a_failed_sync_when_a_segment_fills_stops_the_journal(tmp_path):
+    """Records of the full segment were answered already: a failed last sync of it may
+    mean their pages are gone, so nothing more is accepted (not one refusal, then on)."""
+    journal = Journal(tmp_path / "j", segment_bytes=200)
+    calls = []
+
+    def datasync(fd, path):
+        calls.append(path)
+        if len(calls) == 2:  # the full segment's sync before the rotation
+            raise OSError(5, "Input/output error")
+        os.fdatasync(fd)
+
+    journal.sync_elsewhere(datasync)
+    assert journal.append(b"x" * 80) == 1
+    with pytest.raises(JournalWriteError, match="cannot sync the journal"):
+        journal.append(b"y" * 80)
+    assert journal.broken and len(calls) == 2
+    with pytest.raises(JournalWriteError):
+        journal.append(b"z")
+    journal.close()
+    assert [r.payload for r in iter_records(tmp_path / "j")] == [b"x" * 80]
