@@ -153,6 +153,15 @@ def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
                     schema=schema)
 
 
+def warm_up() -> None:
+    """Load what the first batch would load: pyarrow imports pandas on first use.
+
+    That import costs ~0.3-0.5 s of CPU; in the ingest process it used to land in the
+    first batch of deliveries, while the receiver was answering them.
+    """
+    _table([], EVENT_SCHEMA)
+
+
 def _json_value(value: object, known: bool) -> str | None:
     # NULL means "nothing" (unknown or absent); a JSON null is stored as 'null'.
     if not known:
@@ -256,6 +265,17 @@ def _rows_of_wanted(con: duckdb.DuckDBPyConnection, select: str) -> list[tuple]:
                        "ON s.entity = w.entity AND s.record_id = w.record_id").fetchall()
 
 
+def set_position(con: duckdb.DuckDBPyConnection, name: str, seq: int) -> None:
+    """Store how far a stage got (`ingest_state`), in the caller's transaction.
+
+    An UPDATE of the existing row: `INSERT OR REPLACE` cost ~2.2 ms of CPU per batch
+    against ~0.8 ms (measured with DuckDB 2.0 on a one-row table).
+    """
+    if not con.execute("UPDATE ingest_state SET last_seq = ?, updated_at = now() "
+                       "WHERE name = ?", [seq, name]).fetchone()[0]:
+        con.execute("INSERT INTO ingest_state VALUES (?, ?, now())", [name, seq])
+
+
 class PositionMoved(RuntimeError):
     """The store's journal position is not where this pipeline expected it."""
 
@@ -319,8 +339,7 @@ class Pipeline:
                     "FROM (SELECT received_at FROM auth_failures "
                     "ORDER BY received_at DESC LIMIT 1000))")
             if records:
-                con.execute("INSERT OR REPLACE INTO ingest_state VALUES (?, ?, now())",
-                            [journal_name, records[-1].seq])
+                set_position(con, journal_name, records[-1].seq)
         return count
 
     def _apply(self, con: duckdb.DuckDBPyConnection, records: Sequence[Record]) -> int:
@@ -474,8 +493,7 @@ class Pipeline:
             fold_user_event(rows, stored, user, entity, record_id, ns,
                             dup_of is not None, [])
             self._write_derived(con, rows)
-            con.execute("INSERT OR REPLACE INTO ingest_state VALUES ('derive', ?, now())",
-                        [event_id])
+            set_position(con, "derive", event_id)
         return event_id
 
     def _derive_next(self, con: duckdb.DuckDBPyConnection, max_events: int) -> int | None:
@@ -491,8 +509,7 @@ class Pipeline:
         rows = _Rows()
         self._derive(con, items, rows)
         self._write_derived(con, rows)
-        con.execute("INSERT OR REPLACE INTO ingest_state VALUES ('derive', ?, now())",
-                    [batch[-1][0]])
+        set_position(con, "derive", batch[-1][0])
         return batch[-1][0]
 
     def _write_derived(self, con, rows: _Rows) -> None:

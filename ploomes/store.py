@@ -271,7 +271,8 @@ class Store:
 
     def __init__(self, settings: Settings, busy_timeout: float = 30.0,
                  memory_limit: str | None = None, schema_target: int = SCHEMA_VERSION,
-                 path: Path | None = None, keep_reader: float = 0.0):
+                 path: Path | None = None, keep_reader: float = 0.0,
+                 threads: int | None = None):
         self.settings = settings
         # keep_reader > 0 (the dashboard): keep one read-only connection open between
         # queries for that many idle seconds, and hand out cursors on it. Creating a
@@ -287,7 +288,9 @@ class Store:
         self.busy_timeout = busy_timeout
         # A store at another path (a rebuild's new file) is locked on its own.
         self.lock = RWLock(settings.data_dir, "store" if path is None else self.path.name)
-        self._config = {"memory_limit": memory_limit} if memory_limit else {}
+        self._config: dict[str, object] = {"memory_limit": memory_limit} if memory_limit else {}
+        if threads:  # DuckDB's worker threads (default: one per core)
+            self._config["threads"] = threads
         self._schema_target = schema_target
         self._ready = False
         self._ready_lock = threading.Lock()
