@@ -146,7 +146,15 @@ def test_kill_9_during_load_loses_no_acknowledged_delivery(tmp_path):
 
 HOLDER_SCRIPT = r"""
 import sys, time, duckdb
-con = duckdb.connect(sys.argv[1])  # read-write, outside the project's lock
+deadline = time.monotonic() + 20
+while True:  # the ingest may still hold the file for its last step: retry, as a user would
+    try:
+        con = duckdb.connect(sys.argv[1])  # read-write, outside the project's lock
+        break
+    except duckdb.IOException:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.02)
 print("holding", flush=True)
 time.sleep(float(sys.argv[2]))
 con.close()
