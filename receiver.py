@@ -61,7 +61,7 @@ class _RedactingLog:
 
 
 def serve(app, host: str, port: int, on_ready=None) -> None:
-    """Serve a WSGI app with gevent until SIGTERM or SIGINT (KeyboardInterrupt).
+    """Serve a WSGI app with gevent until SIGTERM or SIGINT (Ctrl-C), stopping gracefully.
 
     Also used by bench/baseline_server.py, so the benchmark's baseline runs on the same
     server with the same settings. `on_ready(port)` is called once listening.
@@ -72,6 +72,7 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
     from gevent.pywsgi import WSGIHandler, WSGIServer
 
     busy: set = set()  # handlers running the app (not idle keep-alive connections)
+    stopping = False  # set on SIGTERM / Ctrl-C: new requests are refused, not started
 
     class Handler(WSGIHandler):
         def handle(self) -> None:
@@ -80,6 +81,16 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
             super().handle()
 
         def run_application(self) -> None:
+            if stopping:
+                # A request on a kept-alive connection after the stop began: the stop
+                # ends by killing whatever still runs, and a request killed inside the
+                # app got gevent's bare 500. Refuse it whole instead (Ploomes retries).
+                self.close_connection = True
+                self.start_response("503 Service Unavailable", [
+                    ("Content-Type", "application/json"), ("Connection", "close")])
+                self.write(b'{"status": "unavailable", "reason": "the receiver is '
+                           b'stopping; retry later"}')
+                return
             busy.add(self)
             try:
                 super().run_application()
@@ -114,6 +125,8 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
 
     def stop() -> None:
         """Stop accepting, let requests in progress finish, then close every connection."""
+        nonlocal stopping
+        stopping = True
         server.stop_accepting()  # close() would make serve_forever kill everyone in 1 s
         deadline = time.monotonic() + STOP_SECONDS
         while busy and time.monotonic() < deadline:
@@ -121,6 +134,9 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
         server.stop(timeout=0)  # what is left: idle keep-alive connections
 
     signal_handler(signal.SIGTERM, stop)
+    # Ctrl-C too: a KeyboardInterrupt raised in whichever greenlet runs could land in
+    # the journal's writer in the middle of a group (its requests would get 503)
+    signal_handler(signal.SIGINT, stop)
     server.start()
     if on_ready is not None:
         on_ready(server.server_port)

@@ -30,7 +30,7 @@ import gevent
 from gevent.event import AsyncResult, Event
 
 from ploomes import syncd
-from ploomes.journal import Entry, Journal
+from ploomes.journal import HEADER, Entry, Journal
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,7 @@ class GroupCommit:
         self._pending: list[tuple[Sequence[Entry], AsyncResult | None]] = []
         self._wake = Event()
         self._writer: gevent.Greenlet | None = None
+        self._busy = False  # the writer is writing a group (maybe waiting for its sync)
 
     def append_entries(self, entries: Sequence[Entry], durable: bool = True
                        ) -> list[int] | None:
@@ -172,26 +173,39 @@ class GroupCommit:
         """
         result = AsyncResult() if durable else None
         self._pending.append((entries, result))
+        self._start_writer()
+        return result.get() if result is not None else None
+
+    def _start_writer(self) -> None:
         if self._writer is None or self._writer.dead:
             self._writer = gevent.spawn(self._run)
         self._wake.set()
-        return result.get() if result is not None else None
 
     def _run(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
-            self._write_pending()
+            self._busy = True
+            try:
+                self._write_pending()
+            finally:
+                self._busy = False
 
     def _write_pending(self) -> None:
         while self._pending:
             group, self._pending = self._pending, []
             entries = [entry for entries, _ in group for entry in entries]
+            size = sum(HEADER.size + len(entry[0]) for entry in entries)
             try:
-                # on the loop: the write goes to the page cache, and the sync waits on the
-                # helper cooperatively. Only this greenlet calls the journal, so its locks
-                # are never held by anybody else on this thread.
-                seqs = self.journal.append_entries(entries)
+                # On the loop: the write goes to the page cache, and the sync waits on the
+                # helper cooperatively. Only this greenlet writes through the journal
+                # (drain() waits for it), so no other caller on this thread can find the
+                # journal's OS locks held by a greenlet that is waiting for its sync.
+                # A group that starts a new segment goes to a pool thread: the rotation
+                # syncs a directory and may have to zero-fill the segment itself.
+                seqs = (offload(self.journal.append_entries, entries)
+                        if self.journal.rotates_for(size)
+                        else self.journal.append_entries(entries))
             except Exception as exc:  # noqa: BLE001 - each waiting request gets it
                 for _, result in group:
                     if result is not None:
@@ -205,8 +219,14 @@ class GroupCommit:
                 start = end
 
     def drain(self) -> None:
-        """Write what is still queued (at shutdown, after the server stopped)."""
-        self._write_pending()
+        """Wait until everything queued is written (at shutdown, after the server stopped).
+
+        The writer greenlet writes it: writing from here while the writer waits for a
+        sync would block this thread on the journal's lock, and with it the writer.
+        """
+        while self._pending or self._busy:
+            self._start_writer()
+            gevent.sleep(0.005)
 
     def close(self) -> None:
         """Stop the sync helper: the journal syncs by itself again."""

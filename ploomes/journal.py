@@ -231,7 +231,8 @@ class Journal:
 
     Appenders encode their records, take the next sequence numbers and queue them. An
     appender that finds nobody writing becomes the leader: it writes everything queued
-    in one call that also syncs it, wakes the appenders it covered and hands the lead
+    and syncs it (one call that does both, or a write and the sync given to
+    `sync_elsewhere`), wakes the appenders it covered and hands the lead
     to the next one still waiting (group commit, as in LevelDB's writer queue). Records
     queued while a sync runs form the next group. Each waiting appender sleeps on a
     lock of its own, so a sync wakes only the appenders it covered.
@@ -251,6 +252,7 @@ class Journal:
             raise JournalBusy(f"another process is writing to {self.dir}") from exc
         self._mutex = threading.Lock()
         self._leading = False  # an appender is writing and syncing a group right now
+        self._leader_thread: int | None = None  # the OS thread of that appender
         self._dsync = hasattr(os, "RWF_DSYNC")  # write + sync in one call (Linux >= 4.7)
         self._waiters: list[tuple[int, threading.Lock]] = []  # (last seq, held lock)
         self._broken: str | None = None
@@ -343,6 +345,10 @@ class Journal:
         except OSError:
             part.unlink(missing_ok=True)  # rotation preallocates itself (a full disk shows)
 
+    def rotates_for(self, size: int) -> bool:
+        """Return whether writing size more bytes would start a new segment first."""
+        return bool(self._size) and self._size + size > self._segment_bytes
+
     def sync_elsewhere(self, datasync: Callable[[int, Path], None] | None) -> None:
         """Write groups with a plain write and make them durable with datasync(fd, path).
 
@@ -415,6 +421,11 @@ class Journal:
                     raise JournalWriteError("journal records were lost before their sync")
                 self._lead()
                 continue
+            if self._leader_thread == threading.get_ident():
+                # The leader is a greenlet of this very thread, waiting for its sync
+                # (`sync_elsewhere`): blocking this thread would stop it for good.
+                raise JournalWriteError("the journal is being written by another greenlet "
+                                        "of this thread; only one may write at a time")
             waiter = threading.Lock()
             waiter.acquire()
             self._waiters.append((last, waiter))
@@ -436,6 +447,7 @@ class Journal:
         """
         batch, self._queue = self._queue, []
         self._leading = True
+        self._leader_thread = threading.get_ident()
         self._mutex.release()
         try:
             self._write_batch(batch)  # never empty: only called with records queued
@@ -447,6 +459,7 @@ class Journal:
         finally:
             self._mutex.acquire()
             self._leading = False
+            self._leader_thread = None
             keep = []
             for last, waiter in self._waiters:
                 if last <= self.synced_seq or self._broken:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import gevent
@@ -17,6 +20,8 @@ from ploomes.journal import (
     JournalWriteError,
     iter_records,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_many_greenlets_get_dense_durable_sequence_numbers_in_few_groups(tmp_path):
@@ -175,3 +180,95 @@ def test_a_file_the_helper_cannot_open_is_synced_in_the_receiver(tmp_path, monke
     assert synced_here == [fd] and syncer.pid is not None
     syncer.close()
     os.close(fd)
+
+
+def _run_isolated(script: str, tmp_path) -> str:
+    """Run a scenario in its own interpreter: if it deadlocks, the test fails, not hangs."""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+SLOW_SYNC_PREAMBLE = r"""
+import os, sys, gevent
+from pathlib import Path
+from ploomes.green import GroupCommit
+from ploomes.journal import KIND_DELIVERY, KIND_REJECTED, Journal, JournalWriteError, iter_records
+
+journal = Journal(Path(sys.argv[1]) / "j")
+commit = GroupCommit(journal)
+syncing = []
+
+def slow_sync(fd, path):  # a slow disk: the writer greenlet leads while it waits
+    syncing.append(path)
+    gevent.sleep(0.2)
+    os.fdatasync(fd)
+
+journal.sync_elsewhere(slow_sync)
+"""
+
+
+def test_shutdown_waits_for_the_group_being_synced_instead_of_deadlocking(tmp_path):
+    out = _run_isolated(SLOW_SYNC_PREAMBLE + r"""
+commit.append_entries([(b'{"refused": 1}', KIND_REJECTED, 0, None)], durable=False)
+gevent.sleep(0)  # the writer takes the refusal and waits for its slow sync
+assert syncing, "the writer should be syncing by now"
+commit.drain()  # what receiver.main does after the server stopped ...
+assert journal.synced_seq == 1, "drain must wait for the group being synced"
+journal.close()  # ... then service.close(): both used to block the loop for good
+commit.close()
+print(len(list(iter_records(Path(sys.argv[1]) / "j"))))
+""", tmp_path)
+    assert out.strip() == "1"
+
+
+def test_a_second_writer_on_the_loop_gets_an_error_instead_of_a_deadlock(tmp_path):
+    out = _run_isolated(SLOW_SYNC_PREAMBLE + r"""
+writer = gevent.spawn(commit.append_entries, [(b'{"n": 1}', KIND_DELIVERY, 0, None)])
+gevent.sleep(0.05)  # the writer greenlet leads, waiting for its sync
+try:
+    journal.append_entries([(b'{"n": 2}', KIND_DELIVERY, 0, None)])
+    print("appended")
+except JournalWriteError as exc:
+    print("refused:", exc)
+print(writer.get())
+""", tmp_path)
+    assert out.splitlines()[0].startswith("refused: the journal is being written by another")
+    assert out.splitlines()[1] == "[1]"
+
+
+def test_an_interrupted_sync_never_leaves_its_answer_for_the_next_one(tmp_path, monkeypatch):
+    syncer = SyncHelper()
+    path = tmp_path / "segment"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"kept")
+    # the helper will answer EINVAL for /dev/null; interrupt the wait before it does
+    with pytest.raises(gevent.Timeout), gevent.Timeout(0.000001):
+        syncer.datasync(fd, Path(os.devnull))
+    # a reply read now would be that EINVAL; this sync of a real file must succeed
+    syncer.datasync(fd, path)
+    syncer.close()
+    os.close(fd)
+
+
+def test_a_group_that_starts_a_new_segment_is_written_on_a_pool_thread(tmp_path, monkeypatch):
+    import ploomes.green as green
+
+    journal = Journal(tmp_path / "j", segment_bytes=4096)
+    commit = GroupCommit(journal)
+    offloaded = []
+    real = green.offload
+
+    def counting(fn, *args):
+        offloaded.append(threading.get_ident())
+        return real(fn, *args)
+
+    monkeypatch.setattr(green, "offload", counting)
+    for n in range(30):  # ~330 bytes each: a new segment every dozen records
+        commit.append_entries([(b'{"n": %d, "pad": "%s"}' % (n, b"x" * 300), KIND_DELIVERY,
+                                0, None)])
+    assert 2 <= len(offloaded) <= 3  # the rotations only
+    commit.close()
+    journal.close()
+    assert [r.seq for r in iter_records(tmp_path / "j")] == list(range(1, 31))
