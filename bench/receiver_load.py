@@ -92,8 +92,8 @@ def sample_bodies(n: int = 2000) -> list[str]:
             for change in sim.steps(n)]
 
 
-def run_wrk(url: str, bodies: list[str], seconds: int, connections: int, workdir: Path
-            ) -> dict:
+def wrk_script(bodies: list[str], workdir: Path) -> Path:
+    """Write wrk's Lua script posting these bodies in turn; return its path."""
     lines = workdir / "bodies.jsonl"
     lines.write_text("\n".join(bodies) + "\n", encoding="utf-8")
     script = workdir / "post.lua"
@@ -108,6 +108,10 @@ def run_wrk(url: str, bodies: list[str], seconds: int, connections: int, workdir
         "  i = i % #bodies + 1\n"
         '  return wrk.format("POST", nil, headers, bodies[i])\n'
         "end\n", encoding="utf-8")
+    return script
+
+
+def run_wrk(url: str, script: Path, seconds: int, connections: int) -> dict:
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
          url + "/ploomes/webhook"], capture_output=True, text=True, check=True).stdout
@@ -203,8 +207,8 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("needs wrk: apt-get install wrk")
-    bodies = sample_bodies()
     work = Path(tempfile.mkdtemp(prefix="ploomes-bench-"))
+    script = wrk_script(sample_bodies(), work)  # the same load for both servers
     env = {**os.environ, "PLOOMES_VALIDATION_KEYS": KEY}
     base = recv = None
     try:
@@ -230,9 +234,9 @@ def main() -> None:
             # the receiver's last round is all in DuckDB, field changes too: it is quiet
             # and takes no CPU from the baseline's load
             wait_caught_up(url, derived=True)
-            baseline = run_wrk(base_url, bodies, args.seconds, args.connections, work)
+            baseline = run_wrk(base_url, script, args.seconds, args.connections)
             probe.active.set()
-            ours = run_wrk(url, bodies, args.seconds, args.connections, work)
+            ours = run_wrk(url, script, args.seconds, args.connections)
             probe.active.clear()
             rounds.append((baseline, ours))
         stop.set()

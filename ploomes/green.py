@@ -11,7 +11,8 @@ next group.
 
 Compared with a thread per request blocking on the sync (what waitress does), a
 delivery costs no OS thread hand-off at all; compared with gevent's thread pool doing
-the write-and-sync, a group costs no GIL hand-off either: the loop keeps the GIL.
+the write-and-sync, a group costs no GIL hand-off either (only a group that starts a new
+segment still goes to the pool).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import gevent
 from gevent.event import AsyncResult, Event
 
 from ploomes import syncd
-from ploomes.journal import HEADER, Entry, Journal
+from ploomes.journal import Entry, Journal
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,6 @@ class GroupCommit:
         while self._pending:
             group, self._pending = self._pending, []
             entries = [entry for entries, _ in group for entry in entries]
-            size = sum(HEADER.size + len(entry[0]) for entry in entries)
             try:
                 # On the loop: the write goes to the page cache, and the sync waits on the
                 # helper cooperatively. Only this greenlet writes through the journal
@@ -204,7 +204,7 @@ class GroupCommit:
                 # A group that starts a new segment goes to a pool thread: the rotation
                 # syncs a directory and may have to zero-fill the segment itself.
                 seqs = (offload(self.journal.append_entries, entries)
-                        if self.journal.rotates_for(size)
+                        if self.journal.rotates_for(entries)
                         else self.journal.append_entries(entries))
             except Exception as exc:  # noqa: BLE001 - each waiting request gets it
                 for _, result in group:

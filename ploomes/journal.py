@@ -345,8 +345,12 @@ class Journal:
         except OSError:
             part.unlink(missing_ok=True)  # rotation preallocates itself (a full disk shows)
 
-    def rotates_for(self, size: int) -> bool:
-        """Return whether writing size more bytes would start a new segment first."""
+    def rotates_for(self, entries: Sequence[Entry]) -> bool:
+        """Return whether appending these entries now would start a new segment first."""
+        return self._fills(sum(HEADER.size + len(entry[0]) for entry in entries))
+
+    def _fills(self, size: int) -> bool:
+        # an empty segment takes any group, even one larger than a segment
         return bool(self._size) and self._size + size > self._segment_bytes
 
     def sync_elsewhere(self, datasync: Callable[[int, Path], None] | None) -> None:
@@ -474,8 +478,7 @@ class Journal:
         first, last = batch[0][0], batch[-1][1]
         data = b"".join(chunk for _, _, chunk in batch)
         try:
-            if self._size and self._size + len(data) > self._segment_bytes \
-                    and not self._rotate(first):
+            if self._fills(len(data)) and not self._rotate(first):
                 return  # the journal is broken now
             if self._dsync and self._datasync is None:
                 written = self._write_dsync(data)

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 
 from ploomes.config import Settings
-from ploomes.ingest import Pipeline
+from ploomes.ingest import Pipeline, set_position
 from ploomes.journal import Journal, JournalBusy, first_seq, iter_records
 from ploomes.store import Store, StoreError, fetch_one, transaction
 
@@ -105,8 +105,7 @@ def _carry_over(old: Store, con: duckdb.DuckDBPyConnection, tmp: Path, start: in
                         "previous.rejected_deliveries WHERE id < ?", [start])
             kept = fetch_one(con, "SELECT count(*) FROM events")[0]
             if kept:
-                con.execute("INSERT OR REPLACE INTO ingest_state VALUES ('main', ?, now())",
-                            [start - 1])
+                set_position(con, "main", start - 1)
         finally:
             con.execute("DETACH previous")
     return kept

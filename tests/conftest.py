@@ -87,6 +87,14 @@ def stop_process(proc: subprocess.Popen | None, grace: float = 15) -> None:
         proc.wait()
 
 
+def process_running(pid: int) -> bool:
+    """Return whether process pid exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 class ReceiverProcess:
     """The real receiver (`python receiver.py`) on a loopback port."""
 

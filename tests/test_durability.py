@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ROOT, TEST_KEY, ReceiverProcess, query, wait_for
+from conftest import ROOT, TEST_KEY, ReceiverProcess, process_running, query, wait_for
 
 
 def delivery(n: int) -> dict:
@@ -98,13 +98,6 @@ def test_reader_process_during_steady_load(receiver):
     assert "Traceback" not in receiver.log_text()
 
 
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 def sync_helpers(parent: int) -> list[int]:
     """Return the running sync helpers (ploomes/syncd.py) whose parent is `parent`."""
     found = []
@@ -114,7 +107,7 @@ def sync_helpers(parent: int) -> list[int]:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError):
             continue
-        if b"syncd.py" in cmdline and ppid == parent and _running(int(entry.name)):
+        if b"syncd.py" in cmdline and ppid == parent and process_running(int(entry.name)):
             found.append(int(entry.name))
     return found
 
@@ -129,20 +122,25 @@ def test_kill_9_during_load_loses_no_acknowledged_delivery(tmp_path):
             time.sleep(0.2)
         assert len(helpers) == 1
         # the sync helper ends with the receiver's end of its socket, not orphaned
-        wait_for(lambda: not any(map(_running, helpers)), timeout=10)
+        wait_for(lambda: not any(map(process_running, helpers)), timeout=10)
         acknowledged = dict(load.accepted)
         assert acknowledged
-        proc.start()
-        proc.wait_ingested(timeout=30)
-        rows = query(proc.data_dir, "SELECT id, payload::VARCHAR FROM events")
-        stored = {}
-        for event_id, payload in rows:
-            stored.setdefault(json.loads(payload)["New"]["Seq"], []).append(event_id)
-        for n, delivery_id in acknowledged.items():
-            assert stored.get(n) == [delivery_id], n  # present, exactly once
-        assert len(rows) == len({r[0] for r in rows})
+        _restart_and_check_stored(proc, acknowledged)
     finally:
         proc.stop()
+
+
+def _restart_and_check_stored(proc: ReceiverProcess, acknowledged: dict[int, int]) -> None:
+    """Start the receiver again: every acknowledged delivery is in `events`, once."""
+    proc.start()
+    proc.wait_ingested(timeout=30)
+    rows = query(proc.data_dir, "SELECT id, payload::VARCHAR FROM events")
+    stored = {}
+    for event_id, payload in rows:
+        stored.setdefault(json.loads(payload)["New"]["Seq"], []).append(event_id)
+    for n, delivery_id in acknowledged.items():
+        assert stored.get(n) == [delivery_id], n  # present, exactly once
+    assert len(rows) == len({r[0] for r in rows})
 
 
 def test_ctrl_c_during_load_stops_gracefully_and_keeps_every_answered_delivery(tmp_path):
@@ -158,13 +156,8 @@ def test_ctrl_c_during_load_stops_gracefully_and_keeps_every_answered_delivery(t
         # (gevent's bare 500: ~1 run in 3 before, on SIGTERM as well)
         assert not [e for e in load.errors if not e.startswith("503")], load.errors[:3]
         assert "Traceback" not in proc.log_text()
-        assert not any(map(_running, helpers))
-        acknowledged = dict(load.accepted)
-        proc.start()
-        proc.wait_ingested(timeout=30)
-        stored = {json.loads(p)["New"]["Seq"]: i for i, p in query(
-            proc.data_dir, "SELECT id, payload::VARCHAR FROM events")}
-        assert all(stored.get(n) == i for n, i in acknowledged.items())
+        assert not any(map(process_running, helpers))
+        _restart_and_check_stored(proc, dict(load.accepted))
     finally:
         proc.stop()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gevent
 import pytest
+from conftest import ROOT, process_running
 
 from ploomes.green import GroupCommit, SyncHelper
 from ploomes.journal import (
@@ -21,11 +22,9 @@ from ploomes.journal import (
     iter_records,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def test_many_greenlets_get_dense_durable_sequence_numbers_in_few_groups(tmp_path):
-    journal = Journal(tmp_path / "j")
+def _counting_groups(journal: Journal) -> list[int]:
+    """Record the size of every group the journal is asked to append."""
     groups: list[int] = []
     real = journal.append_entries
 
@@ -34,6 +33,12 @@ def test_many_greenlets_get_dense_durable_sequence_numbers_in_few_groups(tmp_pat
         return real(entries, durable)
 
     journal.append_entries = counting
+    return groups
+
+
+def test_many_greenlets_get_dense_durable_sequence_numbers_in_few_groups(tmp_path):
+    journal = Journal(tmp_path / "j")
+    groups = _counting_groups(journal)
     commit = GroupCommit(journal)
     got: dict[int, int] = {}
 
@@ -52,14 +57,7 @@ def test_many_greenlets_get_dense_durable_sequence_numbers_in_few_groups(tmp_pat
 
 def test_a_refusal_does_not_wait_and_rides_with_the_next_group(tmp_path):
     journal = Journal(tmp_path / "j")
-    groups: list[int] = []
-    real = journal.append_entries
-
-    def counting(entries, durable=True):
-        groups.append(len(entries))
-        return real(entries, durable)
-
-    journal.append_entries = counting
+    groups = _counting_groups(journal)
     commit = GroupCommit(journal)
     assert commit.append_entries([(b'{"refused": 1}', KIND_REJECTED, 0, None)],
                                  durable=False) is None
@@ -92,19 +90,11 @@ def test_a_broken_journal_fails_every_waiting_request_and_the_next_ones(tmp_path
     journal.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_groups_are_synced_by_the_helper_process_and_it_ends_with_the_commit(tmp_path):
     journal = Journal(tmp_path / "j")
     commit = GroupCommit(journal)
     pid = commit.syncer.pid
-    assert pid is not None and _alive(pid)
+    assert pid is not None and process_running(pid)
     asked = []
     real = commit.syncer._ask
 
@@ -119,7 +109,7 @@ def test_groups_are_synced_by_the_helper_process_and_it_ends_with_the_commit(tmp
     assert journal.synced_seq == 50
     assert asked and set(asked) == {journal._path}  # every group's sync went to the helper
     commit.close()
-    assert not _alive(pid) and commit.syncer.pid is None
+    assert not process_running(pid) and commit.syncer.pid is None
     journal.close()
     assert len(list(iter_records(tmp_path / "j"))) == 50
 
