@@ -29,10 +29,10 @@ from ploomes.service import DeliveryService
 
 WEBHOOK_PATH = "/ploomes/webhook"
 KEY_HEADER = "X-Ploomes-Validation-Key"
+KEY_ENVIRON = "HTTP_" + KEY_HEADER.upper().replace("-", "_")  # the header, as WSGI names it
 MAX_CONNECTIONS = 1000  # open connections (keep-alive ones count); more wait to connect
-IDLE_TIMEOUT = 60.0  # seconds a connection may stay silent before it is closed (each read
-#                      waits at most this long; a client trickling a byte at a time is
-#                      not caught by it)
+IDLE_TIMEOUT = 60.0  # seconds a connection may wait for its next request, or spend in
+#                      one request, before it is closed (checked every quarter of it)
 DRAIN_MAX = 64 * 1024  # unread body bytes read and dropped to keep a connection; beyond
 #                        that (a refused huge body) the connection is closed instead
 DEMO_MAX_BYTES = 16 * 1024 * 1024  # one chunk of demo deliveries from the dashboard
@@ -71,14 +71,17 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
     from gevent.pool import Pool
     from gevent.pywsgi import WSGIHandler, WSGIServer
 
-    busy: set = set()  # handlers running the app (not idle keep-alive connections)
+    connections: set = set()  # every open connection's handler
+    busy: dict = {}  # handlers running the app (not idle keep-alive connections): since
     stopping = False  # set on SIGTERM / Ctrl-C: new requests are refused, not started
 
     class Handler(WSGIHandler):
         def handle(self) -> None:
-            # a client that opens connections and sends nothing must not hold them forever
-            self.socket.settimeout(IDLE_TIMEOUT)
-            super().handle()
+            connections.add(self)
+            try:
+                super().handle()
+            finally:
+                connections.discard(self)
 
         def run_application(self) -> None:
             if stopping:
@@ -91,11 +94,11 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
                 self.write(b'{"status": "unavailable", "reason": "the receiver is '
                            b'stopping; retry later"}')
                 return
-            busy.add(self)
+            busy[self] = time.monotonic()
             try:
                 super().run_application()
             finally:
-                busy.discard(self)
+                busy.pop(self, None)
             # After an answer that did not read the whole body (401, 413), gevent reads
             # the rest to keep the connection: an unauthenticated client could push
             # gigabytes through it. Past DRAIN_MAX, stop reading and close instead. A
@@ -123,10 +126,39 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
                         log=None,
                         error_log=_RedactingLog(logging.getLogger("ploomes.receiver.http")))
 
+    def sweep() -> None:
+        """Close connections silent, or stuck in one request, for IDLE_TIMEOUT seconds.
+
+        One greenlet checks every connection now and then, instead of a timeout on each
+        socket read: gevent arms a timer object for every read that has to wait, which
+        under load was most requests (a kept-alive connection waiting for its next one).
+        A silent connection is one waiting for (the rest of) its next request: gevent
+        stamps `time_start` (wall clock) when it starts waiting. One stuck in a request
+        is reading a body that trickles in, or waiting for a journal sync that hangs,
+        or writing to a client that does not read: its socket is shut down, which ends
+        whatever it waits for.
+        """
+        while True:
+            gevent.sleep(max(0.05, IDLE_TIMEOUT / 4))
+            wall, now = time.time(), time.monotonic()
+            for handler in list(connections):
+                since = busy.get(handler)
+                waited = now - since if since is not None else wall - handler.time_start
+                sock = getattr(handler, "socket", None)
+                if waited > IDLE_TIMEOUT and sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+    sweeper = None
+
     def stop() -> None:
         """Stop accepting, let requests in progress finish, then close every connection."""
         nonlocal stopping
         stopping = True
+        if sweeper is not None:
+            sweeper.kill(block=False)
         server.stop_accepting()  # close() would make serve_forever kill everyone in 1 s
         deadline = time.monotonic() + STOP_SECONDS
         while busy and time.monotonic() < deadline:
@@ -140,6 +172,7 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
     # looked slower under load (not settled: within this machine's noise).
     signal.signal(signal.SIGINT, lambda signum, frame: gevent.spawn(stop))
     server.start()
+    sweeper = gevent.spawn(sweep)
     if on_ready is not None:
         on_ready(server.server_port)
     server.serve_forever()
@@ -156,14 +189,16 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
 
     def answer(outcome) -> Response:
         response = jsonify(outcome.body)
-        response.status_code = outcome.status
+        if outcome.status != 200:  # a Response starts as 200; setting it re-parses it
+            response.status_code = outcome.status
         return response
 
     @app.post(WEBHOOK_PATH)
     def webhook() -> Response:
         started = time.perf_counter()
-        source = request.remote_addr
-        key = request.headers.get(KEY_HEADER) or request.args.get("validation_key")
+        environ = request.environ  # what request.headers and .remote_addr read, directly
+        source = environ.get("REMOTE_ADDR")
+        key = environ.get(KEY_ENVIRON) or request.args.get("validation_key")
         if not key:
             return answer(service.unauthorized(source, "missing key"))
         if not service.authenticated(key):
@@ -210,7 +245,7 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         if exc.code == 405:
-            service.deliveries.labels(outcome="method_not_allowed").inc()
+            service.outcomes["method_not_allowed"] += 1
         response = jsonify({"status": "refused", "reason": exc.description or exc.name})
         response.status_code = exc.code or 500
         return response

@@ -11,6 +11,8 @@ position, how far ingestion got, its lag histogram and its last error.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import ctypes
 import logging
 import multiprocessing
@@ -20,15 +22,19 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import duckdb
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
 from ploomes.config import Settings
-from ploomes.delivery import InvalidDelivery, parse_delivery, validate
+from ploomes.delivery import InvalidDelivery, check_delivery, validate
 from ploomes.ingest import Pipeline, rejected_payload
 from ploomes.journal import (
     FLAG_DEMO,
@@ -386,31 +392,45 @@ def ingest_main(settings: Settings, shared: SharedState, parent_pid: int) -> Non
     IngestWorker(settings, shared).run(parent_pid)
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What the receiver answers for one delivery."""
 
     status: int
     body: dict
 
 
+def _cumulative(counts: list, bounds: tuple) -> list[tuple[str, float]]:
+    """Prometheus histogram buckets (cumulative, then +Inf) from one count per bucket."""
+    buckets, total = [], 0.0
+    for bound, count in zip(bounds, counts, strict=False):
+        total += count
+        buckets.append((str(bound), total))
+    buckets.append(("+Inf", total + counts[len(bounds)]))
+    return buckets
+
+
 class _SharedCollector:
-    """Exposes the ingest process's numbers at /metrics."""
+    """Exposes the service's counts and the ingest process's numbers at /metrics."""
 
     def __init__(self, service: DeliveryService):
         self.service = service
 
     def collect(self):
-        shared = self.service.shared
-        n = len(LAG_BUCKETS)
-        buckets, total = [], 0.0
-        for i, bound in enumerate(LAG_BUCKETS):
-            total += shared.lag[i]
-            buckets.append((str(bound), total))
-        buckets.append(("+Inf", total + shared.lag[n]))
+        service = self.service
+        shared = service.shared
+        deliveries = CounterMetricFamily("ploomes_deliveries", "Deliveries by outcome",
+                                         labels=["outcome"])
+        for outcome, count in sorted(service.outcomes.items()):
+            deliveries.add_metric([outcome], count)
+        yield deliveries
+        yield HistogramMetricFamily("ploomes_ack_seconds",
+                                    "Time from request to accepted answer",
+                                    buckets=_cumulative(service.ack_counts, ACK_BUCKETS),
+                                    sum_value=service.ack_sum)
         yield HistogramMetricFamily("ploomes_ingest_lag_seconds",
                                     "Time from acceptance to visible in DuckDB",
-                                    buckets=buckets, sum_value=shared.lag[n + 1])
+                                    buckets=_cumulative(shared.lag, LAG_BUCKETS),
+                                    sum_value=shared.lag[len(LAG_BUCKETS) + 1])
         yield GaugeMetricFamily("ploomes_journal_backlog", "Journal records not yet in DuckDB",
                                 value=self.service.backlog())
         yield GaugeMetricFamily("ploomes_ingest_errors", "Failed ingest attempts so far",
@@ -436,12 +456,13 @@ class DeliveryService:
         # (`ploomes.green.offload`), so that one body cannot hold the event loop.
         self.run_cpu: Callable[..., object] = _run_here
         Store(settings).ensure_ready()  # create or migrate before the worker starts
+        # /metrics: plain numbers, exposed by _SharedCollector. prometheus_client's own
+        # Counter and Histogram take a lock per update; these are updated only on the
+        # thread that serves requests (the receiver's event loop), once per request.
         self.registry = CollectorRegistry()
-        self.deliveries = Counter("ploomes_deliveries", "Deliveries by outcome", ["outcome"],
-                                  registry=self.registry)
-        self.ack_seconds = Histogram("ploomes_ack_seconds", "Time from request to accepted "
-                                     "answer", buckets=ACK_BUCKETS, registry=self.registry)
-        self._accepted = self.deliveries.labels(outcome="accepted")  # looked up once
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.ack_counts = [0] * (len(ACK_BUCKETS) + 1)  # one per bucket, then +Inf
+        self.ack_sum = 0.0
         self.registry.register(_SharedCollector(self))
         self.started_at = time.time()
         self.worker: multiprocessing.process.BaseProcess | None = None
@@ -490,7 +511,7 @@ class DeliveryService:
 
     def refuse(self, outcome: str, status: int, reason: str) -> Outcome:
         """Count a refusal and build its answer."""
-        self.deliveries.labels(outcome=outcome).inc()
+        self.outcomes[outcome] += 1
         return Outcome(status, {"status": "refused", "reason": reason})
 
     def unauthorized(self, source: str | None, reason: str) -> Outcome:
@@ -522,9 +543,9 @@ class DeliveryService:
         """Validate, journal durably and acknowledge one authenticated delivery."""
         try:
             if len(raw) > PARSE_HERE_BYTES:
-                self.run_cpu(parse_delivery, raw)
+                self.run_cpu(check_delivery, raw)
             else:
-                parse_delivery(raw)
+                check_delivery(raw)
         except InvalidDelivery as exc:
             return self.reject_authenticated("invalid", 400, str(exc), raw, source)
         try:
@@ -532,8 +553,10 @@ class DeliveryService:
         except JournalWriteError as exc:
             log.error("cannot store a delivery: %s", exc)
             return self.refuse("unavailable", 503, "cannot store the delivery now; retry later")
-        self._accepted.inc()
-        self.ack_seconds.observe(time.perf_counter() - started)
+        self.outcomes["accepted"] += 1
+        seconds = time.perf_counter() - started
+        self.ack_counts[bisect.bisect_left(ACK_BUCKETS, seconds)] += 1
+        self.ack_sum += seconds
         return Outcome(200, {"status": "accepted", "delivery_id": seq})
 
     def accept_demo(self, request_body: object) -> Outcome:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
 
 import pytest
-from conftest import TEST_KEY, example_payloads, query, wait_for
+from conftest import ROOT, TEST_KEY, example_payloads, query, wait_for
 
 
 def test_example_payloads_are_stored_with_their_columns(receiver):
@@ -146,14 +150,23 @@ def test_unusual_texts_are_stored_faithfully(receiver):
 def test_health_and_metrics(receiver):
     assert receiver.post(GOOD).status_code == 200
     assert receiver.post(GOOD, key=None).status_code == 401
+    assert receiver.post(b"[1]").status_code == 400
+    assert receiver.session.get(receiver.url + "/ploomes/webhook", timeout=5).status_code == 405
     health = receiver.wait_ingested()
     assert health["status"] == "ok" and health["journal_seq"] >= 1
     assert health["ingest_lag_seconds"] == 0
     text = receiver.session.get(receiver.url + "/metrics", timeout=5).text
     assert 'ploomes_deliveries_total{outcome="accepted"} 1.0' in text
     assert 'ploomes_deliveries_total{outcome="unauthorized"} 1.0' in text
-    assert "ploomes_ack_seconds_bucket" in text
-    assert "ploomes_ingest_lag_seconds_count 1.0" in text
+    assert 'ploomes_deliveries_total{outcome="invalid"} 1.0' in text
+    assert 'ploomes_deliveries_total{outcome="method_not_allowed"} 1.0' in text
+    assert 'ploomes_ack_seconds_bucket{le="+Inf"} 1.0' in text  # accepted answers only
+    assert "ploomes_ack_seconds_count 1.0" in text
+    buckets = re.findall(r'ploomes_ack_seconds_bucket\{le="([^"]+)"\} (\S+)', text)
+    assert len(buckets) == 10 and [float(n) for _, n in buckets] == sorted(
+        float(n) for _, n in buckets)  # cumulative
+    # journal records made visible: the accepted delivery and the kept refusal (400)
+    assert "ploomes_ingest_lag_seconds_count 2.0" in text
 
 
 def test_first_start_generates_a_key_and_never_logs_it(tmp_path):
@@ -182,10 +195,7 @@ def test_first_start_generates_a_key_and_never_logs_it(tmp_path):
 
 
 def test_second_receiver_on_the_same_data_dir_refuses(receiver):
-    import subprocess
-    import sys
-
-    from conftest import ROOT, free_port
+    from conftest import free_port
 
     result = subprocess.run(
         [sys.executable, str(ROOT / "receiver.py"), "--port", str(free_port()),
@@ -239,3 +249,79 @@ def test_a_refused_huge_body_closes_the_connection_instead_of_being_read(receive
     answer = _raw_http(receiver, b"POST /ploomes/webhook HTTP/1.1\r\nHost: x\r\n"
                                  b"Content-Length: %d\r\n\r\n" % len(small) + small, read_for=1.5)
     assert answer.startswith(b"HTTP/1.1 401") and not answer.endswith(b"<closed>")
+
+
+SWEEP_SCRIPT = r"""
+import gevent, receiver
+receiver.IDLE_TIMEOUT = 0.5
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        gevent.sleep(5)
+    environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+
+receiver.serve(app, "127.0.0.1", 0, on_ready=lambda port: print(port, flush=True))
+"""
+
+
+def test_silent_or_stuck_connections_are_closed_and_busy_ones_kept():
+    import socket
+    import threading
+    import time
+
+    server = subprocess.Popen([sys.executable, "-c", SWEEP_SCRIPT], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        port = int(server.stdout.readline())
+        request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+        def closed(sock) -> bytes:
+            """What the server sends until it closes (10 s at most); b"<open>" if it did not."""
+            sock.settimeout(10)
+            answer = b""
+            try:
+                while chunk := sock.recv(4096):
+                    answer += chunk
+            except TimeoutError:
+                return answer + b"<open>"
+            return answer
+
+        def trickle(sock) -> None:  # a body declared as 100 bytes, sent a byte at a time
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            for _ in range(100):
+                time.sleep(0.1)
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    return
+
+        socks = {name: socket.create_connection(("127.0.0.1", port)) for name in
+                 ("silent", "partial", "kept_alive", "slow", "trickle", "busy")}
+        socks["partial"].sendall(b"GET / HTT")
+        socks["kept_alive"].sendall(request)
+        socks["slow"].sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        threading.Thread(target=trickle, args=(socks["trickle"],), daemon=True).start()
+        # a connection that keeps asking, for 4 times the idle limit, is never closed
+        busy = socks["busy"]
+        busy.settimeout(10)
+        for _ in range(20):
+            busy.sendall(request)
+            answer = b""
+            while not answer.endswith(b"\r\n\r\nok"):  # headers and body come in 2 writes
+                chunk = busy.recv(4096)
+                assert chunk, answer  # closed while in use
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200")
+            time.sleep(0.1)
+        assert closed(socks["silent"]) == b""
+        assert closed(socks["partial"]) == b""
+        assert closed(socks["kept_alive"]).startswith(b"HTTP/1.1 200")  # answered, then idle
+        assert closed(socks["slow"]) == b""  # 5 s in one request: cut at the limit
+        assert closed(socks["trickle"]) == b""  # the body never completes in time
+        for sock in socks.values():
+            sock.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
