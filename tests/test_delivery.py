@@ -1,4 +1,4 @@
-"""The receiver's short check (`check_delivery`) decides exactly like `parse_delivery`."""
+"""Delivery checks: the short path decides exactly like the rules applied one by one."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ from conftest import example_payloads, real_deliveries
 from hypothesis import HealthCheck, given, settings
 from test_receiver_fuzz import raw_bodies
 
-from ploomes.delivery import InvalidDelivery, check_delivery, parse_delivery
+from ploomes.delivery import (
+    INT_FIELDS,
+    InvalidDelivery,
+    _int_or_none,
+    _name,
+    _record,
+    check_delivery,
+    decode_body,
+    parse_delivery,
+)
 
 
 def _verdict(check, raw: bytes) -> str | None:
@@ -20,8 +29,20 @@ def _verdict(check, raw: bytes) -> str | None:
     return None
 
 
+def _rules_one_by_one(raw: bytes) -> None:
+    """The rules `check_fields` applies, without its short path (the reference)."""
+    body = decode_body(raw)
+    _name(body, "Action")
+    _name(body, "Entity")
+    for key in INT_FIELDS:
+        _int_or_none(body, key)
+    _record(body, "Old")
+    _record(body, "New")
+
+
 def _same(raw: bytes) -> str | None:
-    verdict = _verdict(parse_delivery, raw)
+    verdict = _verdict(_rules_one_by_one, raw)
+    assert _verdict(parse_delivery, raw) == verdict, raw
     assert _verdict(check_delivery, raw) == verdict, raw
     return verdict
 
@@ -75,3 +96,18 @@ def test_shared_examples_and_real_deliveries_pass_both():
 @given(raw_bodies)
 def test_generated_bodies_get_the_same_verdict(raw):
     _same(raw)
+
+
+def test_a_delivery_carries_its_columns():
+    d = parse_delivery(json.dumps({**GOOD, "WebhookCreatorId": None}).encode())
+    assert (d.action, d.entity, d.account_id, d.action_user_id, d.webhook_id,
+            d.webhook_creator_id, d.secondary_entity_id, d.record_id) == (
+        "Update", "Contacts", 1, 7, 2, None, None, 5)
+    assert d.new["Name"] == "Ação" and d.old == {"Id": 5, "Name": "Ana"}
+    assert d.body["New"] is d.new
+    # the record id is New.Id, else Old.Id (a delete has no New)
+    assert parse_delivery(json.dumps({**GOOD, "New": None}).encode()).record_id == 5
+    assert parse_delivery(json.dumps({**GOOD, "New": {}, "Old": {"Id": 9}}).encode()
+                          ).record_id == 9
+    assert parse_delivery(json.dumps({**GOOD, "New": None, "Old": None}).encode()
+                          ).record_id is None
