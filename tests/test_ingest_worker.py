@@ -33,6 +33,8 @@ def test_stage_two_takes_small_steps_until_a_gather_window_passes_empty(tmp_path
         worker._start()
         assert worker.step()  # stage 1: the 300 deliveries become events
         assert worker.ingested_seq == last and worker.derived_seq == 0
+        # 300 records in one gather window is a burst: stage 2 yields more to answering
+        assert worker.derive_share == worker.DERIVE_SHARE_BURST < worker.DERIVE_SHARE
         # The journal is caught up, but deliveries came less than GATHER ago: a flow
         # pausing between two syncs, not an idle receiver. Stage 2 gets a small step.
         worker._next_batch_at = time.monotonic() + 10  # (the first batch may take longer)
@@ -42,5 +44,13 @@ def test_stage_two_takes_small_steps_until_a_gather_window_passes_empty(tmp_path
         while worker.derived_seq < worker.ingested_seq:
             assert worker.step()
         assert worker.derived_seq == last
+        # a flow below a burst: stage 2 keeps its usual share
+        journal = Journal(settings.journal_dir, settings.journal_segment_bytes)
+        try:
+            shared.synced_seq.value = journal.append_many(payloads[:5])[-1]
+        finally:
+            journal.close()
+        assert worker.step() and worker._last_batch == 5
+        assert worker.derive_share == worker.DERIVE_SHARE
     finally:
         worker.session.close()
