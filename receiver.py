@@ -31,8 +31,9 @@ WEBHOOK_PATH = "/ploomes/webhook"
 KEY_HEADER = "X-Ploomes-Validation-Key"
 KEY_ENVIRON = "HTTP_" + KEY_HEADER.upper().replace("-", "_")  # the header, as WSGI names it
 MAX_CONNECTIONS = 1000  # open connections (keep-alive ones count); more wait to connect
-IDLE_TIMEOUT = 60.0  # seconds a connection may wait for its next request, or spend in
-#                      one request, before it is closed (checked every quarter of it)
+IDLE_TIMEOUT = 60.0  # seconds a connection may wait for (the rest of) its next request,
+#                      or spend in one, before it is no longer read; at twice this long
+#                      it is cut (checked every quarter of it; see serve's sweep)
 DRAIN_MAX = 64 * 1024  # unread body bytes read and dropped to keep a connection; beyond
 #                        that (a refused huge body) the connection is closed instead
 DEMO_MAX_BYTES = 16 * 1024 * 1024  # one chunk of demo deliveries from the dashboard
@@ -71,17 +72,17 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
     from gevent.pool import Pool
     from gevent.pywsgi import WSGIHandler, WSGIServer
 
-    connections: set = set()  # every open connection's handler
+    connections: dict = {}  # every open connection's handler: waiting since (monotonic)
     busy: dict = {}  # handlers running the app (not idle keep-alive connections): since
     stopping = False  # set on SIGTERM / Ctrl-C: new requests are refused, not started
 
     class Handler(WSGIHandler):
         def handle(self) -> None:
-            connections.add(self)
+            connections[self] = time.monotonic()
             try:
                 super().handle()
             finally:
-                connections.discard(self)
+                connections.pop(self, None)
 
         def run_application(self) -> None:
             if stopping:
@@ -99,6 +100,7 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
                 super().run_application()
             finally:
                 busy.pop(self, None)
+                connections[self] = time.monotonic()  # waiting for its next request
             # After an answer that did not read the whole body (401, 413), gevent reads
             # the rest to keep the connection: an unauthenticated client could push
             # gigabytes through it. Past DRAIN_MAX, stop reading and close instead. A
@@ -127,27 +129,30 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
                         error_log=_RedactingLog(logging.getLogger("ploomes.receiver.http")))
 
     def sweep() -> None:
-        """Close connections silent, or stuck in one request, for IDLE_TIMEOUT seconds.
+        """Stop reading connections that waited IDLE_TIMEOUT seconds; cut them at twice that.
 
         One greenlet checks every connection now and then, instead of a timeout on each
-        socket read: gevent arms a timer object for every read that has to wait, which
-        under load was most requests (a kept-alive connection waiting for its next one).
-        A silent connection is one waiting for (the rest of) its next request: gevent
-        stamps `time_start` (wall clock) when it starts waiting. One stuck in a request
-        is reading a body that trickles in, or waiting for a journal sync that hangs,
-        or writing to a client that does not read: its socket is shut down, which ends
-        whatever it waits for.
+        socket read: gevent arms a pure-Python timer for every read that has to wait,
+        which under load was most requests (a kept-alive connection waiting for its next
+        one). A connection waits from its start or the end of its last request, or from
+        the start of the request it is in. Past IDLE_TIMEOUT its socket is shut down for
+        reading (the OS socket's, so that the read in progress sees the end of the
+        stream, as if the client had closed it): an idle connection then ends quietly, a
+        half-sent request or a body trickling in gets its refusal, and a request waiting
+        for its journal sync still gets its answer. Past twice IDLE_TIMEOUT it is shut
+        down both ways: a client that does not read its answers cannot hold a
+        connection slot forever.
         """
         while True:
             gevent.sleep(max(0.05, IDLE_TIMEOUT / 4))
-            wall, now = time.time(), time.monotonic()
-            for handler in list(connections):
-                since = busy.get(handler)
-                waited = now - since if since is not None else wall - handler.time_start
-                sock = getattr(handler, "socket", None)
-                if waited > IDLE_TIMEOUT and sock is not None:
+            now = time.monotonic()
+            for handler, waiting_since in list(connections.items()):
+                waited = now - busy.get(handler, waiting_since)
+                os_socket = getattr(getattr(handler, "socket", None), "_sock", None)
+                if waited > IDLE_TIMEOUT and os_socket is not None:
                     try:
-                        sock.shutdown(socket.SHUT_RDWR)
+                        os_socket.shutdown(socket.SHUT_RDWR if waited > 2 * IDLE_TIMEOUT
+                                           else socket.SHUT_RD)
                     except OSError:
                         pass
 

@@ -1,7 +1,8 @@
 """Parsing and validation of one Ploomes delivery body.
 
-The receiver calls `parse_delivery` before it journals anything, so every journaled
-delivery parses again identically in the ingest worker and in a rebuild.
+The receiver calls `check_delivery` before it journals anything, so every journaled
+delivery parses again identically (`parse_delivery`, same checks) in the ingest worker
+and in a rebuild.
 """
 
 from __future__ import annotations

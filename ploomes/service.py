@@ -478,7 +478,8 @@ class DeliveryService:
         # Counter and Histogram take a lock per update; these are updated only on the
         # thread that serves requests (the receiver's event loop), once per request.
         self.registry = CollectorRegistry()
-        self.outcomes: collections.Counter[str] = collections.Counter()
+        # "accepted" is there from the start: a rate over a restart must see its 0
+        self.outcomes: collections.Counter[str] = collections.Counter(accepted=0)
         self.ack_counts = [0] * (len(ACK_BUCKETS) + 1)  # one per bucket, then +Inf
         self.ack_sum = 0.0
         self.registry.register(_SharedCollector(self))
