@@ -14,9 +14,10 @@ same deliveries and 16 keep-alive connections:
 
 Counts do not see cache misses or a blocking pattern that only appears at full speed
 (gevent arms a timer for a socket read that has to wait: under valgrind reads rarely
-wait), so they complement receiver_load.py, they do not replace it. The receiver's
-watch thread wakes every 0.1 s: under valgrind that adds a few thousand instructions per
-request that a real run spreads over ~150 requests.
+wait), so they complement receiver_load.py, they do not replace it. What a server does
+on its own while time passes (the receiver's watch thread wakes every 0.1 s) would weigh
+~50x too much under valgrind: it is counted over as long a time with no requests, after
+the measured ones, and taken off (both figures are printed).
 
     python bench/receiver_cost.py [--requests 500] [--calls-requests 4000] [--no-valgrind]
 
@@ -118,7 +119,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def instructions_per_request(which: str, bodies: list[bytes], count: int,
-                             workdir: Path) -> float:
+                             workdir: Path) -> tuple[float, float]:
+    """Return instructions per request, and the background's share of them."""
     out = workdir / f"{which}.callgrind"
     # the real interpreter, not a wrapper script (pyenv's shims): valgrind follows no exec
     prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
@@ -126,21 +128,29 @@ def instructions_per_request(which: str, bodies: list[bytes], count: int,
     proc, port = start(prefix, which, workdir)
     try:
         post_all(port, bodies, 300)  # warm-up: imports, caches, the first segment
-        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
-                       capture_output=True)
+        control = ["callgrind_control", str(proc.pid)]
+        subprocess.run(control[:1] + ["-z"] + control[1:], check=True, capture_output=True)
+        started = time.monotonic()
         failed = post_all(port, bodies, count)
-        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
-                       capture_output=True)
+        took = time.monotonic() - started
+        subprocess.run(control[:1] + ["-d"] + control[1:], check=True, capture_output=True)
+        time.sleep(took)  # the same time with no requests: the background's share
+        subprocess.run(control[:1] + ["-d"] + control[1:], check=True, capture_output=True)
     finally:
         stop(proc)
     if failed:
         raise SystemExit(f"{which}: {failed} answers were not 200")
     dumps = sorted(workdir.glob(f"{which}.callgrind.{proc.pid}*"),
                    key=lambda p: p.stat().st_mtime)
-    for line in dumps[-2].read_text(errors="replace").splitlines():  # the last is the exit
+    loaded, idle = (_total(dump) for dump in dumps[-3:-1])  # the last one is the exit's
+    return loaded / count, idle / count
+
+
+def _total(dump: Path) -> int:
+    for line in dump.read_text(errors="replace").splitlines():
         if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1]) / count
-    raise SystemExit(f"no totals in {dumps[-2]}")
+            return int(line.split()[1])
+    raise SystemExit(f"no totals in {dump}")
 
 
 def calls_per_request(which: str, bodies: list[bytes], count: int, workdir: Path) -> float:
@@ -163,6 +173,8 @@ def main() -> None:
     parser.add_argument("--calls-requests", type=int, default=4000,
                         help="requests for the Python call count (default 4000)")
     parser.add_argument("--no-valgrind", action="store_true")
+    parser.add_argument("--only", choices=("baseline", "receiver"),
+                        help="count one server only (to compare two versions of it)")
     args = parser.parse_args()
     bodies = [body.encode("utf-8") for body in sample_bodies(2000)]
     use_valgrind = not args.no_valgrind and shutil.which("valgrind") is not None
@@ -171,14 +183,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="receiver-cost-") as tmp:
         workdir = Path(tmp)
         rows = []
-        for which in ("baseline", "receiver"):
+        for which in [args.only] if args.only else ["baseline", "receiver"]:
             calls = calls_per_request(which, bodies, args.calls_requests, workdir)
-            instructions = (instructions_per_request(which, bodies, args.requests, workdir)
-                            if use_valgrind else None)
+            instructions = None
+            text = f"{which:9} Python calls/request {calls:8.1f}"
+            if use_valgrind:
+                loaded, idle = instructions_per_request(which, bodies, args.requests, workdir)
+                instructions = loaded - idle
+                text += (f"   instructions/request {instructions:11,.0f} (background taken "
+                         f"off: {idle:,.0f})")
             rows.append((which, calls, instructions))
-            print(f"{which:9} Python calls/request {calls:8.1f}"
-                  + (f"   instructions/request {instructions:11,.0f}" if instructions else ""),
-                  flush=True)
+            print(text, flush=True)
+    if len(rows) < 2:
+        return
     (_, base_calls, base_ir), (_, calls, ir) = rows
     print(f"receiver/baseline: calls {calls / base_calls:.3f}"
           + (f", instructions {ir / base_ir:.3f}" if ir and base_ir else "")
