@@ -25,8 +25,8 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 HEADER = struct.Struct("<2sBBIIQq")
 MAGIC = b"PJ"
@@ -59,9 +59,8 @@ class JournalWriteError(JournalError):
     """A record could not be made durable; nothing was acknowledged."""
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One journal record."""
+class Record(NamedTuple):
+    """One journal record (a NamedTuple: the ingest makes one per record it reads)."""
 
     seq: int
     kind: int
@@ -75,16 +74,22 @@ class Record:
         return bool(self.flags & FLAG_DEMO)
 
 
+_CRC_HEAD = struct.Struct("<BBQq")  # what the CRC covers besides the payload
+
+
 def _crc(kind: int, flags: int, seq: int, received_ns: int, payload: bytes) -> int:
-    head = struct.pack("<BBQq", kind, flags, seq, received_ns)
-    return zlib.crc32(payload, zlib.crc32(head))
+    return zlib.crc32(payload, zlib.crc32(_CRC_HEAD.pack(kind, flags, seq, received_ns)))
+
+
+def _header(seq: int, kind: int, flags: int, received_ns: int, payload: bytes) -> bytes:
+    return HEADER.pack(MAGIC, kind, flags, len(payload),
+                       _crc(kind, flags, seq, received_ns, payload), seq, received_ns)
 
 
 def encode(record: Record) -> bytes:
     """Return the bytes of a record as stored in a segment."""
-    crc = _crc(record.kind, record.flags, record.seq, record.received_ns, record.payload)
-    return HEADER.pack(MAGIC, record.kind, record.flags, len(record.payload), crc,
-                       record.seq, record.received_ns) + record.payload
+    return _header(record.seq, record.kind, record.flags, record.received_ns,
+                   record.payload) + record.payload
 
 
 def _preallocate(path: Path, size: int) -> None:
@@ -394,8 +399,11 @@ class Journal:
             if self._broken:
                 raise JournalWriteError(self._broken)
             first = self._next_seq
-            data = b"".join(encode(Record(first + i, kind, flags, stamp or now, payload))
-                            for i, (payload, kind, flags, stamp) in enumerate(entries))
+            parts = []  # header, payload, header, payload...: one copy, by the join
+            for seq, (payload, kind, flags, stamp) in enumerate(entries, first):
+                parts.append(_header(seq, kind, flags, stamp or now, payload))
+                parts.append(payload)
+            data = b"".join(parts)
             last = first + len(entries) - 1
             self._next_seq = last + 1
             self._queue.append((first, last, data))
