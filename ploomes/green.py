@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import gevent
-from gevent.event import AsyncResult, Event
+from gevent.event import Event
 
 from ploomes import syncd
 from ploomes.journal import Entry, Journal
@@ -149,6 +149,18 @@ class SyncHelper:
         self._stop()
 
 
+class _Group:
+    """The entries of one journal group and, once written, its outcome."""
+
+    __slots__ = ("done", "entries", "error", "seqs")
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.done = Event()
+        self.seqs: list[int] = []
+        self.error: Exception | None = None
+
+
 class GroupCommit:
     """Appends journal entries from greenlets in groups, like `Journal.append_entries`.
 
@@ -160,7 +172,7 @@ class GroupCommit:
         self.journal = journal
         self.syncer = SyncHelper()
         journal.sync_elsewhere(self.syncer.datasync)
-        self._pending: list[tuple[Sequence[Entry], AsyncResult | None]] = []
+        self._pending: _Group | None = None  # the group being gathered
         self._wake = Event()
         self._writer: gevent.Greenlet | None = None
         self._busy = False  # the writer is writing a group (maybe waiting for its sync)
@@ -172,10 +184,18 @@ class GroupCommit:
         With durable=False return None at once: the next group writes them (durably).
         Raises what the journal raised (JournalWriteError) for the group.
         """
-        result = AsyncResult() if durable else None
-        self._pending.append((entries, result))
+        group = self._pending
+        if group is None:
+            group = self._pending = _Group()
+        start = len(group.entries)
+        group.entries.extend(entries)
         self._start_writer()
-        return result.get() if result is not None else None
+        if not durable:
+            return None
+        group.done.wait()
+        if group.error is not None:
+            raise group.error
+        return group.seqs[start:start + len(entries)]
 
     def _start_writer(self) -> None:
         if self._writer is None or self._writer.dead:
@@ -193,9 +213,9 @@ class GroupCommit:
                 self._busy = False
 
     def _write_pending(self) -> None:
-        while self._pending:
-            group, self._pending = self._pending, []
-            entries = [entry for entries, _ in group for entry in entries]
+        while self._pending is not None:
+            group, self._pending = self._pending, None
+            entries = group.entries
             try:
                 # On the loop: the write goes to the page cache, and the sync waits on the
                 # helper cooperatively. Only this greenlet writes through the journal
@@ -203,20 +223,12 @@ class GroupCommit:
                 # journal's OS locks held by a greenlet that is waiting for its sync.
                 # A group that starts a new segment goes to a pool thread: the rotation
                 # syncs a directory and may have to zero-fill the segment itself.
-                seqs = (offload(self.journal.append_entries, entries)
-                        if self.journal.rotates_for(entries)
-                        else self.journal.append_entries(entries))
+                group.seqs = (offload(self.journal.append_entries, entries)
+                              if self.journal.rotates_for(entries)
+                              else self.journal.append_entries(entries))
             except Exception as exc:  # noqa: BLE001 - each waiting request gets it
-                for _, result in group:
-                    if result is not None:
-                        result.set_exception(exc)
-                continue
-            start = 0
-            for entries_of_one, result in group:
-                end = start + len(entries_of_one)
-                if result is not None:
-                    result.set(seqs[start:end])
-                start = end
+                group.error = exc
+            group.done.set()  # one wake-up for every request of the group
 
     def drain(self) -> None:
         """Wait until everything queued is written (at shutdown, after the server stopped).
@@ -224,7 +236,7 @@ class GroupCommit:
         The writer greenlet writes it: writing from here while the writer waits for a
         sync would block this thread on the journal's lock, and with it the writer.
         """
-        while self._pending or self._busy:
+        while self._pending is not None or self._busy:
             self._start_writer()
             gevent.sleep(0.005)
 
