@@ -111,7 +111,7 @@ def decode_body(raw: bytes) -> dict:
     if not raw:
         raise InvalidDelivery("empty body")
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
-        _check_depth(raw)  # orjson has no depth limit and crashes on very deep input
+        _check_depth(raw)  # ours is 64 levels; orjson (3.13) only refuses beyond 1,024
     try:
         # orjson refuses what JSON does not allow and json.loads would take: NaN,
         # Infinity, numbers out of double range, unpaired surrogate escapes.
