@@ -209,11 +209,15 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
         if not service.authenticated(key):
             return answer(service.unauthorized(source, "wrong key"))
         limit = settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return answer(service.reject_authenticated(
-                "too_large", 413, f"body is larger than {limit} bytes",
-                request.stream.read(min(limit, 64 * 1024)), source))
-        raw = request.stream.read(limit + 1)
+        try:
+            if request.content_length is not None and request.content_length > limit:
+                return answer(service.reject_authenticated(
+                    "too_large", 413, f"body is larger than {limit} bytes",
+                    request.stream.read(min(limit, 64 * 1024)), source))
+            raw = request.stream.read(limit + 1)
+        except OSError:  # the client stopped sending (or the idle sweeper stopped reading)
+            return answer(service.refuse("incomplete", 400,
+                                         "the body ended before its Content-Length"))
         if len(raw) > limit:
             return answer(service.reject_authenticated(
                 "too_large", 413, f"body is larger than {limit} bytes", raw, source))

@@ -31,7 +31,7 @@ import gevent
 from gevent.event import Event
 
 from ploomes import syncd
-from ploomes.journal import Entry, Journal
+from ploomes.journal import Entry, Journal, JournalWriteError
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,9 @@ class GroupCommit:
             return None
         group.done.wait()
         if group.error is not None:
-            raise group.error
+            # A fresh exception for each request: raising the group's own one in every
+            # request would pile all their frames onto its traceback (and keep them).
+            raise JournalWriteError(str(group.error) or repr(group.error)) from group.error
         return group.seqs[start:start + len(entries)]
 
     def _start_writer(self) -> None:
@@ -228,7 +230,11 @@ class GroupCommit:
                               else self.journal.append_entries(entries))
             except Exception as exc:  # noqa: BLE001 - each waiting request gets it
                 group.error = exc
-            group.done.set()  # one wake-up for every request of the group
+            except BaseException:  # the writer killed mid-group: nobody may wait forever
+                group.error = JournalWriteError("the journal writer stopped during a group")
+                raise
+            finally:
+                group.done.set()  # one wake-up for every request of the group
 
     def drain(self) -> None:
         """Wait until everything queued is written (at shutdown, after the server stopped).

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import traceback
 from pathlib import Path
 
 import gevent
@@ -74,7 +75,7 @@ def test_a_broken_journal_fails_every_waiting_request_and_the_next_ones(tmp_path
     journal = Journal(tmp_path / "j")
     commit = GroupCommit(journal)
     journal._fail_all("cannot sync the journal: [Errno 5] Input/output error")
-    outcomes = []
+    outcomes, errors = [], []
 
     def request(n: int) -> None:
         try:
@@ -82,9 +83,14 @@ def test_a_broken_journal_fails_every_waiting_request_and_the_next_ones(tmp_path
             outcomes.append("stored")
         except JournalWriteError as exc:
             outcomes.append(str(exc))
+            errors.append(exc)
 
     gevent.joinall([gevent.spawn(request, n) for n in range(5)])
     assert outcomes == ["cannot sync the journal: [Errno 5] Input/output error"] * 5
+    # one exception per request, each with its own short traceback (one shared exception
+    # raised in every request piled up all their frames)
+    assert len({id(exc) for exc in errors}) == 5
+    assert all(len(traceback.extract_tb(exc.__traceback__)) < 5 for exc in errors)
     with pytest.raises(JournalWriteError):
         commit.append_entries([(b'{"n": 9}', KIND_DELIVERY, 0, None)])
     journal.close()
@@ -211,6 +217,24 @@ commit.close()
 print(len(list(iter_records(Path(sys.argv[1]) / "j"))))
 """, tmp_path)
     assert out.strip() == "1"
+
+
+def test_requests_of_a_group_whose_writer_is_killed_get_an_error_not_a_hang(tmp_path):
+    out = _run_isolated(SLOW_SYNC_PREAMBLE + r"""
+def request(n):
+    try:
+        return commit.append_entries([(b'{"n": %d}' % n, KIND_DELIVERY, 0, None)])
+    except JournalWriteError as exc:
+        return "refused: %s" % exc
+
+requests = [gevent.spawn(request, n) for n in range(3)]
+gevent.sleep(0.05)  # the writer leads their group, waiting for its slow sync
+assert syncing, "the writer should be syncing by now"
+commit._writer.kill()
+gevent.joinall(requests, timeout=5)
+print([r.value if r.ready() else "still waiting" for r in requests])
+""", tmp_path)
+    assert out.strip() == str(["refused: the journal writer stopped during a group"] * 3)
 
 
 def test_a_second_writer_on_the_loop_gets_an_error_instead_of_a_deadlock(tmp_path):

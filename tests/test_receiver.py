@@ -239,6 +239,24 @@ def test_a_key_in_a_malformed_request_line_never_reaches_the_log(receiver):
     assert "SECRET" not in log, log
 
 
+def test_a_body_that_ends_before_its_content_length_gets_a_clear_400(receiver):
+    import socket
+
+    head = (b"POST /ploomes/webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-Ploomes-Validation-Key: " + TEST_KEY.encode() + b"\r\n"
+            b"Content-Length: 100\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as sock:
+        sock.sendall(head + b'{"Action": "Update"')
+        sock.shutdown(socket.SHUT_WR)  # the client stops sending: 81 bytes never come
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert b"the body ended before its Content-Length" in answer
+    assert receiver.post(GOOD).status_code == 200  # still serving
+    assert "Traceback" not in receiver.log_text()
+
+
 def test_a_refused_huge_body_closes_the_connection_instead_of_being_read(receiver):
     # 401 after the headers: the receiver must not keep reading a declared 1 GiB body
     head = (b"POST /ploomes/webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
