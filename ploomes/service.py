@@ -67,6 +67,12 @@ def _run_here(fn: Callable[..., object], *args: object) -> object:
     return fn(*args)
 
 
+def _observe(histogram, bounds: tuple, value: float) -> None:
+    """Count value in a histogram kept as one count per bucket, then +Inf, then the sum."""
+    histogram[bisect.bisect_left(bounds, value)] += 1  # the first bound >= value
+    histogram[len(bounds) + 1] += value
+
+
 class SharedState:
     """Numbers the receiver and its ingest process share (shared memory, no pickling)."""
 
@@ -93,13 +99,7 @@ class SharedState:
 
     def observe_lag(self, seconds: float) -> None:
         """Count one ingest-lag observation."""
-        for i, bound in enumerate(LAG_BUCKETS):
-            if seconds <= bound:
-                self.lag[i] += 1
-                break
-        else:
-            self.lag[len(LAG_BUCKETS)] += 1
-        self.lag[len(LAG_BUCKETS) + 1] += seconds
+        _observe(self.lag, LAG_BUCKETS, seconds)
 
 
 def _die_with_parent() -> None:
@@ -417,14 +417,15 @@ class Outcome(NamedTuple):
     body: dict
 
 
-def _cumulative(counts: list, bounds: tuple) -> list[tuple[str, float]]:
-    """Prometheus histogram buckets (cumulative, then +Inf) from one count per bucket."""
+def _histogram_family(name: str, doc: str, histogram, bounds: tuple) -> HistogramMetricFamily:
+    """The Prometheus histogram of one kept by `_observe` (cumulative buckets, +Inf, sum)."""
     buckets, total = [], 0.0
-    for bound, count in zip(bounds, counts, strict=False):
+    for bound, count in zip(bounds, histogram, strict=False):
         total += count
         buckets.append((str(bound), total))
-    buckets.append(("+Inf", total + counts[len(bounds)]))
-    return buckets
+    buckets.append(("+Inf", total + histogram[len(bounds)]))
+    return HistogramMetricFamily(name, doc, buckets=buckets,
+                                 sum_value=histogram[len(bounds) + 1])
 
 
 class _SharedCollector:
@@ -441,14 +442,11 @@ class _SharedCollector:
         for outcome, count in sorted(service.outcomes.items()):
             deliveries.add_metric([outcome], count)
         yield deliveries
-        yield HistogramMetricFamily("ploomes_ack_seconds",
-                                    "Time from request to accepted answer",
-                                    buckets=_cumulative(service.ack_counts, ACK_BUCKETS),
-                                    sum_value=service.ack_sum)
-        yield HistogramMetricFamily("ploomes_ingest_lag_seconds",
-                                    "Time from acceptance to visible in DuckDB",
-                                    buckets=_cumulative(shared.lag, LAG_BUCKETS),
-                                    sum_value=shared.lag[len(LAG_BUCKETS) + 1])
+        yield _histogram_family("ploomes_ack_seconds", "Time from request to accepted answer",
+                                service.ack, ACK_BUCKETS)
+        yield _histogram_family("ploomes_ingest_lag_seconds",
+                                "Time from acceptance to visible in DuckDB",
+                                shared.lag, LAG_BUCKETS)
         yield GaugeMetricFamily("ploomes_journal_backlog", "Journal records not yet in DuckDB",
                                 value=self.service.backlog())
         yield GaugeMetricFamily("ploomes_ingest_errors", "Failed ingest attempts so far",
@@ -480,8 +478,7 @@ class DeliveryService:
         self.registry = CollectorRegistry()
         # "accepted" is there from the start: a rate over a restart must see its 0
         self.outcomes: collections.Counter[str] = collections.Counter(accepted=0)
-        self.ack_counts = [0] * (len(ACK_BUCKETS) + 1)  # one per bucket, then +Inf
-        self.ack_sum = 0.0
+        self.ack = [0] * (len(ACK_BUCKETS) + 1) + [0.0]  # kept by _observe
         self.registry.register(_SharedCollector(self))
         self.started_at = time.time()
         self.worker: multiprocessing.process.BaseProcess | None = None
@@ -573,9 +570,7 @@ class DeliveryService:
             log.error("cannot store a delivery: %s", exc)
             return self.refuse("unavailable", 503, "cannot store the delivery now; retry later")
         self.outcomes["accepted"] += 1
-        seconds = time.perf_counter() - started
-        self.ack_counts[bisect.bisect_left(ACK_BUCKETS, seconds)] += 1
-        self.ack_sum += seconds
+        _observe(self.ack, ACK_BUCKETS, time.perf_counter() - started)
         return Outcome(200, {"status": "accepted", "delivery_id": seq})
 
     def accept_demo(self, request_body: object) -> Outcome:
