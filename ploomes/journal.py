@@ -485,10 +485,11 @@ class Journal:
     def _write_batch(self, batch: list[tuple[int, int, bytes]]) -> None:
         first, last = batch[0][0], batch[-1][1]
         data = b"".join(chunk for _, _, chunk in batch)
+        synced_by_write = self._dsync and self._datasync is None  # one RWF_DSYNC call
         try:
             if self._fills(len(data)) and not self._rotate(first):
                 return  # the journal is broken now
-            if self._dsync and self._datasync is None:
+            if synced_by_write:
                 written = self._write_dsync(data)
                 if written is None:
                     return  # the journal is broken now
@@ -511,7 +512,7 @@ class Journal:
             return
         self._size += len(data)
         try:
-            if self._datasync is not None or not self._dsync:
+            if not synced_by_write:
                 self._sync_segment()
         except OSError as exc:
             # After a failed fsync the kernel may have dropped the pages: nothing more
