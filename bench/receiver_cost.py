@@ -40,14 +40,12 @@ import threading
 import time
 from pathlib import Path
 
-import requests
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import free_port  # noqa: E402
-from receiver_load import KEY, sample_bodies  # noqa: E402
+from receiver_load import KEY, sample_bodies, wait_healthy  # noqa: E402
 
 CONNECTIONS = 16
 
@@ -91,22 +89,15 @@ def server_command(which: str, port: int, data_dir: Path) -> list[str]:
 def start(prefix: list[str], which: str, workdir: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {**os.environ, "PLOOMES_VALIDATION_KEYS": KEY}
-    proc = subprocess.Popen(prefix + server_command(which, port, workdir / which), cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(workdir / f"{which}.log", "w"))  # noqa: SIM115
-    deadline = time.monotonic() + 300  # valgrind starts slowly
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{which} exited with {proc.returncode}: see {workdir}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json().get(
-                    "status") == "ok":
-                return proc, port
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"{which} did not start")
+    with open(workdir / f"{which}.log", "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(prefix + server_command(which, port, workdir / which),
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, timeout=300)  # valgrind starts slowly
+    except SystemExit:
+        proc.kill()
+        raise
+    return proc, port
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -128,14 +119,17 @@ def instructions_per_request(which: str, bodies: list[bytes], count: int,
     proc, port = start(prefix, which, workdir)
     try:
         post_all(port, bodies, 300)  # warm-up: imports, caches, the first segment
-        control = ["callgrind_control", str(proc.pid)]
-        subprocess.run(control[:1] + ["-z"] + control[1:], check=True, capture_output=True)
+        def control(flag: str) -> None:  # -z: zero the counts; -d: dump them to a file
+            subprocess.run(["callgrind_control", flag, str(proc.pid)], check=True,
+                           capture_output=True)
+
+        control("-z")
         started = time.monotonic()
         failed = post_all(port, bodies, count)
         took = time.monotonic() - started
-        subprocess.run(control[:1] + ["-d"] + control[1:], check=True, capture_output=True)
+        control("-d")
         time.sleep(took)  # the same time with no requests: the background's share
-        subprocess.run(control[:1] + ["-d"] + control[1:], check=True, capture_output=True)
+        control("-d")
     finally:
         stop(proc)
     if failed:

@@ -57,8 +57,8 @@ from ploomes.store import Store, fetch_one  # noqa: E402, fetch_one
 KEY = "bench-validation-key-0123456789abcdef"
 
 
-def wait_healthy(url: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"server exited with {proc.returncode}")
