@@ -1,8 +1,10 @@
 """Parsing and validation of one Ploomes delivery body.
 
-The receiver calls `check_delivery` before it journals anything, so every journaled
-delivery parses again identically (`parse_delivery`, same checks) in the ingest worker
-and in a rebuild.
+The receiver answers 200 only for a body `check_delivery` accepts; its sync helper
+checks each journaled group (`ploomes.syncd`, bodies over 64 KiB are checked before
+they are journaled). The ingest worker and a rebuild apply the same checks
+(`parse_delivery`), so an accepted delivery parses again identically and a refused one
+lands in `rejected_deliveries` with the reason the sender was given.
 """
 
 from __future__ import annotations
@@ -179,8 +181,8 @@ def parse_delivery(raw: bytes) -> Delivery:
 def check_delivery(raw: bytes) -> None:
     """Raise what `parse_delivery` raises for raw, without building a Delivery.
 
-    The receiver's check before it journals a body, on the event loop that serves every
-    request.
+    The receiver's check, run by its sync helper process once a group is journaled
+    (`ploomes.syncd`), so that the event loop every request shares decodes no body.
     """
     check_fields(decode_body(raw))
 

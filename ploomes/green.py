@@ -17,6 +17,7 @@ segment still goes to the pool).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -31,6 +32,7 @@ import gevent
 from gevent.event import Event
 
 from ploomes import syncd
+from ploomes.delivery import InvalidDelivery, check_delivery
 from ploomes.journal import Entry, Journal, JournalWriteError
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,9 @@ class SyncHelper:
     If the helper is gone (killed, or it could not start), the segment is synced here
     with the journal's own descriptor, which reports any write-back error since the
     segment was opened, and a new helper is started at most every RESTART_SECONDS.
+
+    The helper also checks the deliveries of the group it made durable (see
+    `ploomes.syncd`); `checked` holds its verdicts on the last sync's records.
     """
 
     RESTART_SECONDS = 5.0
@@ -77,6 +82,9 @@ class SyncHelper:
         self._proc: subprocess.Popen | None = None
         self._watcher = None  # the loop's read watcher on the socket, made on first use
         self._next_start = 0.0
+        # the last sync's records as the helper checked them: (first seq, last seq,
+        # refusals as JSON [[seq, reason], ...] or b""), or None if it did not check
+        self.checked: tuple[int, int, bytes] | None = None
         self._start()
 
     @property
@@ -88,7 +96,7 @@ class SyncHelper:
         self._next_start = time.monotonic() + self.RESTART_SECONDS
         ours, theirs = socket.socketpair()
         try:
-            self._proc = subprocess.Popen([sys.executable, "-I", "-S", syncd.__file__],
+            self._proc = subprocess.Popen([sys.executable, "-I", syncd.__file__],
                                           stdin=theirs, close_fds=True)
         except OSError as exc:
             ours.close()
@@ -114,28 +122,40 @@ class SyncHelper:
                 self._proc.wait()
             self._proc = None
 
-    def _ask(self, path: Path) -> int | None:
-        """Return the helper's reply for path, or None if the helper is gone."""
+    def _ask(self, path: Path, start: int, end: int
+             ) -> tuple[int, tuple[int, int, bytes] | None] | None:
+        """Return the helper's reply (outcome, checked), or None if the helper is gone."""
         name = os.fsencode(path)
         try:
-            self._sock.sendall(syncd.REQUEST.pack(len(name)) + name)
+            self._sock.sendall(syncd.REQUEST.pack(len(name), start, end) + name)
             if threading.get_ident() == self._loop_thread:
                 if self._watcher is None:  # made here: it must belong to this thread's loop
                     self._watcher = gevent.get_hub().loop.io(self._sock.fileno(), 1)
                 gevent.get_hub().wait(self._watcher)
             reply = syncd.read_exactly(self._sock, syncd.REPLY.size)
+            if reply is None:
+                return None
+            outcome, checked, first, last, size = syncd.REPLY.unpack(reply)
+            refusals = syncd.read_exactly(self._sock, size) if size else b""
+            if refusals is None:
+                return None
         except OSError:
             return None
         except BaseException:
             self._stop()  # interrupted between question and answer: never read a stale one
             raise
-        return None if reply is None else syncd.REPLY.unpack(reply)[0]
+        return outcome, (first, last, refusals) if checked else None
 
-    def datasync(self, fd: int, path: Path) -> None:
-        """Return once the bytes written through fd (the file at path) are durable."""
+    def datasync(self, fd: int, path: Path, start: int = 0, end: int = 0) -> None:
+        """Return once the bytes written through fd (the file at path) are durable.
+
+        The helper then checks the records at offsets start..end; `checked` tells.
+        """
+        self.checked = None
         if self._sock is None and time.monotonic() >= self._next_start:
             self._start()
-        outcome = None if self._sock is None else self._ask(path)
+        reply = None if self._sock is None else self._ask(path, start, end)
+        outcome = None if reply is None else reply[0]
         if outcome is None and self._sock is not None:
             log.warning("the sync helper stopped; syncing in the receiver until it restarts")
             self._stop()
@@ -143,6 +163,8 @@ class SyncHelper:
             raise OSError(outcome, os.strerror(outcome), str(path))
         if outcome != 0:  # no helper, or it could not open the file: the slow way
             os.fdatasync(fd)
+        else:
+            self.checked = reply[1]
 
     def close(self) -> None:
         """End the helper process."""
@@ -152,13 +174,14 @@ class SyncHelper:
 class _Group:
     """The entries of one journal group and, once written, its outcome."""
 
-    __slots__ = ("done", "entries", "error", "seqs")
+    __slots__ = ("done", "entries", "error", "refused", "seqs")
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
         self.done = Event()
         self.seqs: list[int] = []
         self.error: Exception | None = None
+        self.refused: dict[int, str] | None = None  # seq -> why, for refused deliveries
 
 
 class GroupCommit:
@@ -166,7 +189,15 @@ class GroupCommit:
 
     Create it on the event loop's thread; it starts a `SyncHelper` and makes the journal
     sync through it (`close()` stops it).
+
+    It also checks deliveries (`checks_deliveries`): each delivery `syncd.needs_check`
+    selects is journaled unchecked, and once its group is durable it is checked by the
+    sync helper, or here if the helper did not (it is gone). A refused one stays in the
+    journal (the ingest keeps it in `rejected_deliveries` with the same reason) and its
+    `append_entries` raises InvalidDelivery.
     """
+
+    checks_deliveries = True
 
     def __init__(self, journal: Journal):
         self.journal = journal
@@ -182,7 +213,8 @@ class GroupCommit:
         """Queue entries; when durable, return their sequence numbers once on disk.
 
         With durable=False return None at once: the next group writes them (durably).
-        Raises what the journal raised (JournalWriteError) for the group.
+        Raises what the journal raised (JournalWriteError) for the group, or
+        InvalidDelivery if a delivery among entries was refused (after it was journaled).
         """
         group = self._pending
         if group is None:
@@ -197,7 +229,12 @@ class GroupCommit:
             # A fresh exception for each request: raising the group's own one in every
             # request would pile all their frames onto its traceback (and keep them).
             raise JournalWriteError(str(group.error) or repr(group.error)) from group.error
-        return group.seqs[start:start + len(entries)]
+        seqs = group.seqs[start:start + len(entries)]
+        if group.refused is not None:
+            for seq in seqs:
+                if seq in group.refused:
+                    raise InvalidDelivery(group.refused[seq])
+        return seqs
 
     def _start_writer(self) -> None:
         if self._writer is None or self._writer.dead:
@@ -228,6 +265,7 @@ class GroupCommit:
                 group.seqs = (offload(self.journal.append_entries, entries)
                               if self.journal.rotates_for(entries)
                               else self.journal.append_entries(entries))
+                group.refused = self._refused(entries, group.seqs)
             except Exception as exc:  # noqa: BLE001 - each waiting request gets it
                 group.error = exc
             except BaseException:  # the writer killed mid-group: nobody may wait forever
@@ -235,6 +273,22 @@ class GroupCommit:
                 raise
             finally:
                 group.done.set()  # one wake-up for every request of the group
+
+    def _refused(self, entries: list[Entry], seqs: list[int]) -> dict[int, str] | None:
+        """Return seq -> reason for the refused deliveries of a group just made durable."""
+        checked = self.syncer.checked
+        if checked is not None and checked[0] <= seqs[0] and seqs[-1] <= checked[1]:
+            return dict(json.loads(checked[2])) if checked[2] else None
+        # the helper did not check them (it is gone, or could not read the group): the
+        # same check here, on the loop (only bodies up to syncd.CHECK_HERE_MAX)
+        refused = {}
+        for (payload, kind, flags, _), seq in zip(entries, seqs, strict=True):
+            if syncd.needs_check(kind, flags, len(payload)):
+                try:
+                    check_delivery(payload)
+                except InvalidDelivery as exc:
+                    refused[seq] = str(exc)
+        return refused or None
 
     def drain(self) -> None:
         """Wait until everything queued is written (at shutdown, after the server stopped).

@@ -350,9 +350,12 @@ class Pipeline:
             if record.kind == KIND_DELIVERY:
                 try:
                     delivery = parse_delivery(record.payload)
-                except InvalidDelivery as exc:  # only if validation rules changed since
+                except InvalidDelivery as exc:
+                    # The receiver's sync helper checks a delivery once it is journaled
+                    # (ploomes.syncd) and answers 400 when it is refused; the reason is
+                    # the same here. (Also a delivery that rules changed since refuse.)
                     rows.rejected.append((record.seq, ns_to_datetime(record.received_ns), 400,
-                                          f"no longer valid: {exc}",
+                                          str(exc),
                                           record.payload[:REJECTED_RAW_LIMIT],
                                           len(record.payload), None))
                     continue

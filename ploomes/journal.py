@@ -141,6 +141,24 @@ def scan_segment(path: Path, start_offset: int = 0) -> Iterator[tuple[Record, in
             yield Record(seq, kind, flags, received_ns, payload), offset
 
 
+def decode_records(data: bytes) -> list[Record] | None:
+    """Return the records data holds, or None unless it is exactly whole, intact records."""
+    records = []
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < HEADER.size:
+            return None
+        magic, kind, flags, length, crc, seq, received_ns = HEADER.unpack_from(data, offset)
+        offset += HEADER.size
+        payload = data[offset:offset + length]
+        if magic != MAGIC or len(payload) != length \
+                or _crc(kind, flags, seq, received_ns, payload) != crc:
+            return None
+        records.append(Record(seq, kind, flags, received_ns, payload))
+        offset += length
+    return records
+
+
 def iter_records(journal_dir: Path, after_seq: int = 0) -> Iterator[Record]:
     """Yield every intact record with a sequence number above `after_seq`, in order."""
     segments = segment_paths(journal_dir)
@@ -243,6 +261,8 @@ class Journal:
     lock of its own, so a sync wakes only the appenders it covered.
     """
 
+    checks_deliveries = False  # deliveries are checked before they are appended
+
     def __init__(self, journal_dir: Path, segment_bytes: int = 16 * 1024 * 1024,
                  on_synced: Callable[[int], None] | None = None):
         self.dir = journal_dir
@@ -267,8 +287,9 @@ class Journal:
         self._path = self.dir  # the current segment's file, once open
         self._size = 0
         # What makes written bytes durable when not os.fdatasync here: called with the
-        # segment's descriptor and path (see `sync_elsewhere`)
-        self._datasync: Callable[[int, Path], None] | None = None
+        # segment's descriptor and path, and where the bytes just written start and end
+        # (see `sync_elsewhere`)
+        self._datasync: Callable[[int, Path, int, int], None] | None = None
         self._allocated = 0  # bytes of the current segment that exist on disk
         for leftover in self.dir.glob(SPARE_NAME + ".*"):
             # a crash may have left one half zero-filled (a whole one under SPARE_NAME
@@ -358,13 +379,16 @@ class Journal:
         # an empty segment takes any group, even one larger than a segment
         return bool(self._size) and self._size + size > self._segment_bytes
 
-    def sync_elsewhere(self, datasync: Callable[[int, Path], None] | None) -> None:
-        """Write groups with a plain write and make them durable with datasync(fd, path).
+    def sync_elsewhere(self, datasync: Callable[[int, Path, int, int], None] | None
+                       ) -> None:
+        """Write groups with a plain write and make them durable with datasync.
 
         For the receiver, whose event loop waits on a helper process's fdatasync
-        (`ploomes.green.SyncHelper`) instead of a thread's write-and-sync. datasync must
-        return only once the bytes written so far through fd are durable, and raise
-        OSError if they may not be (the journal then stops, as after its own failed sync).
+        (`ploomes.green.SyncHelper`) instead of a thread's write-and-sync.
+        datasync(fd, path, start, end) must return only once the bytes written so far
+        through fd are durable, and raise OSError if they may not be (the journal then
+        stops, as after its own failed sync); the group just written is at offsets
+        start..end of the segment (start == end: nothing new, as before a rotation).
         None goes back to syncing here.
         """
         with self._mutex:
@@ -513,7 +537,7 @@ class Journal:
         self._size += len(data)
         try:
             if not synced_by_write:
-                self._sync_segment()
+                self._sync_segment(self._size - len(data))
         except OSError as exc:
             # After a failed fsync the kernel may have dropped the pages: nothing more
             # can be promised from this file.
@@ -555,9 +579,11 @@ class Journal:
         with self._mutex:
             self._broken = why  # the leader wakes every waiter when it finishes
 
-    def _sync_segment(self) -> None:
+    def _sync_segment(self, written_from: int | None = None) -> None:
+        """Make the segment durable; the bytes from written_from on were just written."""
         if self._datasync is not None:
-            self._datasync(self._fd, self._path)
+            start = self._size if written_from is None else written_from
+            self._datasync(self._fd, self._path, start, self._size)
         else:
             os.fdatasync(self._fd)
 

@@ -48,6 +48,7 @@ from ploomes.journal import (
 )
 from ploomes.keys import KeyRing
 from ploomes.store import Store, StoreError, fetch_one
+from ploomes.syncd import CHECK_HERE_MAX
 
 log = logging.getLogger("ploomes.receiver")
 
@@ -60,7 +61,6 @@ AUTH_SAMPLE = 1000  # unauthenticated attempts kept (time, source, reason), neve
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _CTX = multiprocessing.get_context("spawn")  # no fork of a threaded server
-PARSE_HERE_BYTES = 64 * 1024  # bigger bodies are checked through DeliveryService.run_cpu
 
 
 def _run_here(fn: Callable[..., object], *args: object) -> object:
@@ -499,8 +499,10 @@ class DeliveryService:
         """Sync refusals written without a sync, and restart a dead worker."""
         while not self._closing.wait(0.1):
             try:
-                if self.journal.unsynced:
-                    self.journal.sync()  # refusals may be queued unsynced; make them ingestible
+                if self.appender is self.journal and self.journal.unsynced:
+                    # refusals may be queued unsynced: make them ingestible (a GroupCommit
+                    # writes them with its next group, at once)
+                    self.journal.sync()
             except JournalWriteError:
                 pass  # /healthz reports a broken journal; requests get 503
             except Exception:  # noqa: BLE001 - this thread also restarts the worker
@@ -558,14 +560,19 @@ class DeliveryService:
     def accept(self, raw: bytes, source: str | None, started: float) -> Outcome:
         """Validate, journal durably and acknowledge one authenticated delivery."""
         try:
-            if len(raw) > PARSE_HERE_BYTES:
+            # Bodies over CHECK_HERE_MAX are checked first, through run_cpu (one could
+            # hold the event loop for long). A smaller one is checked here, or by the
+            # appender once journaled (ploomes.green.GroupCommit: off the event loop).
+            if len(raw) > CHECK_HERE_MAX:
                 self.run_cpu(check_delivery, raw)
-            else:
+            elif not self.appender.checks_deliveries:
                 check_delivery(raw)
         except InvalidDelivery as exc:
             return self.reject_authenticated("invalid", 400, str(exc), raw, source)
         try:
             seq = self.appender.append_entries([(raw, KIND_DELIVERY, 0, None)])[0]
+        except InvalidDelivery as exc:  # refused once journaled: the ingest keeps it
+            return self.refuse("invalid", 400, str(exc))  # in rejected_deliveries
         except JournalWriteError as exc:
             log.error("cannot store a delivery: %s", exc)
             return self.refuse("unavailable", 503, "cannot store the delivery now; retry later")

@@ -1,4 +1,4 @@
-"""The receiver's sync helper: a small process that runs fdatasync when asked.
+"""The receiver's sync helper: a small process that makes journal groups durable and checks them.
 
 The receiver's event loop writes each group of journal records itself (a write to the
 page cache: microseconds) and asks this process to make the segment durable, waiting on
@@ -12,23 +12,51 @@ fdatasync works on the file, not on one descriptor, so syncing the segment opene
 covers the bytes the receiver wrote through its own descriptor. A write-back error is
 reported to every descriptor opened before it (and to a new one if nobody saw it yet).
 
-Protocol on file descriptor 0, a socket: a request is a u32 length and a file path;
-the reply an i32: 0 once the file is durable, errno if fdatasync failed (the journal
-stops), or -errno if the file could not be opened (the receiver syncs it itself).
-Stdlib only, started with `python -I -S`: it starts in tens of milliseconds.
+Once the group is durable, this process also reads it back (from the page cache) and
+checks the deliveries in it that the receiver has not checked (`needs_check`) with
+`ploomes.delivery.check_delivery`, the receiver's own check: the receiver's event loop,
+which every request shares, then spends no time decoding bodies. A refused delivery
+stays in the journal (the ingest keeps it in `rejected_deliveries`, with the same
+reason) and its request gets a 400.
+
+Protocol on file descriptor 0, a socket. A request is `REQUEST` (path length, start and
+end offset of the bytes just written) and the file path. The reply is `REPLY`:
+  - outcome: 0 once the file is durable, errno if fdatasync failed (the journal stops),
+    or -errno if the file could not be opened (the receiver syncs it itself);
+  - checked: 1 if every record between the offsets was read and checked, with the
+    sequence numbers of the first and last; 0 if not (the receiver checks them);
+  - the size of what follows: the refusals as JSON, `[[seq, reason], ...]` (none: 0).
 The process ends when the receiver closes its end of the socket.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import socket
 import struct
+import sys
 
-REQUEST = struct.Struct("<I")
-REPLY = struct.Struct("<i")
+if not __package__:  # run as a script (`python -I`: no script folder on the path)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ploomes.delivery import InvalidDelivery, check_delivery  # noqa: E402
+from ploomes.journal import FLAG_DEMO, KIND_DELIVERY, decode_records  # noqa: E402
+
+REQUEST = struct.Struct("<IQQ")  # path length, start offset, end offset
+REPLY = struct.Struct("<iBQQI")  # outcome, checked, first seq, last seq, refusals size
+CHECK_HERE_MAX = 64 * 1024  # bigger bodies are checked by the receiver (on its pool)
+
+
+def needs_check(kind: int, flags: int, size: int) -> bool:
+    """Return whether a journaled record is a delivery nobody has checked yet.
+
+    Demo deliveries are checked when the dashboard sends them, and bodies over
+    CHECK_HERE_MAX by the receiver before it journals them: checking such a body here
+    would hold every group behind it (1 MiB of nested arrays takes ~1 s).
+    """
+    return kind == KIND_DELIVERY and not flags & FLAG_DEMO and size <= CHECK_HERE_MAX
 
 
 def read_exactly(sock: socket.socket, size: int) -> bytes | None:
@@ -42,11 +70,31 @@ def read_exactly(sock: socket.socket, size: int) -> bytes | None:
     return data
 
 
+def check_range(data: bytes) -> tuple[int, int, list[tuple[int, str]]] | None:
+    """Check the deliveries among the records in data.
+
+    Returns (first seq, last seq, [(seq, reason) of each refused one]), or None when
+    data is not exactly whole, intact records (the receiver then checks them itself).
+    """
+    records = decode_records(data)
+    if not records:
+        return None
+    refused = []
+    for record in records:
+        if needs_check(record.kind, record.flags, len(record.payload)):
+            try:
+                check_delivery(record.payload)
+            except InvalidDelivery as exc:
+                refused.append((record.seq, str(exc)))
+    return records[0].seq, records[-1].seq, refused
+
+
 def serve(sock: socket.socket) -> None:
     path, fd = b"", -1  # the segment being appended to, kept open between requests
     while True:
         head = read_exactly(sock, REQUEST.size)
-        wanted = head and read_exactly(sock, REQUEST.unpack(head)[0])
+        size, start, end = REQUEST.unpack(head) if head else (0, 0, 0)
+        wanted = head and read_exactly(sock, size)
         if not wanted:
             return
         if wanted != path:
@@ -57,14 +105,25 @@ def serve(sock: socket.socket) -> None:
                 fd = os.open(wanted, os.O_RDONLY | os.O_CLOEXEC)
                 path = wanted
             except OSError as exc:
-                sock.sendall(REPLY.pack(-(exc.errno or errno.EIO)))
+                sock.sendall(REPLY.pack(-(exc.errno or errno.EIO), 0, 0, 0, 0))
                 continue
         try:
             os.fdatasync(fd)
             outcome = 0
         except OSError as exc:
             outcome = exc.errno or errno.EIO
-        sock.sendall(REPLY.pack(outcome))
+        checked = None
+        if outcome == 0 and end > start:
+            try:
+                checked = check_range(os.pread(fd, end - start, start))
+            except Exception:  # noqa: BLE001 - the receiver runs the same check and sees it
+                checked = None
+        if checked is None:
+            sock.sendall(REPLY.pack(outcome, 0, 0, 0, 0))
+        else:
+            first, last, refused = checked
+            extra = json.dumps(refused).encode("utf-8") if refused else b""
+            sock.sendall(REPLY.pack(outcome, 1, first, last, len(extra)) + extra)
 
 
 def main() -> None:

@@ -14,14 +14,21 @@ import gevent
 import pytest
 from conftest import ROOT, process_running
 
+from ploomes import green, syncd
+from ploomes.delivery import InvalidDelivery, check_delivery
 from ploomes.green import GroupCommit, SyncHelper
 from ploomes.journal import (
+    FLAG_DEMO,
     KIND_DELIVERY,
     KIND_REJECTED,
     Journal,
     JournalWriteError,
+    Record,
+    encode,
     iter_records,
 )
+
+DEAL = b'{"Action": "Create", "Entity": "Deals", '  # how each valid delivery below starts
 
 
 def _counting_groups(journal: Journal) -> list[int]:
@@ -44,7 +51,7 @@ def test_many_greenlets_get_dense_durable_sequence_numbers_in_few_groups(tmp_pat
     got: dict[int, int] = {}
 
     def request(n: int) -> None:
-        [seq] = commit.append_entries([(f'{{"n": {n}}}'.encode(), KIND_DELIVERY, 0, None)])
+        [seq] = commit.append_entries([(DEAL + b'"n": %d}' % n, KIND_DELIVERY, 0, None)])
         assert journal.synced_seq >= seq  # answered only once on disk
         got[n] = seq
 
@@ -53,7 +60,7 @@ def test_many_greenlets_get_dense_durable_sequence_numbers_in_few_groups(tmp_pat
     assert sum(groups) == 300 and len(groups) < 300  # grouped, not one sync each
     journal.close()
     assert sorted(r.payload for r in iter_records(tmp_path / "j")) == sorted(
-        f'{{"n": {n}}}'.encode() for n in range(300))
+        f'{{"Action": "Create", "Entity": "Deals", "n": {n}}}'.encode() for n in range(300))
 
 
 def test_a_refusal_does_not_wait_and_rides_with_the_next_group(tmp_path):
@@ -63,7 +70,7 @@ def test_a_refusal_does_not_wait_and_rides_with_the_next_group(tmp_path):
     assert commit.append_entries([(b'{"refused": 1}', KIND_REJECTED, 0, None)],
                                  durable=False) is None
     assert groups == [] and journal.synced_seq == 0  # returned before any write
-    [seq] = commit.append_entries([(b'{"n": 1}', KIND_DELIVERY, 0, None)])
+    [seq] = commit.append_entries([(DEAL + b'"n": 1}', KIND_DELIVERY, 0, None)])
     assert seq == 2
     assert groups == [2]  # written and synced together, in one group
     journal.close()
@@ -79,7 +86,7 @@ def test_a_broken_journal_fails_every_waiting_request_and_the_next_ones(tmp_path
 
     def request(n: int) -> None:
         try:
-            commit.append_entries([(b'{"n": %d}' % n, KIND_DELIVERY, 0, None)])
+            commit.append_entries([(DEAL + b'"n": %d}' % n, KIND_DELIVERY, 0, None)])
             outcomes.append("stored")
         except JournalWriteError as exc:
             outcomes.append(str(exc))
@@ -92,7 +99,7 @@ def test_a_broken_journal_fails_every_waiting_request_and_the_next_ones(tmp_path
     assert len({id(exc) for exc in errors}) == 5
     assert all(len(traceback.extract_tb(exc.__traceback__)) < 5 for exc in errors)
     with pytest.raises(JournalWriteError):
-        commit.append_entries([(b'{"n": 9}', KIND_DELIVERY, 0, None)])
+        commit.append_entries([(DEAL + b'"n": 9}', KIND_DELIVERY, 0, None)])
     journal.close()
 
 
@@ -104,20 +111,108 @@ def test_groups_are_synced_by_the_helper_process_and_it_ends_with_the_commit(tmp
     asked = []
     real = commit.syncer._ask
 
-    def counting(path):
-        asked.append(path)
-        return real(path)
+    def counting(path, start, end):
+        reply = real(path, start, end)
+        asked.append((path, reply))
+        return reply
 
     commit.syncer._ask = counting
-    gevent.joinall([gevent.spawn(commit.append_entries, [(b'{"n": %d}' % n, KIND_DELIVERY,
+    gevent.joinall([gevent.spawn(commit.append_entries, [(DEAL + b'"n": %d}' % n, KIND_DELIVERY,
                                                           0, None)]) for n in range(50)],
                    raise_error=True)
     assert journal.synced_seq == 50
-    assert asked and set(asked) == {journal._path}  # every group's sync went to the helper
+    # every group's sync went to the helper, which checked the group's deliveries too
+    assert asked and {path for path, _ in asked} == {journal._path}
+    assert all(outcome == 0 and checked is not None for _, (outcome, checked) in asked)
     commit.close()
     assert not process_running(pid) and commit.syncer.pid is None
     journal.close()
     assert len(list(iter_records(tmp_path / "j"))) == 50
+
+
+# deliveries of one group: valid ones and refused ones, with the reason check_delivery gives
+MIXED = [DEAL + b'"n": 1}', b'{"Entity": "Deals"}', DEAL + b'"n": 3}', b'[1, 2]',
+         b'{"Action": "Win", "Entity": "Deals", "ActionUserId": "abc"}', DEAL + b'"n": 6}']
+
+
+def _reason(body: bytes) -> str | None:
+    try:
+        check_delivery(body)
+    except InvalidDelivery as exc:
+        return str(exc)
+    return None
+
+
+def _post_group(commit: GroupCommit) -> list:
+    """Append MIXED from one greenlet each (one group); return each one's seq or refusal."""
+    def request(body: bytes) -> object:
+        try:
+            return commit.append_entries([(body, KIND_DELIVERY, 0, None)])[0]
+        except InvalidDelivery as exc:
+            return f"refused: {exc}"
+
+    greenlets = [gevent.spawn(request, body) for body in MIXED]
+    gevent.joinall(greenlets, raise_error=True)
+    return [g.value for g in greenlets]
+
+
+def _expected_outcomes() -> list:
+    return [f"refused: {_reason(body)}" if _reason(body) else seq
+            for seq, body in enumerate(MIXED, 1)]
+
+
+def test_the_helper_checks_each_group_and_refused_deliveries_stay_journaled(tmp_path,
+                                                                            monkeypatch):
+    journal = Journal(tmp_path / "j")
+    commit = GroupCommit(journal)
+
+    def not_on_the_loop(raw):
+        raise AssertionError("checked on the event loop while the helper runs")
+
+    monkeypatch.setattr(green, "check_delivery", not_on_the_loop)
+    groups = _counting_groups(journal)
+    assert _post_group(commit) == _expected_outcomes()
+    assert groups == [len(MIXED)]  # one group, checked by the helper
+    assert [o for o in _expected_outcomes() if isinstance(o, str)] == [
+        "refused: missing Action", "refused: body must be a JSON object, got list",
+        "refused: ActionUserId must be an integer or null, got str"]
+    commit.close()
+    journal.close()
+    # every body is in the journal, refused ones too: the ingest keeps those in
+    # rejected_deliveries, with the same reason
+    assert [r.payload for r in iter_records(tmp_path / "j")] == MIXED
+
+
+def test_without_the_helper_the_group_is_checked_on_the_loop(tmp_path, monkeypatch):
+    journal = Journal(tmp_path / "j")
+    commit = GroupCommit(journal)
+    os.kill(commit.syncer.pid, signal.SIGKILL)
+    checked_here = []
+
+    def counted(raw):
+        checked_here.append(raw)
+        return check_delivery(raw)
+
+    monkeypatch.setattr(green, "check_delivery", counted)
+    assert _post_group(commit) == _expected_outcomes()
+    assert checked_here == MIXED and commit.syncer.pid is None
+    commit.close()
+    journal.close()
+    assert [r.payload for r in iter_records(tmp_path / "j")] == MIXED
+
+
+def test_the_helper_checks_only_deliveries_nobody_checked():
+    records = [(1, b"not json", KIND_DELIVERY, 0), (2, b"not json", KIND_DELIVERY, FLAG_DEMO),
+               (3, b"not json", KIND_REJECTED, 0),
+               (4, b"[" * (syncd.CHECK_HERE_MAX + 1), KIND_DELIVERY, 0)]
+    data = b"".join(encode(Record(seq, kind, flags, 0, payload))
+                    for seq, payload, kind, flags in records)
+    # demo deliveries were checked when the dashboard sent them, refusals are not
+    # deliveries, and a body over CHECK_HERE_MAX was checked by the receiver before
+    assert syncd.check_range(data) == (1, 4, [(1, _reason(b"not json"))])
+    assert syncd.check_range(data[:-1]) is None  # a torn record: the receiver checks
+    assert syncd.check_range(data[1:]) is None
+    assert syncd.check_range(b"") is None
 
 
 def test_a_killed_helper_costs_no_delivery_and_is_started_again(tmp_path, monkeypatch):
@@ -135,14 +230,14 @@ def test_a_killed_helper_costs_no_delivery_and_is_started_again(tmp_path, monkey
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     seqs = []
     gevent.joinall([gevent.spawn(lambda n=n: seqs.append(commit.append_entries(
-        [(b'{"n": %d}' % n, KIND_DELIVERY, 0, None)])[0])) for n in range(20)],
+        [(DEAL + b'"n": %d}' % n, KIND_DELIVERY, 0, None)])[0])) for n in range(20)],
         raise_error=True)
     assert sorted(seqs) == list(range(1, 21)) and journal.synced_seq == 20
     assert journal._fd in synced_here  # synced with the journal's own descriptor meanwhile
     assert commit.syncer.pid is None
     commit.syncer._next_start = 0  # the restart delay has passed
     synced_here.clear()
-    commit.append_entries([(b'{"n": 21}', KIND_DELIVERY, 0, None)])
+    commit.append_entries([(DEAL + b'"n": 21}', KIND_DELIVERY, 0, None)])
     assert commit.syncer.pid not in (None, first) and synced_here == []
     commit.close()
     journal.close()
@@ -152,12 +247,12 @@ def test_a_killed_helper_costs_no_delivery_and_is_started_again(tmp_path, monkey
 def test_a_failed_sync_in_the_helper_stops_the_journal(tmp_path):
     journal = Journal(tmp_path / "j")
     commit = GroupCommit(journal)
-    [seq] = commit.append_entries([(b'{"n": 1}', KIND_DELIVERY, 0, None)])
+    [seq] = commit.append_entries([(DEAL + b'"n": 1}', KIND_DELIVERY, 0, None)])
     # fdatasync of /dev/null fails (EINVAL) like a failing disk would: the helper's
     # errno must reach the journal, not be mistaken for success
     journal._path = Path(os.devnull)
     with pytest.raises(JournalWriteError, match="cannot sync the journal"):
-        commit.append_entries([(b'{"n": 2}', KIND_DELIVERY, 0, None)])
+        commit.append_entries([(DEAL + b'"n": 2}', KIND_DELIVERY, 0, None)])
     assert journal.synced_seq == seq and journal.broken
     commit.close()
     journal.close()
@@ -195,8 +290,9 @@ from ploomes.journal import KIND_DELIVERY, KIND_REJECTED, Journal, JournalWriteE
 journal = Journal(Path(sys.argv[1]) / "j")
 commit = GroupCommit(journal)
 syncing = []
+DEAL = b'{"Action": "Create", "Entity": "Deals", '
 
-def slow_sync(fd, path):  # a slow disk: the writer greenlet leads while it waits
+def slow_sync(fd, path, start, end):  # a slow disk: the writer greenlet leads while it waits
     syncing.append(path)
     gevent.sleep(0.2)
     os.fdatasync(fd)
@@ -223,7 +319,7 @@ def test_requests_of_a_group_whose_writer_is_killed_get_an_error_not_a_hang(tmp_
     out = _run_isolated(SLOW_SYNC_PREAMBLE + r"""
 def request(n):
     try:
-        return commit.append_entries([(b'{"n": %d}' % n, KIND_DELIVERY, 0, None)])
+        return commit.append_entries([(DEAL + b'"n": %d}' % n, KIND_DELIVERY, 0, None)])
     except JournalWriteError as exc:
         return "refused: %s" % exc
 
@@ -239,10 +335,10 @@ print([r.value if r.ready() else "still waiting" for r in requests])
 
 def test_a_second_writer_on_the_loop_gets_an_error_instead_of_a_deadlock(tmp_path):
     out = _run_isolated(SLOW_SYNC_PREAMBLE + r"""
-writer = gevent.spawn(commit.append_entries, [(b'{"n": 1}', KIND_DELIVERY, 0, None)])
+writer = gevent.spawn(commit.append_entries, [(DEAL + b'"n": 1}', KIND_DELIVERY, 0, None)])
 gevent.sleep(0.05)  # the writer greenlet leads, waiting for its sync
 try:
-    journal.append_entries([(b'{"n": 2}', KIND_DELIVERY, 0, None)])
+    journal.append_entries([(DEAL + b'"n": 2}', KIND_DELIVERY, 0, None)])
     print("appended")
 except JournalWriteError as exc:
     print("refused:", exc)
@@ -280,7 +376,7 @@ def test_a_group_that_starts_a_new_segment_is_written_on_a_pool_thread(tmp_path,
 
     monkeypatch.setattr(green, "offload", counting)
     for n in range(30):  # ~330 bytes each: a new segment every dozen records
-        commit.append_entries([(b'{"n": %d, "pad": "%s"}' % (n, b"x" * 300), KIND_DELIVERY,
+        commit.append_entries([(DEAL + b'"n": %d, "pad": "%s"}' % (n, b"x" * 300), KIND_DELIVERY,
                                 0, None)])
     assert 2 <= len(offloaded) <= 3  # the rotations only
     commit.close()

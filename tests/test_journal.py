@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from ploomes.journal import (
+    HEADER,
     KIND_DELIVERY,
     Journal,
     JournalBusy,
@@ -207,8 +208,8 @@ def test_a_failed_sync_when_a_segment_fills_stops_the_journal(tmp_path):
     journal = Journal(tmp_path / "j", segment_bytes=200)
     calls = []
 
-    def datasync(fd, path):
-        calls.append(path)
+    def datasync(fd, path, start, end):
+        calls.append((path.name, start, end))
         if len(calls) == 2:  # the full segment's sync before the rotation
             raise OSError(5, "Input/output error")
         os.fdatasync(fd)
@@ -217,7 +218,11 @@ def test_a_failed_sync_when_a_segment_fills_stops_the_journal(tmp_path):
     assert journal.append(b"x" * 80) == 1
     with pytest.raises(JournalWriteError, match="cannot sync the journal"):
         journal.append(b"y" * 80)
-    assert journal.broken and len(calls) == 2
+    assert journal.broken
+    # each sync is told where the bytes it covers were written: the first record, then
+    # nothing new (the full segment's last check)
+    size, name = HEADER.size + 80, segment_paths(tmp_path / "j")[0].name
+    assert calls == [(name, 0, size), (name, size, size)]
     with pytest.raises(JournalWriteError):
         journal.append(b"z")
     journal.close()
