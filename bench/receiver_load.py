@@ -22,8 +22,9 @@ process runs too). Answer → visible in DuckDB is measured two ways during (2):
     than the dashboard does (its Overview refreshes every 10 s);
   - for every delivery of the run, the receiver's own `ploomes_ingest_lag_seconds`
     histogram (journal timestamp → committed in DuckDB), read from /metrics.
-Afterwards it checks that every 2xx delivery is in `events`. Prints the figures; asserts
-nothing.
+Afterwards it checks that every 2xx delivery is in `events`. Also prints, per round, the
+CPU time per answer of each process (from /proc): the baseline's, the receiver's event
+loop, its ingest process and its sync helper. Prints the figures; asserts nothing.
 
     python bench/receiver_load.py [--seconds 10] [--rounds 3] [--connections 16]
 """
@@ -109,6 +110,36 @@ def wrk_script(bodies: list[str], workdir: Path) -> Path:
         '  return wrk.format("POST", nil, headers, bodies[i])\n'
         "end\n", encoding="utf-8")
     return script
+
+
+def process_cpu(root_pid: int) -> dict[str, float]:
+    """Return CPU seconds used so far by a process and its children, named by role."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # ended meanwhile
+        pid, ppid = int(entry.name), int(fields[1])
+        if pid == root_pid:
+            role = "loop"
+        elif ppid == root_pid:
+            role = "helper" if b"syncd" in cmdline else "ingest"
+        else:
+            continue
+        found[role] = found.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def cpu_per_answer(before: dict[str, float], after: dict[str, float], answers: int
+                   ) -> dict[str, float]:
+    """Return µs of CPU per answer for each role between two process_cpu readings."""
+    return {role: (after[role] - before.get(role, 0.0)) / max(answers, 1) * 1e6
+            for role in after}
 
 
 def run_wrk(url: str, script: Path, seconds: int, connections: int) -> dict:
@@ -234,9 +265,14 @@ def main() -> None:
             # the receiver's last round is all in DuckDB, field changes too: it is quiet
             # and takes no CPU from the baseline's load
             wait_caught_up(url, derived=True)
+            before = process_cpu(base.pid)
             baseline = run_wrk(base_url, script, args.seconds, args.connections)
+            baseline["cpu"] = cpu_per_answer(before, process_cpu(base.pid),
+                                             baseline["requests"])
             probe.active.set()
+            before = process_cpu(recv.pid)
             ours = run_wrk(url, script, args.seconds, args.connections)
+            ours["cpu"] = cpu_per_answer(before, process_cpu(recv.pid), ours["requests"])
             probe.active.clear()
             rounds.append((baseline, ours))
         stop.set()
@@ -260,6 +296,10 @@ def main() -> None:
               f"{baseline['p99_ms']:.1f} ms; receiver (durable) {ours['rps']:.0f} answers/s, "
               f"p99 {ours['p99_ms']:.1f} ms, non-2xx {ours['non2xx']}, socket errors "
               f"{ours['socket_errors']}; ratio {ours['rps'] / baseline['rps']:.2f}")
+        cpu = ours["cpu"]
+        print(f"         CPU per answer: baseline {baseline['cpu']['loop']:.0f} µs; receiver "
+              f"loop {cpu['loop']:.0f} µs, ingest {cpu.get('ingest', 0):.0f} µs, sync helper "
+              f"{cpu.get('helper', 0):.0f} µs")
     ratios = [ours["rps"] / baseline["rps"] for baseline, ours in rounds]
     total = (sum(ours["requests"] for _, ours in rounds)
              / sum(baseline["requests"] for baseline, _ in rounds))

@@ -101,7 +101,10 @@ def _check_depth(raw: bytes) -> None:
     try:
         value = json.loads(raw)
     except RecursionError:
-        raise InvalidDelivery("JSON is nested too deeply") from None
+        # the same reason as below: where the recursion limit is reached depends on the
+        # caller's stack (the receiver's sync helper, the ingest, a greenlet), and the
+        # sender's answer and the rejected_deliveries row must say the same thing
+        raise InvalidDelivery(f"JSON is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError:
         return  # not JSON at all: orjson will say why
     if not _depth_ok(value):

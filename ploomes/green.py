@@ -83,8 +83,8 @@ class SyncHelper:
         self._watcher = None  # the loop's read watcher on the socket, made on first use
         self._next_start = 0.0
         # the last sync's records as the helper checked them: (first seq, last seq,
-        # refusals as JSON [[seq, reason], ...] or b""), or None if it did not check
-        self.checked: tuple[int, int, bytes] | None = None
+        # {seq: reason} of the refused ones), or None if it did not check them
+        self.checked: tuple[int, int, dict[int, str]] | None = None
         self._start()
 
     @property
@@ -96,7 +96,8 @@ class SyncHelper:
         self._next_start = time.monotonic() + self.RESTART_SECONDS
         ours, theirs = socket.socketpair()
         try:
-            self._proc = subprocess.Popen([sys.executable, "-I", syncd.__file__],
+            self._proc = subprocess.Popen([sys.executable, "-I", syncd.__file__,
+                                           json.dumps(sys.path)],
                                           stdin=theirs, close_fds=True)
         except OSError as exc:
             ours.close()
@@ -123,8 +124,11 @@ class SyncHelper:
             self._proc = None
 
     def _ask(self, path: Path, start: int, end: int
-             ) -> tuple[int, tuple[int, int, bytes] | None] | None:
-        """Return the helper's reply (outcome, checked), or None if the helper is gone."""
+             ) -> tuple[int, tuple[int, int, dict[int, str]] | None] | None:
+        """Return the helper's reply (outcome, checked), or None if the helper is gone.
+
+        A reply that cannot be read counts as gone too: the socket may be out of step.
+        """
         name = os.fsencode(path)
         try:
             self._sock.sendall(syncd.REQUEST.pack(len(name), start, end) + name)
@@ -139,12 +143,14 @@ class SyncHelper:
             refusals = syncd.read_exactly(self._sock, size) if size else b""
             if refusals is None:
                 return None
-        except OSError:
+            refused = {int(seq): str(reason) for seq, reason in json.loads(refusals)
+                       } if refusals else {}
+        except (OSError, ValueError, TypeError):
             return None
         except BaseException:
             self._stop()  # interrupted between question and answer: never read a stale one
             raise
-        return outcome, (first, last, refusals) if checked else None
+        return outcome, (first, last, refused) if checked else None
 
     def datasync(self, fd: int, path: Path, start: int = 0, end: int = 0) -> None:
         """Return once the bytes written through fd (the file at path) are durable.
@@ -278,7 +284,7 @@ class GroupCommit:
         """Return seq -> reason for the refused deliveries of a group just made durable."""
         checked = self.syncer.checked
         if checked is not None and checked[0] <= seqs[0] and seqs[-1] <= checked[1]:
-            return dict(json.loads(checked[2])) if checked[2] else None
+            return checked[2] or None
         # the helper did not check them (it is gone, or could not read the group): the
         # same check here, on the loop (only bodies up to syncd.CHECK_HERE_MAX)
         refused = {}

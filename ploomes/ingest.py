@@ -352,8 +352,9 @@ class Pipeline:
                     delivery = parse_delivery(record.payload)
                 except InvalidDelivery as exc:
                     # The receiver's sync helper checks a delivery once it is journaled
-                    # (ploomes.syncd) and answers 400 when it is refused; the reason is
-                    # the same here. (Also a delivery that rules changed since refuse.)
+                    # (ploomes.syncd) and answers 400 when it refuses it, with this same
+                    # reason. (A delivery accepted under older rules that the current
+                    # ones refuse lands here too, and looks the same.)
                     rows.rejected.append((record.seq, ns_to_datetime(record.received_ns), 400,
                                           str(exc),
                                           record.payload[:REJECTED_RAW_LIMIT],

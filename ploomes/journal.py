@@ -33,8 +33,10 @@ MAGIC = b"PJ"
 SEGMENT_SUFFIX = ".seg"
 SPARE_NAME = "next-segment.tmp"  # the next segment, zero-filled ahead of time
 
-KIND_DELIVERY = 1  # an accepted delivery: payload is the body as received
-KIND_REJECTED = 2  # an authenticated delivery that was refused: payload is JSON
+KIND_DELIVERY = 1  # a delivery: payload is the body as received (the receiver's sync
+#                    helper may still refuse it: see ploomes.syncd)
+KIND_REJECTED = 2  # an authenticated delivery refused before it was journaled: payload
+#                    is JSON (reason, bounded body, source)
 KIND_CONTROL = 3  # an operation on stored data (e.g. remove demo data): payload is JSON
 
 FLAG_DEMO = 1  # the record is demo data, not a real delivery

@@ -39,8 +39,12 @@ import socket
 import struct
 import sys
 
-if not __package__:  # run as a script (`python -I`: no script folder on the path)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:
+    # Run as a script by the receiver, with `python -I` (no PYTHON* variables, no user
+    # site-packages) and the receiver's sys.path as argument: the same ploomes and the
+    # same orjson as the receiver and the ingest, wherever they were installed.
+    sys.path[:0] = (json.loads(sys.argv[1]) if len(sys.argv) > 1
+                    else [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))])
 from ploomes.delivery import InvalidDelivery, check_delivery  # noqa: E402
 from ploomes.journal import FLAG_DEMO, KIND_DELIVERY, decode_records  # noqa: E402
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from ploomes.journal import (
     encode,
     iter_records,
 )
+from ploomes.service import DeliveryService
 
 DEAL = b'{"Action": "Create", "Entity": "Deals", '  # how each valid delivery below starts
 
@@ -199,6 +202,86 @@ def test_without_the_helper_the_group_is_checked_on_the_loop(tmp_path, monkeypat
     commit.close()
     journal.close()
     assert [r.payload for r in iter_records(tmp_path / "j")] == MIXED
+
+
+def test_verdicts_on_other_records_are_not_taken_for_the_group(tmp_path, monkeypatch):
+    journal = Journal(tmp_path / "j")
+    commit = GroupCommit(journal)
+    real = commit.syncer.datasync
+
+    def elsewhere(fd, path, start, end):  # as if the last verdicts were about other records
+        real(fd, path, start, end)
+        commit.syncer.checked = (1000, 2000, {})
+
+    journal.sync_elsewhere(elsewhere)
+    checked_here = []
+    monkeypatch.setattr(green, "check_delivery",
+                        lambda raw: checked_here.append(raw) or check_delivery(raw))
+    assert _post_group(commit) == _expected_outcomes()
+    assert checked_here == MIXED  # checked on the loop instead
+    commit.close()
+    journal.close()
+
+
+def test_groups_that_start_a_segment_are_checked_by_the_helper_too(tmp_path, monkeypatch):
+    journal = Journal(tmp_path / "j", segment_bytes=64)  # every group starts a new one
+    commit = GroupCommit(journal)
+    monkeypatch.setattr(green, "check_delivery", lambda raw: pytest.fail("on the loop"))
+    for _ in range(3):
+        first = journal.synced_seq + 1
+        assert _post_group(commit) == [o if isinstance(o, str) else o + first - 1
+                                       for o in _expected_outcomes()]
+    assert len(list((tmp_path / "j").glob("*.seg"))) == 3
+    commit.close()
+    journal.close()
+
+
+FAKE_HELPER = r"""
+import os, socket, sys
+sys.path.insert(0, sys.argv[2])
+from ploomes import syncd
+sock = socket.socket(fileno=0)
+while True:
+    head = syncd.read_exactly(sock, syncd.REQUEST.size)
+    if not head:
+        break
+    size, start, end = syncd.REQUEST.unpack(head)
+    fd = os.open(syncd.read_exactly(sock, size), os.O_RDONLY)
+    os.fdatasync(fd)
+    os.close(fd)
+    sock.sendall(syncd.REPLY.pack(0, 1, 1, 10**6, 9) + b"not JSON!")
+"""
+
+
+def test_a_malformed_reply_from_the_helper_falls_back_to_the_loop(tmp_path, monkeypatch):
+    fake = tmp_path / "fake_syncd.py"
+    fake.write_text(FAKE_HELPER.replace("sys.argv[2]", repr(str(ROOT))))
+    monkeypatch.setattr(syncd, "__file__", str(fake))
+    journal = Journal(tmp_path / "j")
+    commit = GroupCommit(journal)
+    assert commit.syncer.pid is not None
+    # the group is durable and checked on the loop: no 503 for deliveries already kept
+    assert _post_group(commit) == _expected_outcomes()
+    assert commit.syncer.pid is None  # the helper is out of step: stopped, restarted later
+    commit.close()
+    journal.close()
+    assert [r.payload for r in iter_records(tmp_path / "j")] == MIXED
+
+
+def test_with_the_plain_journal_a_body_is_checked_before_it_is_journaled(settings):
+    # outside the gevent receiver (no GroupCommit) a refused body is journaled as a
+    # refusal, with its source address, and never as a delivery
+    service = DeliveryService(settings, start_worker=False)
+    try:
+        assert service.accept(b"[1]", "192.0.2.7", time.perf_counter()) == (
+            400, {"status": "refused", "reason": "body must be a JSON object, got list"})
+        assert service.accept(DEAL + b'"n": 1}', "192.0.2.7", time.perf_counter()).status \
+            == 200
+    finally:
+        service.close()
+    refused, accepted = iter_records(settings.journal_dir)
+    assert refused.kind == KIND_REJECTED and accepted.kind == KIND_DELIVERY
+    assert json.loads(refused.payload)["source"] == "192.0.2.7"
 
 
 def test_the_helper_checks_only_deliveries_nobody_checked():

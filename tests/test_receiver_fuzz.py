@@ -30,15 +30,15 @@ deliveries = st.fixed_dictionaries(
 )
 # well-formed deliveries with generated contents: without them a run may hold none at
 # all (the strategies above make one in ~150), and a mixed group would go untested
-small_ids = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1))
+int64_ids = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1))
 valid_deliveries = st.fixed_dictionaries(
     {"Action": st.sampled_from(["Create", "Update", "Delete", "Win", "Lose"]),
      "Entity": st.sampled_from(["Contacts", "Deals", "Quotes"])},
-    optional={"ActionUserId": small_ids, "AccountId": small_ids, "WebhookId": small_ids,
-              "New": st.fixed_dictionaries({"Id": small_ids},
+    optional={"ActionUserId": int64_ids, "AccountId": int64_ids, "WebhookId": int64_ids,
+              "New": st.fixed_dictionaries({"Id": int64_ids},
                                            optional={"Name": st.text(max_size=40),
                                                      "OtherProperties": json_values}),
-              "Old": st.none() | st.fixed_dictionaries({"Id": small_ids}),
+              "Old": st.none() | st.fixed_dictionaries({"Id": int64_ids}),
               "Extra": json_values},
 )
 raw_bodies = st.one_of(
