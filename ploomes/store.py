@@ -45,9 +45,12 @@ CREATE TABLE IF NOT EXISTS events (
     webhook_creator_id BIGINT,
     secondary_entity_id BIGINT,
     record_id BIGINT,                  -- New.Id, else Old.Id
-    old JSON,
-    new JSON,
-    payload JSON NOT NULL,             -- the whole body as received
+    -- zstd for the three JSON columns: DuckDB's default string compression analyses
+    -- every segment it writes, which made each checkpoint (one per reader letting the
+    -- ingest go) cost twice as much; see ARCHITECTURE.md, "Column compression"
+    old JSON USING COMPRESSION zstd,
+    new JSON USING COMPRESSION zstd,
+    payload JSON USING COMPRESSION zstd NOT NULL,  -- the whole body as received
     body_sha256 VARCHAR NOT NULL,
     is_demo BOOLEAN NOT NULL DEFAULT false
 );

@@ -49,6 +49,21 @@ def test_new_store_has_the_current_schema(settings):
         assert fetch_one(con, "SELECT count(*) FROM events")[0] == 0
 
 
+def test_the_json_columns_of_a_new_or_rebuilt_store_are_kept_with_zstd(settings):
+    journal_deliveries(settings, [json.loads(b) for b in example_payloads().values()])
+
+    def compression() -> dict[str, str]:
+        with Store(settings).reader() as con:
+            return dict(con.execute(
+                "SELECT column_name, any_value(compression) FROM pragma_storage_info('events')"
+                " WHERE column_name IN ('old', 'new', 'payload') AND segment_type <> 'VALIDITY'"
+                " GROUP BY ALL").fetchall())
+
+    assert compression() == {"old": "ZSTD", "new": "ZSTD", "payload": "ZSTD"}
+    rebuild(settings)
+    assert compression() == {"old": "ZSTD", "new": "ZSTD", "payload": "ZSTD"}
+
+
 def test_v1_data_dir_is_migrated_forward_with_its_change_model(tmp_path):
     settings = make_settings(tmp_path / "data")
     old = Store(settings, schema_target=1)
