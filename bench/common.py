@@ -48,7 +48,7 @@ DUPLICATE_RATE = 0.02
 DROP_RATE = 0.0005  # Updates never delivered: the next delivery of the record shows a gap
 CHUNK = 10_000
 MARKER = "bench.json"
-FORMAT = 1  # bump when the data a build produces changes meaning
+FORMAT = 2  # bump when the data a build produces changes meaning (2: zstd columns)
 
 
 def free_port() -> int:
