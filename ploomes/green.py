@@ -32,8 +32,8 @@ import gevent
 from gevent.event import Event
 
 from ploomes import syncd
-from ploomes.delivery import InvalidDelivery, check_delivery
-from ploomes.journal import Entry, Journal, JournalWriteError
+from ploomes.delivery import InvalidDelivery
+from ploomes.journal import Entry, Journal, JournalWriteError, Record
 
 log = logging.getLogger(__name__)
 
@@ -287,14 +287,9 @@ class GroupCommit:
             return checked[2] or None
         # the helper did not check them (it is gone, or could not read the group): the
         # same check here, on the loop (only bodies up to syncd.CHECK_HERE_MAX)
-        refused = {}
-        for (payload, kind, flags, _), seq in zip(entries, seqs, strict=True):
-            if syncd.needs_check(kind, flags, len(payload)):
-                try:
-                    check_delivery(payload)
-                except InvalidDelivery as exc:
-                    refused[seq] = str(exc)
-        return refused or None
+        return syncd.refusals(Record(seq, kind, flags, 0, payload) for
+                              (payload, kind, flags, _), seq in zip(entries, seqs, strict=True)
+                              ) or None
 
     def drain(self) -> None:
         """Wait until everything queued is written (at shutdown, after the server stopped).

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import os
 import struct
 import threading
@@ -124,41 +125,36 @@ def _segment_name(first_seq: int) -> str:
     return f"{first_seq:020d}{SEGMENT_SUFFIX}"
 
 
+def _read_records(fh, offset: int) -> Iterator[tuple[Record, int]]:
+    """Yield (record, offset after it) from fh at offset; stop at the first bad one."""
+    while True:
+        head = fh.read(HEADER.size)
+        if len(head) < HEADER.size:
+            return
+        magic, kind, flags, length, crc, seq, received_ns = HEADER.unpack(head)
+        if magic != MAGIC:
+            return
+        payload = fh.read(length)
+        if len(payload) < length or _crc(kind, flags, seq, received_ns, payload) != crc:
+            return
+        offset += HEADER.size + length
+        yield Record(seq, kind, flags, received_ns, payload), offset
+
+
 def scan_segment(path: Path, start_offset: int = 0) -> Iterator[tuple[Record, int]]:
     """Yield (record, offset after it) for each intact record; stop at the first bad one."""
     with path.open("rb") as fh:
         fh.seek(start_offset)
-        offset = start_offset
-        while True:
-            head = fh.read(HEADER.size)
-            if len(head) < HEADER.size:
-                return
-            magic, kind, flags, length, crc, seq, received_ns = HEADER.unpack(head)
-            if magic != MAGIC:
-                return
-            payload = fh.read(length)
-            if len(payload) < length or _crc(kind, flags, seq, received_ns, payload) != crc:
-                return
-            offset += HEADER.size + length
-            yield Record(seq, kind, flags, received_ns, payload), offset
+        yield from _read_records(fh, start_offset)
 
 
 def decode_records(data: bytes) -> list[Record] | None:
     """Return the records data holds, or None unless it is exactly whole, intact records."""
-    records = []
-    offset = 0
-    while offset < len(data):
-        if len(data) - offset < HEADER.size:
-            return None
-        magic, kind, flags, length, crc, seq, received_ns = HEADER.unpack_from(data, offset)
-        offset += HEADER.size
-        payload = data[offset:offset + length]
-        if magic != MAGIC or len(payload) != length \
-                or _crc(kind, flags, seq, received_ns, payload) != crc:
-            return None
-        records.append(Record(seq, kind, flags, received_ns, payload))
-        offset += length
-    return records
+    records, end = [], 0
+    for record, after in _read_records(io.BytesIO(data), 0):
+        records.append(record)
+        end = after
+    return records if end == len(data) else None
 
 
 def iter_records(journal_dir: Path, after_seq: int = 0) -> Iterator[Record]:
@@ -581,18 +577,17 @@ class Journal:
         with self._mutex:
             self._broken = why  # the leader wakes every waiter when it finishes
 
-    def _sync_segment(self, written_from: int | None = None) -> None:
+    def _sync_segment(self, written_from: int) -> None:
         """Make the segment durable; the bytes from written_from on were just written."""
         if self._datasync is not None:
-            start = self._size if written_from is None else written_from
-            self._datasync(self._fd, self._path, start, self._size)
+            self._datasync(self._fd, self._path, written_from, self._size)
         else:
             os.fdatasync(self._fd)
 
     def _rotate(self, first: int) -> bool:
         """Close the full segment and start the next; False if the journal broke."""
         try:
-            self._sync_segment()  # every group was synced already: this is a last check
+            self._sync_segment(self._size)  # every group was synced already: a last check
         except OSError as exc:
             # as after any failed sync, the pages of records already answered may be gone
             self._fail_all(f"cannot sync the journal: {exc}")

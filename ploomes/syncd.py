@@ -38,6 +38,7 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Iterable
 
 if not __package__:
     # Run as a script by the receiver, with `python -I` (no PYTHON* variables, no user
@@ -46,7 +47,7 @@ if not __package__:
     sys.path[:0] = (json.loads(sys.argv[1]) if len(sys.argv) > 1
                     else [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))])
 from ploomes.delivery import InvalidDelivery, check_delivery  # noqa: E402
-from ploomes.journal import FLAG_DEMO, KIND_DELIVERY, decode_records  # noqa: E402
+from ploomes.journal import FLAG_DEMO, KIND_DELIVERY, Record, decode_records  # noqa: E402
 
 REQUEST = struct.Struct("<IQQ")  # path length, start offset, end offset
 REPLY = struct.Struct("<iBQQI")  # outcome, checked, first seq, last seq, refusals size
@@ -74,6 +75,22 @@ def read_exactly(sock: socket.socket, size: int) -> bytes | None:
     return data
 
 
+def refusals(records: Iterable[Record]) -> dict[int, str]:
+    """Return {seq: reason} for the records `needs_check` selects that check_delivery refuses.
+
+    The one check of journaled deliveries: here, or in the receiver when this process
+    did not check a group (`ploomes.green.GroupCommit`).
+    """
+    refused = {}
+    for record in records:
+        if needs_check(record.kind, record.flags, len(record.payload)):
+            try:
+                check_delivery(record.payload)
+            except InvalidDelivery as exc:
+                refused[record.seq] = str(exc)
+    return refused
+
+
 def check_range(data: bytes) -> tuple[int, int, list[tuple[int, str]]] | None:
     """Check the deliveries among the records in data.
 
@@ -83,14 +100,7 @@ def check_range(data: bytes) -> tuple[int, int, list[tuple[int, str]]] | None:
     records = decode_records(data)
     if not records:
         return None
-    refused = []
-    for record in records:
-        if needs_check(record.kind, record.flags, len(record.payload)):
-            try:
-                check_delivery(record.payload)
-            except InvalidDelivery as exc:
-                refused.append((record.seq, str(exc)))
-    return records[0].seq, records[-1].seq, refused
+    return records[0].seq, records[-1].seq, list(refusals(records).items())
 
 
 def serve(sock: socket.socket) -> None:

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from ploomes.config import load_settings
+from ploomes.delivery import InvalidDelivery
 from ploomes.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def refusal(check, raw: bytes) -> str | None:
+    """Return the reason check(raw) refuses raw with (InvalidDelivery), or None."""
+    try:
+        check(raw)
+    except InvalidDelivery as exc:
+        return str(exc)
+    return None
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):

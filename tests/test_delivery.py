@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import example_payloads, real_deliveries
+from conftest import example_payloads, real_deliveries, refusal
 from hypothesis import HealthCheck, given, settings
 from test_receiver_fuzz import raw_bodies
 
 from ploomes.delivery import (
     INT_FIELDS,
-    InvalidDelivery,
     _int_or_none,
     _name,
     _record,
@@ -19,14 +18,6 @@ from ploomes.delivery import (
     decode_body,
     parse_delivery,
 )
-
-
-def _verdict(check, raw: bytes) -> str | None:
-    try:
-        check(raw)
-    except InvalidDelivery as exc:
-        return str(exc)
-    return None
 
 
 def _rules_one_by_one(raw: bytes) -> None:
@@ -41,9 +32,9 @@ def _rules_one_by_one(raw: bytes) -> None:
 
 
 def _same(raw: bytes) -> str | None:
-    verdict = _verdict(_rules_one_by_one, raw)
-    assert _verdict(parse_delivery, raw) == verdict, raw
-    assert _verdict(check_delivery, raw) == verdict, raw
+    verdict = refusal(_rules_one_by_one, raw)
+    assert refusal(parse_delivery, raw) == verdict, raw
+    assert refusal(check_delivery, raw) == verdict, raw
     return verdict
 
 

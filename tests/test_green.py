@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gevent
 import pytest
-from conftest import ROOT, process_running
+from conftest import ROOT, process_running, refusal
 
 from ploomes import green, syncd
 from ploomes.delivery import InvalidDelivery, check_delivery
@@ -139,11 +139,24 @@ MIXED = [DEAL + b'"n": 1}', b'{"Entity": "Deals"}', DEAL + b'"n": 3}', b'[1, 2]'
 
 
 def _reason(body: bytes) -> str | None:
-    try:
-        check_delivery(body)
-    except InvalidDelivery as exc:
-        return str(exc)
-    return None
+    return refusal(check_delivery, body)
+
+
+def _checks_on_the_loop(monkeypatch, allowed: bool = True) -> list[bytes]:
+    """Record (or, not allowed, fail on) each body this process checks for GroupCommit.
+
+    The helper runs in its own process: only the receiver's own fallback lands here.
+    """
+    checked = []
+
+    def check(raw: bytes) -> None:
+        if not allowed:
+            raise AssertionError("checked on the event loop while the helper runs")
+        checked.append(raw)
+        check_delivery(raw)
+
+    monkeypatch.setattr(syncd, "check_delivery", check)
+    return checked
 
 
 def _post_group(commit: GroupCommit) -> list:
@@ -168,11 +181,7 @@ def test_the_helper_checks_each_group_and_refused_deliveries_stay_journaled(tmp_
                                                                             monkeypatch):
     journal = Journal(tmp_path / "j")
     commit = GroupCommit(journal)
-
-    def not_on_the_loop(raw):
-        raise AssertionError("checked on the event loop while the helper runs")
-
-    monkeypatch.setattr(green, "check_delivery", not_on_the_loop)
+    _checks_on_the_loop(monkeypatch, allowed=False)
     groups = _counting_groups(journal)
     assert _post_group(commit) == _expected_outcomes()
     assert groups == [len(MIXED)]  # one group, checked by the helper
@@ -190,13 +199,7 @@ def test_without_the_helper_the_group_is_checked_on_the_loop(tmp_path, monkeypat
     journal = Journal(tmp_path / "j")
     commit = GroupCommit(journal)
     os.kill(commit.syncer.pid, signal.SIGKILL)
-    checked_here = []
-
-    def counted(raw):
-        checked_here.append(raw)
-        return check_delivery(raw)
-
-    monkeypatch.setattr(green, "check_delivery", counted)
+    checked_here = _checks_on_the_loop(monkeypatch)
     assert _post_group(commit) == _expected_outcomes()
     assert checked_here == MIXED and commit.syncer.pid is None
     commit.close()
@@ -214,9 +217,7 @@ def test_verdicts_on_other_records_are_not_taken_for_the_group(tmp_path, monkeyp
         commit.syncer.checked = (1000, 2000, {})
 
     journal.sync_elsewhere(elsewhere)
-    checked_here = []
-    monkeypatch.setattr(green, "check_delivery",
-                        lambda raw: checked_here.append(raw) or check_delivery(raw))
+    checked_here = _checks_on_the_loop(monkeypatch)
     assert _post_group(commit) == _expected_outcomes()
     assert checked_here == MIXED  # checked on the loop instead
     commit.close()
@@ -226,7 +227,7 @@ def test_verdicts_on_other_records_are_not_taken_for_the_group(tmp_path, monkeyp
 def test_groups_that_start_a_segment_are_checked_by_the_helper_too(tmp_path, monkeypatch):
     journal = Journal(tmp_path / "j", segment_bytes=64)  # every group starts a new one
     commit = GroupCommit(journal)
-    monkeypatch.setattr(green, "check_delivery", lambda raw: pytest.fail("on the loop"))
+    _checks_on_the_loop(monkeypatch, allowed=False)
     for _ in range(3):
         first = journal.synced_seq + 1
         assert _post_group(commit) == [o if isinstance(o, str) else o + first - 1
@@ -446,7 +447,6 @@ def test_an_interrupted_sync_never_leaves_its_answer_for_the_next_one(tmp_path, 
 
 
 def test_a_group_that_starts_a_new_segment_is_written_on_a_pool_thread(tmp_path, monkeypatch):
-    import ploomes.green as green
 
     journal = Journal(tmp_path / "j", segment_bytes=4096)
     commit = GroupCommit(journal)
