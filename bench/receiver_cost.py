@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import free_port  # noqa: E402
-from receiver_load import KEY, sample_bodies, wait_healthy  # noqa: E402
+from receiver_load import KEY, sample_bodies, server_command, wait_healthy  # noqa: E402
 
 CONNECTIONS = 16
 
@@ -77,13 +77,6 @@ def post_all(port: int, bodies: list[bytes], count: int) -> int:
     for thread in threads:
         thread.join()
     return failed[0]
-
-
-def server_command(which: str, port: int, data_dir: Path) -> list[str]:
-    if which == "baseline":
-        return [str(ROOT / "bench" / "baseline_server.py"), "--port", str(port), "--key", KEY]
-    return [str(ROOT / "receiver.py"), "--host", "127.0.0.1", "--port", str(port),
-            "--data-dir", str(data_dir)]
 
 
 def start(prefix: list[str], which: str, workdir: Path) -> tuple[subprocess.Popen, int]:

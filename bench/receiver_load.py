@@ -59,6 +59,14 @@ from ploomes.store import Store, fetch_one  # noqa: E402, fetch_one
 KEY = "bench-validation-key-0123456789abcdef"
 
 
+def server_command(which: str, port: int, data_dir: Path) -> list[str]:
+    """Return the arguments (after the interpreter) that start one of the two servers."""
+    if which == "baseline":
+        return [str(ROOT / "bench" / "baseline_server.py"), "--port", str(port), "--key", KEY]
+    return [str(ROOT / "receiver.py"), "--host", "127.0.0.1", "--port", str(port),
+            "--data-dir", str(data_dir)]
+
+
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -264,15 +272,14 @@ def main() -> None:
     base = recv = None
     try:
         port = free_port()
-        base = subprocess.Popen([sys.executable, str(ROOT / "bench" / "baseline_server.py"),
-                                 "--port", str(port), "--key", KEY], env=env)
+        base = subprocess.Popen([sys.executable, *server_command("baseline", port, work)],
+                                env=env)
         base_url = f"http://127.0.0.1:{port}"
         wait_healthy(base_url, base)
 
         data_dir = work / "data"
         port = free_port()
-        recv = subprocess.Popen([sys.executable, str(ROOT / "receiver.py"), "--host",
-                                 "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)],
+        recv = subprocess.Popen([sys.executable, *server_command("receiver", port, data_dir)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, recv)

@@ -186,8 +186,9 @@ class IngestWorker:
     a burst (a stage-1 batch of `BURST_BATCH` records or more: 400 deliveries/s); it
     catches up in steps of `DERIVE_IDLE` events once deliveries stop.
 
-    Why less during a burst: this process runs beside the receiver's event loop, and its
-    work slows the loop even with a core of its own (caches, memory): with stage 1 held
+    Why less during a burst: this process runs beside the receiver's event loop, and
+    under load the machine's two cores are saturated (the loop, this process, the sync
+    helper and the clients), so its CPU is taken from the loop: with stage 1 held
     back the receiver answered 5-15 % more; with a 3 % share instead of 10 % for stage 2,
     3-6 % more (alternating 10 s wrk runs). Stage 2 cannot keep up with a burst anyway
     (~450 µs of CPU per event: ~220 events/s at 10 %); what it leaves is derived as soon
