@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
 from datetime import UTC, datetime, timedelta
 
+import duckdb
 import pytest
 from conftest import example_payloads, make_settings
 
@@ -94,6 +98,89 @@ def test_v1_data_dir_is_migrated_forward_with_its_change_model(tmp_path):
         fields = [r[0] for r in con.execute(
             "SELECT field FROM field_changes ORDER BY field").fetchall()]
     assert fields == ["LegalName", "OtherProperties.contact_check", "Phones", "Tags"]
+
+
+def _other_program_opens(path, sql: str) -> str:
+    """Run `sql` on the file read-write from another process; return its output or error."""
+    code = ("import duckdb, sys\n"
+            "try:\n"
+            "    con = duckdb.connect(sys.argv[1])\n"
+            "    print(con.execute(sys.argv[2]).fetchall())\n"
+            "except duckdb.Error as exc:\n"
+            "    print('refused:', exc)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path), sql], capture_output=True,
+                          text=True, timeout=60, check=True)
+    return done.stdout.strip()
+
+
+def test_a_closed_store_is_checkpointed_and_free_for_other_programs(settings):
+    store = Store(settings)
+    wal = store.path.with_name(store.path.name + ".wal")
+    with store.writer() as con:
+        con.execute("INSERT INTO auth_failures VALUES (now(), 'tester', 'á ç ã')")
+        # attached read-write: another program is kept out
+        assert _other_program_opens(store.path, "SELECT 1").startswith("refused:")
+        temp = fetch_one(con, "SELECT current_setting('temp_directory')")[0]
+    assert temp == str(store.path) + ".tmp"  # spills stay beside the file, as before
+    assert not wal.exists()  # detaching checkpointed it
+    assert _other_program_opens(store.path, "SELECT reason FROM auth_failures") == \
+        "[('á ç ã',)]"
+
+
+def test_readers_in_threads_share_the_file_and_let_it_go_after_the_last(settings):
+    store = Store(settings)
+    store.ensure_ready()
+    inside, leave = threading.Barrier(3), threading.Event()
+    seen, errors = [], []
+
+    def read() -> None:
+        try:
+            with store.reader() as con:
+                inside.wait(30)
+                leave.wait(30)
+                seen.append(fetch_one(con, "SELECT count(*) FROM events")[0])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(2)]
+    for t in threads:
+        t.start()
+    inside.wait(30)  # both readers hold the file at once
+    with pytest.raises(duckdb.Error, match="read-only"):
+        with store.reader() as con:
+            con.execute("INSERT INTO auth_failures VALUES (now(), NULL, 'x')")
+    leave.set()
+    for t in threads:
+        t.join(30)
+    assert (seen, errors) == ([0, 0], [])
+    assert _other_program_opens(store.path, "SELECT count(*) FROM events") == "[(0,)]"
+
+
+def test_a_failed_writer_block_rolls_back_and_the_next_one_works(settings):
+    store = Store(settings)
+    with pytest.raises(RuntimeError), store.writer() as con:
+        con.execute("BEGIN")
+        con.execute("INSERT INTO auth_failures VALUES (now(), NULL, 'lost')")
+        raise RuntimeError("the block failed")
+    with store.writer() as con:
+        assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 0
+
+
+def test_instances_of_files_nobody_uses_are_closed(tmp_path):
+    kept = Store(make_settings(tmp_path / "kept"))
+    others = [Store(make_settings(tmp_path / f"other{i}"))
+              for i in range(store_module.IDLE_ENGINES + 3)]
+    with kept.reader() as con:  # in use: never closed under it
+        for other in others:
+            with other.writer() as ocon:
+                ocon.execute("INSERT INTO auth_failures VALUES (now(), NULL, 'x')")
+        assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 0
+    ours = [k[1] for k in store_module._ENGINES if str(tmp_path) in k[1]]
+    # the newest, the ones kept idle, and the one that was in use when others came
+    assert sorted(ours) == sorted([str(kept.path)] + [str(o.path) for o in others[-3:]])
+    for other in others:  # a closed instance is replaced by a new one when needed
+        with other.reader() as con:
+            assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 1
 
 
 def test_newer_schema_is_refused(settings):
