@@ -15,6 +15,8 @@ process opens an older file; see ARCHITECTURE.md for the public table contract.
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import threading
 import time
@@ -27,6 +29,8 @@ import duckdb
 
 from ploomes.config import Settings
 from ploomes.locks import LockTimeout, RWLock
+
+log = logging.getLogger("ploomes.store")
 
 
 class StoreError(Exception):
@@ -282,33 +286,37 @@ class _Evicted(Exception):
 class _Engine:
     """This process's DuckDB instance for one store file; the file is attached while used.
 
-    Creating a DuckDB instance costs ~18 ms of CPU (every built-in function is registered
-    again), and a new instance's first statements cost more than later ones: stage-1
-    ingest took 90 µs of CPU per event with a new connection per batch pair, 53 µs on a
-    kept instance; a reader's open and query took 22 ms, an ATTACH, the query and a
-    DETACH 3 ms (DuckDB 2.0.1, a 20,000-event store; 2.5 ms against 20-24 ms on a
-    1M-event one). So each process keeps one
-    in-memory instance per file, and "opening" the store is `ATTACH … AS store` on it:
-    the first user attaches, the last one to leave detaches, which checkpoints the file
-    and releases DuckDB's file lock just as closing a connection did. Every connection
-    handed out is a cursor whose default database is the file.
+    Creating a DuckDB instance costs ~18 ms of CPU before any work (every built-in
+    function is registered again). A reader's open and query took 22 ms, an ATTACH, the
+    query and a DETACH 3 ms (DuckDB 2.0.1, a 20,000-event store; 2.5 ms against 20-24 ms
+    on a 1M-event one); the ingest's reopen 16 ms, an ATTACH 1-2 ms. So each process
+    keeps one in-memory instance per file, and "opening"
+    the store is `ATTACH … AS store` on it: the first user attaches, the last one to
+    leave detaches, which checkpoints the file and releases DuckDB's file lock just as
+    closing a connection did. Every connection handed out is a cursor whose default
+    database is the file.
 
     Callers hold the data dir's RWLock (`ploomes.locks`) around their use, so in one
     process the file is attached read-only by readers or read-write by one writer, never
     both. DuckDB keeps temporary files beside the file, as it does for a file opened
-    directly (an in-memory instance would put them in the working directory).
+    directly (an in-memory instance would put them in the working directory). The
+    instance's settings are those of the first Store that asked: two Stores of one file
+    that differ only in `memory_limit` or `threads` share it while both are in use (two
+    instances would share DuckDB's per-process file lock, and one detaching would drop
+    it for the other).
     """
 
     ALIAS = "store"
 
     def __init__(self, path: Path, config: dict[str, object]):
         self.path = path
-        self._config = {"temp_directory": str(path) + ".tmp", **config}
+        self.config = config
         self._mutex = threading.Lock()
         self._db: duckdb.DuckDBPyConnection | None = None
         self._read_only = False
         self._users = 0
         self._closed = False
+        self._broken = False  # close the instance instead of detaching the file
 
     def open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         """Attach the file if nobody in this process has it; return a cursor on it."""
@@ -317,8 +325,11 @@ class _Engine:
                 raise _Evicted
             if self._users == 0:
                 if self._db is None:
-                    self._db = duckdb.connect(":memory:", config=self._config)
+                    self._db = duckdb.connect(":memory:", config={
+                        "temp_directory": str(self.path) + ".tmp", **self.config})
+                    self._broken = False
                 path = str(self.path).replace("'", "''")
+                self._db.execute(f"DETACH DATABASE IF EXISTS {self.ALIAS}")  # a leftover
                 self._db.execute(f"ATTACH '{path}' AS {self.ALIAS}"
                                  + (" (READ_ONLY)" if read_only else ""))
                 self._read_only = read_only
@@ -349,10 +360,14 @@ class _Engine:
 
     def release(self, cursor: duckdb.DuckDBPyConnection) -> None:
         """Close `cursor` (rolling back what it left open); detach once nobody uses it."""
-        try:
-            cursor.close()
-        finally:
-            with self._mutex:
+        with self._mutex:
+            try:
+                cursor.close()
+            except BaseException:
+                # it may keep a transaction open on the file: detaching would not let go
+                self._broken = True
+                raise
+            finally:
                 self._leave()
 
     def _leave(self) -> None:
@@ -360,17 +375,24 @@ class _Engine:
         self._users -= 1
         if self._users:
             return
-        try:
-            self._db.execute(f"DETACH {self.ALIAS}")
-        except BaseException:
-            # A failed checkpoint can leave the file attached: closing the instance is
-            # the only sure way to let go of it. The next user starts a new one.
-            db, self._db = self._db, None
+        if not self._broken:
+            try:
+                self._db.execute(f"DETACH {self.ALIAS}")
+                return
+            except duckdb.Error as exc:
+                # Committed work is safe in the WAL, and the next open replays it; a
+                # connection's close used to swallow a failed checkpoint the same way.
+                log.warning("checkpointing %s failed: %s", self.path.name, exc)
+        self._drop()  # the only sure way to let go of the file
+
+    def _drop(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
             try:
                 db.close()
-            except duckdb.Error:
-                pass
-            raise
+            except duckdb.Error as exc:
+                log.warning("closing the DuckDB instance of %s failed: %s",
+                            self.path.name, exc)
 
     def close_if_idle(self) -> bool:
         """Close the instance if nobody uses it; return whether it was closed."""
@@ -378,31 +400,28 @@ class _Engine:
             if self._users:
                 return False
             self._closed = True
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            self._drop()
             return True
 
 
-# (pid, file, config) -> engine, least recently used first
-_ENGINES: OrderedDict[tuple, _Engine] = OrderedDict()
+# resolved file -> engine, least recently used first
+_ENGINES: OrderedDict[Path, _Engine] = OrderedDict()
 _ENGINES_LOCK = threading.Lock()
-_INHERITED: list[_Engine] = []
 # Instances kept for files nobody uses (each costs ~4.5 MB and its threads): a process
 # of the project works on one store, its rebuild on two; the test suite on hundreds.
 IDLE_ENGINES = 2
+# Instances in use when the process forked: the child cannot close them (their threads
+# did not survive the fork), so it keeps them referenced until it exits.
+_INHERITED: list[_Engine] = []
 
 
 def _engine(path: Path, config: dict[str, object]) -> _Engine:
-    """Return this process's engine for `path` with `config`."""
-    pid = os.getpid()
-    key = (pid, str(path), tuple(sorted(config.items())))
+    """Return this process's engine for `path`, created with `config` if there is none."""
+    key = path.resolve()
     with _ENGINES_LOCK:
-        for inherited in [k for k in _ENGINES if k[0] != pid]:
-            # a forked child's copies of its parent's instances: never used, and never
-            # closed here either (their threads did not survive the fork)
-            _INHERITED.append(_ENGINES.pop(inherited))
         engine = _ENGINES.get(key)
+        if engine is not None and engine.config != config and engine.close_if_idle():
+            engine = None  # nobody uses it: start one with the settings asked for
         if engine is None:
             engine = _ENGINES[key] = _Engine(path, config)
             others = [k for k in _ENGINES if k != key]
@@ -411,6 +430,28 @@ def _engine(path: Path, config: dict[str, object]) -> _Engine:
                     del _ENGINES[old]
         _ENGINES.move_to_end(key)
         return engine
+
+
+def _before_fork() -> None:
+    # a forked child could not close the instances it inherits: leave it as few as we can
+    _ENGINES_LOCK.acquire()
+    for key in [k for k, e in _ENGINES.items() if e.close_if_idle()]:
+        del _ENGINES[key]
+
+
+def _after_fork_in_child() -> None:
+    global _ENGINES_LOCK
+    _ENGINES_LOCK = threading.Lock()
+    for engine in _ENGINES.values():
+        if engine._db is not None:
+            # never deallocated: destroying an instance whose threads are gone crashes
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(engine._db))
+        _INHERITED.append(engine)
+    _ENGINES.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=lambda: _ENGINES_LOCK.release(),
+                    after_in_child=_after_fork_in_child)
 
 
 class Store:
@@ -450,7 +491,9 @@ class Store:
             engine = _engine(self.path, self._config)
             try:
                 return engine, engine.open(read_only)
-            except _Evicted:
+            except _Evicted:  # closed to free memory just now: the next one is new
+                if time.monotonic() >= deadline:
+                    raise StoreBusy(f"{self.path.name} could not be opened in time") from None
                 continue
             except duckdb.IOException as exc:
                 if not _is_lock_error(exc):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -175,12 +176,91 @@ def test_instances_of_files_nobody_uses_are_closed(tmp_path):
             with other.writer() as ocon:
                 ocon.execute("INSERT INTO auth_failures VALUES (now(), NULL, 'x')")
         assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 0
-    ours = [k[1] for k in store_module._ENGINES if str(tmp_path) in k[1]]
+    ours = [k for k in store_module._ENGINES if k.is_relative_to(tmp_path.resolve())]
     # the newest, the ones kept idle, and the one that was in use when others came
-    assert sorted(ours) == sorted([str(kept.path)] + [str(o.path) for o in others[-3:]])
+    assert sorted(ours) == sorted(s.path.resolve() for s in [kept, *others[-3:]])
     for other in others:  # a closed instance is replaced by a new one when needed
         with other.reader() as con:
             assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 1
+
+
+def _run_script(code: str, *args: str) -> str:
+    """Run Python `code` in a fresh interpreter with the project importable."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                          text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def test_a_checkpoint_that_fails_on_close_keeps_the_rows_and_the_next_writer_works(tmp_path):
+    # As a connection's close did: the rows are committed (in the WAL), so closing says
+    # nothing and the next open replays them. A file-size limit makes the checkpoint fail.
+    code = """if True:
+        import resource, signal, sys
+        from pathlib import Path
+        from ploomes.config import load_settings
+        from ploomes.store import Store, fetch_one
+        settings = load_settings(env={}, data_dir=Path(sys.argv[1]), validation_keys=("k" * 24,))
+        store = Store(settings, busy_timeout=2)
+        rows = ("INSERT INTO auth_failures SELECT now(), "
+                "md5(i::varchar) || md5((i + {})::varchar), 'r' FROM range({}) t(i)")
+        with store.writer() as con:
+            con.execute(rows.format(1, 60000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        size = settings.db_path.stat().st_size
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 64 * 1024, resource.RLIM_INFINITY))
+        with store.writer() as con:
+            con.execute(rows.format(7, 20000))
+        print("closed;", "wal kept:", settings.db_path.with_name("ploomes.duckdb.wal").exists())
+        with store.writer() as con:
+            print("next writer sees", fetch_one(con, "SELECT count(*) FROM auth_failures")[0])
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+        with store.reader() as con:
+            print("reader sees", fetch_one(con, "SELECT count(*) FROM auth_failures")[0])
+    """
+    assert _run_script(code, str(tmp_path / "data")).splitlines() == [
+        "closed; wal kept: True", "next writer sees 80000", "reader sees 80000"]
+
+
+def test_a_forked_child_exits_cleanly_after_the_parent_used_the_store(tmp_path):
+    code = """if True:
+        import os, sys
+        from pathlib import Path
+        from ploomes.config import load_settings
+        from ploomes.store import Store, fetch_one
+        settings = load_settings(env={}, data_dir=Path(sys.argv[1]), validation_keys=("k" * 24,))
+        store = Store(settings)
+        with store.reader() as con:
+            fetch_one(con, "SELECT 1")
+            pid = os.fork()  # one child while the file is attached, one after
+            if pid == 0:
+                sys.exit(0)
+        _, inside = os.waitpid(pid, 0)
+        pid = os.fork()
+        if pid == 0:
+            with store.reader() as con:  # the child opens it on its own instance
+                sys.exit(fetch_one(con, "SELECT count(*) FROM events")[0])
+        _, after = os.waitpid(pid, 0)
+        print(inside, after)
+        with store.reader() as con:  # and the parent's store still works
+            print(fetch_one(con, "SELECT count(*) FROM events")[0])
+    """
+    assert _run_script(code, str(tmp_path / "data")).splitlines() == ["0 0", "0"]
+
+
+def test_stores_of_one_file_with_other_settings_share_its_lock(settings):
+    dashboard = Store(settings, memory_limit="256MB")
+    plain = Store(settings)
+    plain.ensure_ready()  # its first open migrates, as a writer
+    with dashboard.reader() as con:
+        with plain.reader() as con2:
+            assert fetch_one(con2, "SELECT count(*) FROM events")[0] == 0
+        # the second reader left: the file is still attached for the first one
+        assert _other_program_opens(
+            settings.db_path, "INSERT INTO auth_failures VALUES (now(), NULL, 'x')"
+        ).startswith("refused:")
+        assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 0
 
 
 def test_newer_schema_is_refused(settings):
