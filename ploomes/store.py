@@ -283,6 +283,12 @@ class _Evicted(Exception):
     """The engine was closed to free memory before it could be used: get a new one."""
 
 
+def _leak(obj: object) -> None:
+    """Never deallocate `obj` (a DuckDB object a forked child inherited): destroying an
+    instance whose threads did not survive the fork crashes or hangs."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
 class _Engine:
     """This process's DuckDB instance for one store file; the file is attached while used.
 
@@ -290,44 +296,48 @@ class _Engine:
     function is registered again). A reader's open and query took 22 ms, an ATTACH, the
     query and a DETACH 3 ms (DuckDB 2.0.1, a 20,000-event store; 2.5 ms against 20-24 ms
     on a 1M-event one); the ingest's reopen 16 ms, an ATTACH 1-2 ms. So each process
-    keeps one in-memory instance per file, and "opening"
-    the store is `ATTACH … AS store` on it: the first user attaches, the last one to
-    leave detaches, which checkpoints the file and releases DuckDB's file lock just as
-    closing a connection did. Every connection handed out is a cursor whose default
-    database is the file.
+    keeps one in-memory instance per file, and "opening" the store is `ATTACH … AS store`
+    on it: the first user attaches, the last one to leave detaches, which checkpoints the
+    file and releases DuckDB's file lock just as closing a connection did. Every
+    connection handed out is a cursor whose default database is the file.
 
     Callers hold the data dir's RWLock (`ploomes.locks`) around their use, so in one
     process the file is attached read-only by readers or read-write by one writer, never
     both. DuckDB keeps temporary files beside the file, as it does for a file opened
-    directly (an in-memory instance would put them in the working directory). The
-    instance's settings are those of the first Store that asked: two Stores of one file
-    that differ only in `memory_limit` or `threads` share it while both are in use (two
-    instances would share DuckDB's per-process file lock, and one detaching would drop
-    it for the other).
+    directly (an in-memory instance would put them in the working directory). One
+    instance per file, even for Stores with other settings: two instances would share
+    DuckDB's per-process file lock, and one detaching would drop it for the other. The
+    first user to attach sets `memory_limit` and `threads` to its Store's; later users
+    share them while it is attached.
     """
 
     ALIAS = "store"
+    SETTINGS = ("memory_limit", "threads")  # what a Store may set (Store._config)
 
-    def __init__(self, path: Path, config: dict[str, object]):
+    def __init__(self, path: Path):
         self.path = path
-        self.config = config
+        self._pid = os.getpid()
         self._mutex = threading.Lock()
         self._db: duckdb.DuckDBPyConnection | None = None
+        self._settings: dict[str, object] = {}  # what the instance runs with now
         self._read_only = False
         self._users = 0
-        self._closed = False
+        self.closed = False
         self._broken = False  # close the instance instead of detaching the file
 
-    def open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+    def open(self, read_only: bool, settings: dict[str, object]) -> duckdb.DuckDBPyConnection:
         """Attach the file if nobody in this process has it; return a cursor on it."""
         with self._mutex:
-            if self._closed:
+            if self.closed:
                 raise _Evicted
             if self._users == 0:
                 if self._db is None:
                     self._db = duckdb.connect(":memory:", config={
-                        "temp_directory": str(self.path) + ".tmp", **self.config})
+                        "temp_directory": str(self.path) + ".tmp", **settings})
+                    self._settings = dict(settings)
                     self._broken = False
+                elif settings != self._settings:
+                    self._apply(settings)
                 path = str(self.path).replace("'", "''")
                 self._db.execute(f"DETACH DATABASE IF EXISTS {self.ALIAS}")  # a leftover
                 self._db.execute(f"ATTACH '{path}' AS {self.ALIAS}"
@@ -343,8 +353,20 @@ class _Engine:
                 self._leave()
                 raise
 
+    def _apply(self, settings: dict[str, object]) -> None:
+        self._settings = {}  # unknown until every statement went through
+        for name in self.SETTINGS:  # names from this class; values from Store's arguments
+            if name in settings:
+                value = str(settings[name]).replace("'", "''")
+                self._db.execute(f"SET GLOBAL {name} = '{value}'")
+            else:
+                self._db.execute(f"RESET GLOBAL {name}")
+        self._settings = dict(settings)
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """Return another cursor on the attached file (for a caller that holds one)."""
+        if os.getpid() != self._pid:
+            raise StoreError("the store was opened before this process forked: open it again")
         with self._mutex:
             return self._cursor()
 
@@ -360,6 +382,12 @@ class _Engine:
 
     def release(self, cursor: duckdb.DuckDBPyConnection) -> None:
         """Close `cursor` (rolling back what it left open); detach once nobody uses it."""
+        if os.getpid() != self._pid:
+            # A forked child leaving a block its parent opened: the instance is the
+            # parent's (closing the cursor or detaching would checkpoint the parent's
+            # file under it), and its mutex may be held by a thread the fork left behind.
+            _leak(cursor)
+            return
         with self._mutex:
             try:
                 cursor.close()
@@ -394,14 +422,28 @@ class _Engine:
                 log.warning("closing the DuckDB instance of %s failed: %s",
                             self.path.name, exc)
 
-    def close_if_idle(self) -> bool:
-        """Close the instance if nobody uses it; return whether it was closed."""
-        with self._mutex:
+    def close_if_idle(self, blocking: bool = True) -> bool:
+        """Close the instance if nobody uses it; return whether it was closed.
+
+        With blocking=False an engine whose mutex another thread holds counts as in use.
+        """
+        if not self._mutex.acquire(blocking):
+            return False
+        try:
             if self._users:
                 return False
-            self._closed = True
+            self.closed = True
             self._drop()
             return True
+        finally:
+            self._mutex.release()
+
+    def leak_in_child(self) -> None:
+        """In a forked child: keep the parent's instance alive, never touch it again."""
+        self.closed = True
+        self._mutex = threading.Lock()  # a thread the fork left behind may hold the old one
+        if self._db is not None:
+            _leak(self._db)
 
 
 # resolved file -> engine, least recently used first
@@ -410,20 +452,17 @@ _ENGINES_LOCK = threading.Lock()
 # Instances kept for files nobody uses (each costs ~4.5 MB and its threads): a process
 # of the project works on one store, its rebuild on two; the test suite on hundreds.
 IDLE_ENGINES = 2
-# Instances in use when the process forked: the child cannot close them (their threads
-# did not survive the fork), so it keeps them referenced until it exits.
-_INHERITED: list[_Engine] = []
+_INHERITED: list[_Engine] = []  # a forked child's copies of its parent's engines
+_FORK_HOLDS_LOCK = False
 
 
-def _engine(path: Path, config: dict[str, object]) -> _Engine:
-    """Return this process's engine for `path`, created with `config` if there is none."""
+def _engine(path: Path) -> _Engine:
+    """Return this process's engine for `path`."""
     key = path.resolve()
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
-        if engine is not None and engine.config != config and engine.close_if_idle():
-            engine = None  # nobody uses it: start one with the settings asked for
-        if engine is None:
-            engine = _ENGINES[key] = _Engine(path, config)
+        if engine is None or engine.closed:
+            engine = _ENGINES[key] = _Engine(path)
             others = [k for k in _ENGINES if k != key]
             for old in others[:max(0, len(others) - IDLE_ENGINES)]:
                 if _ENGINES[old].close_if_idle():
@@ -433,24 +472,32 @@ def _engine(path: Path, config: dict[str, object]) -> _Engine:
 
 
 def _before_fork() -> None:
-    # a forked child could not close the instances it inherits: leave it as few as we can
-    _ENGINES_LOCK.acquire()
-    for key in [k for k, e in _ENGINES.items() if e.close_if_idle()]:
-        del _ENGINES[key]
+    # A forked child cannot close the instances it inherits: leave it as few as we can.
+    # Never wait long here: the forking thread may itself hold a lock of this module.
+    global _FORK_HOLDS_LOCK
+    _FORK_HOLDS_LOCK = _ENGINES_LOCK.acquire(timeout=1.0)
+    if _FORK_HOLDS_LOCK:
+        for key in [k for k, e in _ENGINES.items() if e.close_if_idle(blocking=False)]:
+            del _ENGINES[key]
+
+
+def _after_fork_in_parent() -> None:
+    global _FORK_HOLDS_LOCK
+    if _FORK_HOLDS_LOCK:
+        _FORK_HOLDS_LOCK = False
+        _ENGINES_LOCK.release()
 
 
 def _after_fork_in_child() -> None:
-    global _ENGINES_LOCK
-    _ENGINES_LOCK = threading.Lock()
+    global _ENGINES_LOCK, _FORK_HOLDS_LOCK
+    _ENGINES_LOCK, _FORK_HOLDS_LOCK = threading.Lock(), False
     for engine in _ENGINES.values():
-        if engine._db is not None:
-            # never deallocated: destroying an instance whose threads are gone crashes
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(engine._db))
+        engine.leak_in_child()
         _INHERITED.append(engine)
     _ENGINES.clear()
 
 
-os.register_at_fork(before=_before_fork, after_in_parent=lambda: _ENGINES_LOCK.release(),
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                     after_in_child=_after_fork_in_child)
 
 
@@ -488,9 +535,9 @@ class Store:
         """Open the file (the caller holds the lock): the engine and a cursor on it."""
         delay = 0.01
         while True:
-            engine = _engine(self.path, self._config)
+            engine = _engine(self.path)
             try:
-                return engine, engine.open(read_only)
+                return engine, engine.open(read_only, self._config)
             except _Evicted:  # closed to free memory just now: the next one is new
                 if time.monotonic() >= deadline:
                     raise StoreBusy(f"{self.path.name} could not be opened in time") from None

@@ -184,6 +184,17 @@ def test_instances_of_files_nobody_uses_are_closed(tmp_path):
             assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 1
 
 
+def test_an_instance_closed_but_still_listed_is_replaced(settings):
+    # an interrupt between closing an idle instance and forgetting it must not leave the
+    # file unopenable (every open would find the closed one until busy_timeout)
+    store = Store(settings, busy_timeout=2)
+    with store.reader():
+        pass
+    store_module._ENGINES[settings.db_path.resolve()].close_if_idle()
+    with store.reader() as con:
+        assert fetch_one(con, "SELECT count(*) FROM events")[0] == 0
+
+
 def _run_script(code: str, *args: str) -> str:
     """Run Python `code` in a fresh interpreter with the project importable."""
     root = Path(__file__).resolve().parents[1]
@@ -231,22 +242,36 @@ def test_a_forked_child_exits_cleanly_after_the_parent_used_the_store(tmp_path):
         from ploomes.store import Store, fetch_one
         settings = load_settings(env={}, data_dir=Path(sys.argv[1]), validation_keys=("k" * 24,))
         store = Store(settings)
-        with store.reader() as con:
-            fetch_one(con, "SELECT 1")
+        wal = settings.db_path.with_name("ploomes.duckdb.wal")
+        with store.writer() as con:
+            con.execute("INSERT INTO auth_failures VALUES (now(), NULL, 'committed')")
             pid = os.fork()  # one child while the file is attached, one after
             if pid == 0:
-                sys.exit(0)
-        _, inside = os.waitpid(pid, 0)
+                sys.exit(0)  # leaves the block: must not close or checkpoint the parent's
+            _, inside = os.waitpid(pid, 0)
+            print("parent's WAL kept:", wal.exists())
         pid = os.fork()
         if pid == 0:
             with store.reader() as con:  # the child opens it on its own instance
                 sys.exit(fetch_one(con, "SELECT count(*) FROM events")[0])
         _, after = os.waitpid(pid, 0)
-        print(inside, after)
-        with store.reader() as con:  # and the parent's store still works
-            print(fetch_one(con, "SELECT count(*) FROM events")[0])
+        # an idle instance the fork could not close (another thread was opening it)
+        from ploomes import store as store_module
+        with store.reader() as con:  # the last fork closed the idle one: a new one
+            pass
+        engine = store_module._ENGINES[settings.db_path.resolve()]
+        engine._mutex.acquire()
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)
+        engine._mutex.release()
+        _, busy = os.waitpid(pid, 0)
+        print(inside, after, busy)
+        with store.reader() as con:  # and the parent's store still works, its row kept
+            print(fetch_one(con, "SELECT reason FROM auth_failures")[0])
     """
-    assert _run_script(code, str(tmp_path / "data")).splitlines() == ["0 0", "0"]
+    assert _run_script(code, str(tmp_path / "data")).splitlines() == [
+        "parent's WAL kept: True", "0 0 0", "committed"]
 
 
 def test_stores_of_one_file_with_other_settings_share_its_lock(settings):
@@ -261,6 +286,13 @@ def test_stores_of_one_file_with_other_settings_share_its_lock(settings):
             settings.db_path, "INSERT INTO auth_failures VALUES (now(), NULL, 'x')"
         ).startswith("refused:")
         assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 0
+    # each Store alone gets its own settings, on the one instance of the file
+    engine = store_module._ENGINES[settings.db_path.resolve()]
+    for store, limit in ((plain, None), (dashboard, "244.1 MiB"), (plain, None)):
+        with store.reader() as con:
+            got = fetch_one(con, "SELECT current_setting('memory_limit')")[0]
+        assert got == limit if limit else got != "244.1 MiB"
+    assert store_module._ENGINES[settings.db_path.resolve()] is engine  # no new instance
 
 
 def test_newer_schema_is_refused(settings):
