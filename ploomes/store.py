@@ -338,10 +338,13 @@ class _Engine:
                     self._broken = False
                 elif settings != self._settings:
                     self._apply(settings)
-                path = str(self.path).replace("'", "''")
-                self._db.execute(f"DETACH DATABASE IF EXISTS {self.ALIAS}")  # a leftover
-                self._db.execute(f"ATTACH '{path}' AS {self.ALIAS}"
-                                 + (" (READ_ONLY)" if read_only else ""))
+                try:
+                    self._attach(read_only)
+                except (duckdb.ResourceInUseException, duckdb.BinderException):
+                    # still attached (an interrupt between an ATTACH and the count below):
+                    # start over; checked only here, a DETACH IF EXISTS costs ~0.2 ms
+                    self._db.execute(f"DETACH DATABASE IF EXISTS {self.ALIAS}")
+                    self._attach(read_only)
                 self._read_only = read_only
             elif not (read_only and self._read_only):
                 raise StoreError("the store is already open in this process; a writer "
@@ -352,6 +355,11 @@ class _Engine:
             except BaseException:
                 self._leave()
                 raise
+
+    def _attach(self, read_only: bool) -> None:
+        path = str(self.path).replace("'", "''")
+        self._db.execute(f"ATTACH '{path}' AS {self.ALIAS}"
+                         + (" (READ_ONLY)" if read_only else ""))
 
     def _apply(self, settings: dict[str, object]) -> None:
         self._settings = {}  # unknown until every statement went through
@@ -452,13 +460,11 @@ _ENGINES_LOCK = threading.Lock()
 # Instances kept for files nobody uses (each costs ~4.5 MB and its threads): a process
 # of the project works on one store, its rebuild on two; the test suite on hundreds.
 IDLE_ENGINES = 2
-_INHERITED: list[_Engine] = []  # a forked child's copies of its parent's engines
 _FORK_HOLDS_LOCK = False
 
 
-def _engine(path: Path) -> _Engine:
-    """Return this process's engine for `path`."""
-    key = path.resolve()
+def _engine(path: Path, key: Path) -> _Engine:
+    """Return this process's engine for the file `path` (`key`: its resolved path)."""
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None or engine.closed:
@@ -493,7 +499,6 @@ def _after_fork_in_child() -> None:
     _ENGINES_LOCK, _FORK_HOLDS_LOCK = threading.Lock(), False
     for engine in _ENGINES.values():
         engine.leak_in_child()
-        _INHERITED.append(engine)
     _ENGINES.clear()
 
 
@@ -520,6 +525,7 @@ class Store:
         self._kept_cond = threading.Condition()
         self._kept_watch: threading.Thread | None = None
         self.path: Path = path or settings.db_path
+        self._engine_key = self.path.resolve()  # one engine per file, however it is named
         self.busy_timeout = busy_timeout
         # A store at another path (a rebuild's new file) is locked on its own.
         self.lock = RWLock(settings.data_dir, "store" if path is None else self.path.name)
@@ -535,7 +541,7 @@ class Store:
         """Open the file (the caller holds the lock): the engine and a cursor on it."""
         delay = 0.01
         while True:
-            engine = _engine(self.path)
+            engine = _engine(self.path, self._engine_key)
             try:
                 return engine, engine.open(read_only, self._config)
             except _Evicted:  # closed to free memory just now: the next one is new

@@ -195,6 +195,20 @@ def test_an_instance_closed_but_still_listed_is_replaced(settings):
         assert fetch_one(con, "SELECT count(*) FROM events")[0] == 0
 
 
+def test_a_leftover_attachment_is_detached_before_the_next_open(settings):
+    # an interrupt between an ATTACH and counting its user leaves the file attached with
+    # nobody using it: the next open must still work (and see the file as it is now)
+    store = Store(settings, busy_timeout=2)
+    with store.writer() as con:
+        con.execute("INSERT INTO auth_failures VALUES (now(), NULL, 'kept')")
+    engine = store_module._ENGINES[settings.db_path.resolve()]
+    engine._db.execute(f"ATTACH '{settings.db_path}' AS store (READ_ONLY)")
+    with store.writer() as con:
+        con.execute("INSERT INTO auth_failures VALUES (now(), NULL, 'more')")
+    with store.reader() as con:
+        assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 2
+
+
 def _run_script(code: str, *args: str) -> str:
     """Run Python `code` in a fresh interpreter with the project importable."""
     root = Path(__file__).resolve().parents[1]
