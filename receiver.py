@@ -66,7 +66,7 @@ def declared_length(environ: dict) -> int | None:
 
     None for a chunked body or no header, 0 for a value that is not a plain number. Read
     from the WSGI environ: werkzeug's property parses the headers through several layers,
-    ~5 µs of the event loop's time per delivery.
+    ~38,000 instructions of the event loop's per delivery (`bench/receiver_cost.py`).
     """
     declared = environ.get("CONTENT_LENGTH")
     if declared is None or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():

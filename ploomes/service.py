@@ -188,8 +188,10 @@ class IngestWorker:
     catches up in steps of `DERIVE_IDLE` events once deliveries stop.
 
     Why less during a burst: this process runs beside the receiver's event loop, and
-    under load the machine's two cores are saturated (the loop, this process, the sync
-    helper and the clients), so its CPU is taken from the loop: with stage 1 held
+    when this was measured the machine's two cores were saturated under load (the loop,
+    this process, the sync helper, the clients and the benchmark's reader; since readers
+    stopped costing a DuckDB instance each, the loop itself is the limit, see
+    ARCHITECTURE.md), so its CPU was taken from the loop: with stage 1 held
     back the receiver answered 5-15 % more; with a 3 % share instead of 10 % for stage 2,
     3-6 % more (alternating 10 s wrk runs). Stage 2 cannot keep up with a burst anyway
     (~450 µs of CPU per event: ~220 events/s at 10 %); what it leaves is derived as soon
