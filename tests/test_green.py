@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import gevent
@@ -172,6 +174,22 @@ def _post_group(commit: GroupCommit) -> list:
     return [g.value for g in greenlets]
 
 
+@contextmanager
+def _mixed_group(tmp_path: Path, posts: int = 1, **journal_options
+                 ) -> Iterator[tuple[Journal, GroupCommit]]:
+    """A journal and its GroupCommit for MIXED; afterwards the journal must hold MIXED
+    `posts` times, refused deliveries too (the ingest keeps those in
+    rejected_deliveries, with the same reason)."""
+    journal = Journal(tmp_path / "j", **journal_options)
+    commit = GroupCommit(journal)
+    try:
+        yield journal, commit
+    finally:
+        commit.close()
+        journal.close()
+    assert [r.payload for r in iter_records(tmp_path / "j")] == MIXED * posts
+
+
 def _expected_outcomes() -> list:
     return [f"refused: {_reason(body)}" if _reason(body) else seq
             for seq, body in enumerate(MIXED, 1)]
@@ -179,62 +197,47 @@ def _expected_outcomes() -> list:
 
 def test_the_helper_checks_each_group_and_refused_deliveries_stay_journaled(tmp_path,
                                                                             monkeypatch):
-    journal = Journal(tmp_path / "j")
-    commit = GroupCommit(journal)
-    _checks_on_the_loop(monkeypatch, allowed=False)
-    groups = _counting_groups(journal)
-    assert _post_group(commit) == _expected_outcomes()
-    assert groups == [len(MIXED)]  # one group, checked by the helper
+    with _mixed_group(tmp_path) as (journal, commit):
+        _checks_on_the_loop(monkeypatch, allowed=False)
+        groups = _counting_groups(journal)
+        assert _post_group(commit) == _expected_outcomes()
+        assert groups == [len(MIXED)]  # one group, checked by the helper
     assert [o for o in _expected_outcomes() if isinstance(o, str)] == [
         "refused: missing Action", "refused: body must be a JSON object, got list",
         "refused: ActionUserId must be an integer or null, got str"]
-    commit.close()
-    journal.close()
-    # every body is in the journal, refused ones too: the ingest keeps those in
-    # rejected_deliveries, with the same reason
-    assert [r.payload for r in iter_records(tmp_path / "j")] == MIXED
 
 
 def test_without_the_helper_the_group_is_checked_on_the_loop(tmp_path, monkeypatch):
-    journal = Journal(tmp_path / "j")
-    commit = GroupCommit(journal)
-    os.kill(commit.syncer.pid, signal.SIGKILL)
-    checked_here = _checks_on_the_loop(monkeypatch)
-    assert _post_group(commit) == _expected_outcomes()
-    assert checked_here == MIXED and commit.syncer.pid is None
-    commit.close()
-    journal.close()
-    assert [r.payload for r in iter_records(tmp_path / "j")] == MIXED
+    with _mixed_group(tmp_path) as (_, commit):
+        os.kill(commit.syncer.pid, signal.SIGKILL)
+        checked_here = _checks_on_the_loop(monkeypatch)
+        assert _post_group(commit) == _expected_outcomes()
+        assert checked_here == MIXED and commit.syncer.pid is None
 
 
 def test_verdicts_on_other_records_are_not_taken_for_the_group(tmp_path, monkeypatch):
-    journal = Journal(tmp_path / "j")
-    commit = GroupCommit(journal)
-    real = commit.syncer.datasync
+    with _mixed_group(tmp_path) as (journal, commit):
+        real = commit.syncer.datasync
 
-    def elsewhere(fd, path, start, end):  # as if the last verdicts were about other records
-        real(fd, path, start, end)
-        commit.syncer.checked = (1000, 2000, {})
+        def elsewhere(fd, path, start, end):  # as if the last verdicts were on other records
+            real(fd, path, start, end)
+            commit.syncer.checked = (1000, 2000, {})
 
-    journal.sync_elsewhere(elsewhere)
-    checked_here = _checks_on_the_loop(monkeypatch)
-    assert _post_group(commit) == _expected_outcomes()
-    assert checked_here == MIXED  # checked on the loop instead
-    commit.close()
-    journal.close()
+        journal.sync_elsewhere(elsewhere)
+        checked_here = _checks_on_the_loop(monkeypatch)
+        assert _post_group(commit) == _expected_outcomes()
+        assert checked_here == MIXED  # checked on the loop instead
 
 
 def test_groups_that_start_a_segment_are_checked_by_the_helper_too(tmp_path, monkeypatch):
-    journal = Journal(tmp_path / "j", segment_bytes=64)  # every group starts a new one
-    commit = GroupCommit(journal)
-    _checks_on_the_loop(monkeypatch, allowed=False)
-    for _ in range(3):
-        first = journal.synced_seq + 1
-        assert _post_group(commit) == [o if isinstance(o, str) else o + first - 1
-                                       for o in _expected_outcomes()]
+    # segments of 64 bytes: every group starts a new one
+    with _mixed_group(tmp_path, posts=3, segment_bytes=64) as (journal, commit):
+        _checks_on_the_loop(monkeypatch, allowed=False)
+        for _ in range(3):
+            first = journal.synced_seq + 1
+            assert _post_group(commit) == [o if isinstance(o, str) else o + first - 1
+                                           for o in _expected_outcomes()]
     assert len(list((tmp_path / "j").glob("*.seg"))) == 3
-    commit.close()
-    journal.close()
 
 
 FAKE_HELPER = r"""
@@ -258,15 +261,11 @@ def test_a_malformed_reply_from_the_helper_falls_back_to_the_loop(tmp_path, monk
     fake = tmp_path / "fake_syncd.py"
     fake.write_text(FAKE_HELPER.replace("sys.argv[2]", repr(str(ROOT))))
     monkeypatch.setattr(syncd, "__file__", str(fake))
-    journal = Journal(tmp_path / "j")
-    commit = GroupCommit(journal)
-    assert commit.syncer.pid is not None
-    # the group is durable and checked on the loop: no 503 for deliveries already kept
-    assert _post_group(commit) == _expected_outcomes()
-    assert commit.syncer.pid is None  # the helper is out of step: stopped, restarted later
-    commit.close()
-    journal.close()
-    assert [r.payload for r in iter_records(tmp_path / "j")] == MIXED
+    with _mixed_group(tmp_path) as (_, commit):
+        assert commit.syncer.pid is not None
+        # the group is durable and checked on the loop: no 503 for deliveries already kept
+        assert _post_group(commit) == _expected_outcomes()
+        assert commit.syncer.pid is None  # the helper is out of step: stopped, restarted later
 
 
 def test_with_the_plain_journal_a_body_is_checked_before_it_is_journaled(settings):

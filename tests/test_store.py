@@ -101,6 +101,15 @@ def test_v1_data_dir_is_migrated_forward_with_its_change_model(tmp_path):
     assert fields == ["LegalName", "OtherProperties.contact_check", "Phones", "Tags"]
 
 
+def _run_script(code: str, *args: str) -> str:
+    """Run Python `code` in a fresh interpreter with the project importable."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                          text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
 def _other_program_opens(path, sql: str) -> str:
     """Run `sql` on the file read-write from another process; return its output or error."""
     code = ("import duckdb, sys\n"
@@ -109,9 +118,7 @@ def _other_program_opens(path, sql: str) -> str:
             "    print(con.execute(sys.argv[2]).fetchall())\n"
             "except duckdb.Error as exc:\n"
             "    print('refused:', exc)\n")
-    done = subprocess.run([sys.executable, "-c", code, str(path), sql], capture_output=True,
-                          text=True, timeout=60, check=True)
-    return done.stdout.strip()
+    return _run_script(code, str(path), sql)
 
 
 def test_a_closed_store_is_checkpointed_and_free_for_other_programs(settings):
@@ -178,7 +185,8 @@ def test_instances_of_files_nobody_uses_are_closed(tmp_path):
         assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 0
     ours = [k for k in store_module._ENGINES if k.is_relative_to(tmp_path.resolve())]
     # the newest, the ones kept idle, and the one that was in use when others came
-    assert sorted(ours) == sorted(s.path.resolve() for s in [kept, *others[-3:]])
+    newest = others[-(store_module.IDLE_ENGINES + 1):]
+    assert sorted(ours) == sorted(s.path.resolve() for s in [kept, *newest])
     for other in others:  # a closed instance is replaced by a new one when needed
         with other.reader() as con:
             assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 1
@@ -207,15 +215,6 @@ def test_a_leftover_attachment_is_detached_before_the_next_open(settings):
         con.execute("INSERT INTO auth_failures VALUES (now(), NULL, 'more')")
     with store.reader() as con:
         assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 2
-
-
-def _run_script(code: str, *args: str) -> str:
-    """Run Python `code` in a fresh interpreter with the project importable."""
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
-                          text=True, timeout=120, cwd=root)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.strip()
 
 
 def test_a_checkpoint_that_fails_on_close_keeps_the_rows_and_the_next_writer_works(tmp_path):
