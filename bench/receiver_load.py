@@ -26,7 +26,9 @@ process runs too). Answer → visible in DuckDB is measured two ways during (2):
 Afterwards it checks that every 2xx delivery is in `events`. Also prints, per round, the
 CPU time per answer of each process during the load (from /proc): the baseline's, the
 receiver's own process (its event loop and threads), its ingest process and its sync
-helper. Prints the figures; asserts nothing.
+helper; and how each server's event loop thread spent the load: running, waiting for a
+CPU (runnable while another thread, such as wrk's, holds it) or asleep (all its
+connections waiting for their answers). Prints the figures; asserts nothing.
 
     python bench/receiver_load.py [--seconds 10] [--rounds 3] [--connections 16]
 """
@@ -154,6 +156,32 @@ def process_cpu(root_pid: int) -> dict[int, tuple[str, float]]:
             continue  # ended meanwhile
         found[pid] = (role, (int(fields[11]) + int(fields[12])) / tick)
     return found
+
+
+def loop_thread(pid: int) -> tuple[float, float, float] | None:
+    """Return (wall clock, seconds run, seconds waited for a CPU) of a process's main thread.
+
+    From /proc/<pid>/task/<pid>/schedstat (None where the kernel does not keep it). The
+    server's event loop is its main thread: a load is limited by the loop's CPU time, and
+    a loop that is runnable but waiting for a CPU (another thread of the machine, the
+    load generator's too, holds it) or asleep (every connection waits for its answer)
+    answers nobody meanwhile.
+    """
+    try:
+        ran, waited, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+        return time.monotonic(), int(ran) / 1e9, int(waited) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+def loop_shares(before: tuple[float, float, float] | None,
+                after: tuple[float, float, float] | None) -> str:
+    """Describe how the loop thread spent the time between two loop_thread readings."""
+    if before is None or after is None:
+        return "-"
+    wall, ran, waited = (b - a for a, b in zip(before, after, strict=True))
+    return (f"ran {ran / wall:.0%}, waited for a CPU {waited / wall:.1%}, "
+            f"asleep {max(0.0, 1 - (ran + waited) / wall):.1%}")
 
 
 def cpu_per_answer(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
@@ -309,13 +337,15 @@ def main() -> None:
             # the receiver's last round is all in DuckDB, field changes too: it is quiet
             # and takes no CPU from the baseline's load
             wait_caught_up(url, derived=True)
-            before = process_cpu(base.pid)
+            before, loop = process_cpu(base.pid), loop_thread(base.pid)
             baseline = run_wrk(base_url, script, args.seconds, args.connections)
+            baseline["loop"] = loop_shares(loop, loop_thread(base.pid))
             baseline["cpu"] = cpu_per_answer(before, process_cpu(base.pid),
                                              baseline["requests"])
             probe.active.set()
-            before = process_cpu(recv.pid)
+            before, loop = process_cpu(recv.pid), loop_thread(recv.pid)
             ours = run_wrk(url, script, args.seconds, args.connections)
+            ours["loop"] = loop_shares(loop, loop_thread(recv.pid))
             ours["cpu"] = cpu_per_answer(before, process_cpu(recv.pid), ours["requests"])
             probe.active.clear()
             rounds.append((baseline, ours))
@@ -346,6 +376,8 @@ def main() -> None:
               f"{baseline['cpu']['loop']:.0f} µs; receiver process {cpu.get('loop', '-')}, "
               f"ingest {cpu.get('ingest', '-')}, sync helper {cpu.get('helper', '-')} (the "
               "ingest's stage 2 catches up after the load, not counted)")
+        print(f"         event loop thread during the load: baseline {baseline['loop']}; "
+              f"receiver {ours['loop']}")
     ratios = [ours["rps"] / baseline["rps"] for baseline, ours in rounds]
     total = (sum(ours["requests"] for _, ours in rounds)
              / sum(baseline["requests"] for baseline, _ in rounds))
