@@ -73,6 +73,18 @@ def refusal(check, raw: bytes) -> str | None:
     return None
 
 
+def run_script(code: str, *args: str, timeout: float = 120) -> str:
+    """Run Python `code` in a fresh interpreter from the project root; return its stdout.
+
+    The script must exit 0. A scenario that deadlocks fails at `timeout` instead of
+    hanging the suite.
+    """
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
     """Poll until predicate() is truthy and return its value, or fail."""
     deadline = time.monotonic() + timeout

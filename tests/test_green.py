@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import gevent
 import pytest
-from conftest import ROOT, process_running, refusal
+from conftest import ROOT, process_running, refusal, run_script
 
 from ploomes import green, syncd
 from ploomes.delivery import InvalidDelivery, check_delivery
@@ -356,14 +354,6 @@ def test_a_file_the_helper_cannot_open_is_synced_in_the_receiver(tmp_path, monke
     os.close(fd)
 
 
-def _run_isolated(script: str, tmp_path) -> str:
-    """Run a scenario in its own interpreter: if it deadlocks, the test fails, not hangs."""
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 SLOW_SYNC_PREAMBLE = r"""
 import os, sys, gevent
 from pathlib import Path
@@ -385,7 +375,7 @@ journal.sync_elsewhere(slow_sync)
 
 
 def test_shutdown_waits_for_the_group_being_synced_instead_of_deadlocking(tmp_path):
-    out = _run_isolated(SLOW_SYNC_PREAMBLE + r"""
+    out = run_script(SLOW_SYNC_PREAMBLE + r"""
 commit.append_entries([(b'{"refused": 1}', KIND_REJECTED, 0, None)], durable=False)
 gevent.sleep(0)  # the writer takes the refusal and waits for its slow sync
 assert syncing, "the writer should be syncing by now"
@@ -394,12 +384,12 @@ assert journal.synced_seq == 1, "drain must wait for the group being synced"
 journal.close()  # ... then service.close(): both used to block the loop for good
 commit.close()
 print(len(list(iter_records(Path(sys.argv[1]) / "j"))))
-""", tmp_path)
+""", str(tmp_path), timeout=30)
     assert out.strip() == "1"
 
 
 def test_requests_of_a_group_whose_writer_is_killed_get_an_error_not_a_hang(tmp_path):
-    out = _run_isolated(SLOW_SYNC_PREAMBLE + r"""
+    out = run_script(SLOW_SYNC_PREAMBLE + r"""
 def request(n):
     try:
         return commit.append_entries([(DEAL + b'"n": %d}' % n, KIND_DELIVERY, 0, None)])
@@ -412,12 +402,12 @@ assert syncing, "the writer should be syncing by now"
 commit._writer.kill()
 gevent.joinall(requests, timeout=5)
 print([r.value if r.ready() else "still waiting" for r in requests])
-""", tmp_path)
+""", str(tmp_path), timeout=30)
     assert out.strip() == str(["refused: the journal writer stopped during a group"] * 3)
 
 
 def test_a_second_writer_on_the_loop_gets_an_error_instead_of_a_deadlock(tmp_path):
-    out = _run_isolated(SLOW_SYNC_PREAMBLE + r"""
+    out = run_script(SLOW_SYNC_PREAMBLE + r"""
 writer = gevent.spawn(commit.append_entries, [(DEAL + b'"n": 1}', KIND_DELIVERY, 0, None)])
 gevent.sleep(0.05)  # the writer greenlet leads, waiting for its sync
 try:
@@ -426,7 +416,7 @@ try:
 except JournalWriteError as exc:
     print("refused:", exc)
 print(writer.get())
-""", tmp_path)
+""", str(tmp_path), timeout=30)
     assert out.splitlines()[0].startswith("refused: the journal is being written by another")
     assert out.splitlines()[1] == "[1]"
 
@@ -446,7 +436,6 @@ def test_an_interrupted_sync_never_leaves_its_answer_for_the_next_one(tmp_path, 
 
 
 def test_a_group_that_starts_a_new_segment_is_written_on_a_pool_thread(tmp_path, monkeypatch):
-
     journal = Journal(tmp_path / "j", segment_bytes=4096)
     commit = GroupCommit(journal)
     offloaded = []

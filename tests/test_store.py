@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import example_payloads, make_settings
+from conftest import example_payloads, make_settings, run_script
 
 from ploomes import store as store_module
 from ploomes.demo import demo_count, load_demo, remove_demo
@@ -101,15 +98,6 @@ def test_v1_data_dir_is_migrated_forward_with_its_change_model(tmp_path):
     assert fields == ["LegalName", "OtherProperties.contact_check", "Phones", "Tags"]
 
 
-def _run_script(code: str, *args: str) -> str:
-    """Run Python `code` in a fresh interpreter with the project importable."""
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
-                          text=True, timeout=120, cwd=root)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.strip()
-
-
 def _other_program_opens(path, sql: str) -> str:
     """Run `sql` on the file read-write from another process; return its output or error."""
     code = ("import duckdb, sys\n"
@@ -118,7 +106,7 @@ def _other_program_opens(path, sql: str) -> str:
             "    print(con.execute(sys.argv[2]).fetchall())\n"
             "except duckdb.Error as exc:\n"
             "    print('refused:', exc)\n")
-    return _run_script(code, str(path), sql)
+    return run_script(code, str(path), sql)
 
 
 def test_a_closed_store_is_checkpointed_and_free_for_other_programs(settings):
@@ -243,7 +231,7 @@ def test_a_checkpoint_that_fails_on_close_keeps_the_rows_and_the_next_writer_wor
         with store.reader() as con:
             print("reader sees", fetch_one(con, "SELECT count(*) FROM auth_failures")[0])
     """
-    assert _run_script(code, str(tmp_path / "data")).splitlines() == [
+    assert run_script(code, str(tmp_path / "data")).splitlines() == [
         "closed; wal kept: True", "next writer sees 80000", "reader sees 80000"]
 
 
@@ -283,7 +271,7 @@ def test_a_forked_child_exits_cleanly_after_the_parent_used_the_store(tmp_path):
         with store.reader() as con:  # and the parent's store still works, its row kept
             print(fetch_one(con, "SELECT reason FROM auth_failures")[0])
     """
-    assert _run_script(code, str(tmp_path / "data")).splitlines() == [
+    assert run_script(code, str(tmp_path / "data")).splitlines() == [
         "parent's WAL kept: True", "0 0 0", "committed"]
 
 
