@@ -166,7 +166,8 @@ def loop_thread(pid: int) -> tuple[float, float, float] | None:
     a loop that is runnable but waiting for a CPU (another thread of the machine, the
     load generator's too, holds it) or asleep (every connection waits for its answer)
     answers nobody meanwhile. The readings frame wrk's whole run, its start and end
-    included, when no load comes: the baseline's loop shows 0.1-0.6 % asleep for that.
+    included (25-120 ms beyond a 5 s load, measured), so the shares count a little time
+    without load; the baseline's loop shows 0.1-0.6 % asleep.
     """
     try:
         ran, waited, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
