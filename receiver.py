@@ -20,6 +20,7 @@ import time
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import get_content_length
 
 from ploomes.config import ConfigError, Settings, load_settings
 from ploomes.demo import DEMO_PATH
@@ -59,20 +60,6 @@ class _RedactingLog:
 
     def flush(self) -> None:
         pass
-
-
-def declared_length(environ: dict) -> int | None:
-    """Return the Content-Length a request declares, as werkzeug's `content_length` does.
-
-    None for a chunked body or no header, 0 for a value that is not a plain number. Read
-    from the WSGI environ: werkzeug's property parses the headers through several layers,
-    ~38,000 instructions of the event loop's per delivery (`bench/receiver_cost.py`).
-    """
-    declared = environ.get("CONTENT_LENGTH")
-    if declared is None or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-        return None
-    declared = declared.strip()
-    return int(declared) if declared.isascii() and declared.isdigit() else 0
 
 
 def serve(app, host: str, port: int, on_ready=None) -> None:
@@ -224,7 +211,10 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
             return answer(service.unauthorized(source, "wrong key"))
         limit = settings.max_body_bytes
         try:
-            declared = declared_length(environ)
+            # werkzeug's parser on the environ: `request.content_length` reaches the same
+            # one through its header layers, ~38,000 instructions of the event loop's per
+            # delivery (bench/receiver_cost.py)
+            declared = get_content_length(environ)
             if declared is not None and declared > limit:
                 return answer(service.reject_authenticated(
                     "too_large", 413, f"body is larger than {limit} bytes",
