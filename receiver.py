@@ -1,9 +1,10 @@
 """The Ploomes webhook receiver: `python receiver.py [--host H] [--port P] [--data-dir D]`.
 
-A thin Flask shell over `ploomes.service.DeliveryService`, served by gevent's WSGI
-server (`serve`): requests are greenlets on one thread, and journal appends are grouped
-(`ploomes.green.GroupCommit`) and synced by a helper process while the loop serves the
-others, so waiting for the disk costs no thread hand-off at all.
+A thin Flask shell over `ploomes.intake.service.DeliveryService`, served by gevent's
+WSGI server (`serve`): requests are greenlets on one thread. Journal appends go through
+`GroupCommit`: one writer greenlet writes everything queued as one group and syncs it
+on a pool thread while the loop serves the other requests. The ingest process
+(`ploomes.ingest.worker.IngestProcess`) is started beside it.
 """
 
 from __future__ import annotations
@@ -16,21 +17,22 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_content_length
 
-from ploomes.config import ConfigError, Settings, load_settings
-from ploomes.demo import DEMO_PATH
-from ploomes.journal import JournalBusy
-from ploomes.keys import ensure_key, key_file, mask_secret
-from ploomes.service import DeliveryService
+from ploomes.config import ConfigError, Settings, load_settings, mask_secret
+from ploomes.ingest.worker import IngestProcess
+from ploomes.intake.journal import Entry, Journal, JournalBusy, JournalWriteError
+from ploomes.intake.keys import ensure_key, key_file
+from ploomes.intake.service import DeliveryService
+from ploomes.model.vocabulary import DEMO_PATH, VALIDATION_HEADER, VALIDATION_QUERY, WEBHOOK_PATH
 
-WEBHOOK_PATH = "/ploomes/webhook"
-KEY_HEADER = "X-Ploomes-Validation-Key"
-KEY_ENVIRON = "HTTP_" + KEY_HEADER.upper().replace("-", "_")  # the header, as WSGI names it
+KEY_ENVIRON = "HTTP_" + VALIDATION_HEADER.upper().replace("-", "_")  # as WSGI names it
 MAX_CONNECTIONS = 1000  # open connections (keep-alive ones count); more wait to connect
 IDLE_TIMEOUT = 60.0  # seconds a connection may wait for (the rest of) its next request,
 #                      or spend in one, before it is no longer read; at twice this long
@@ -40,6 +42,7 @@ DRAIN_MAX = 64 * 1024  # unread body bytes read and dropped to keep a connection
 DEMO_MAX_BYTES = 16 * 1024 * 1024  # one chunk of demo deliveries from the dashboard
 STOP_SECONDS = 10.0  # on SIGTERM, how long requests waiting for the disk may finish
 _QUERY_IN_TEXT = re.compile(r"\?[^\s\"']*")
+T = TypeVar("T")
 
 
 class _RedactingLog:
@@ -60,6 +63,84 @@ class _RedactingLog:
 
     def flush(self) -> None:
         pass
+
+
+def _outcome(fn: Callable[..., T], args: tuple) -> tuple[bool, T | BaseException]:
+    # runs on a pool thread: hand an exception back instead of letting gevent print it
+    try:
+        return True, fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - re-raised in the calling greenlet
+        return False, exc
+
+
+def offload(fn: Callable[..., T], *args: object) -> T:
+    """Run fn(*args) on gevent's thread pool; the event loop serves others meanwhile."""
+    import gevent
+
+    ok, value = gevent.get_hub().threadpool.apply(_outcome, (fn, args))
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
+
+
+class GroupCommit:
+    """Journal appends from request greenlets, written and synced as one group at a time.
+
+    Each request queues its records and waits; one writer greenlet takes everything
+    queued and appends it with one journal call (one write, one fdatasync) on gevent's
+    thread pool, so the loop serves the other requests while the disk works, and records
+    queued during a sync form the next group. Create it on the event loop's thread.
+    """
+
+    def __init__(self, journal: Journal):
+        import gevent
+        from gevent.event import Event
+
+        self.journal = journal
+        self._queue: list[tuple[Sequence[Entry], object]] = []
+        self._wake = Event()
+        self._closing = False
+        self._writer = gevent.spawn(self._run)
+
+    def append_entries(self, entries: Sequence[Entry]) -> list[int]:
+        """Queue records for the next group; return their sequence numbers once durable."""
+        from gevent.event import AsyncResult
+
+        if self._closing:
+            raise JournalWriteError("the receiver is stopping")
+        result: AsyncResult = AsyncResult()
+        self._queue.append((entries, result))
+        self._wake.set()
+        return result.get()
+
+    def _run(self) -> None:
+        while not (self._closing and not self._queue):
+            self._wake.wait()
+            self._wake.clear()
+            group, self._queue = self._queue, []
+            if group:
+                self._write(group)
+
+    def _write(self, group: list) -> None:
+        entries = [entry for batch, _ in group for entry in batch]
+        try:
+            seqs = offload(self.journal.append_entries, entries)
+        except Exception as exc:  # noqa: BLE001 - every request of the group is told
+            error = exc if isinstance(exc, JournalWriteError) else JournalWriteError(
+                f"journal write failed: {exc!r}")
+            for _, result in group:
+                result.set_exception(error)
+            return
+        start = 0
+        for batch, result in group:
+            result.set(seqs[start:start + len(batch)])
+            start += len(batch)
+
+    def close(self) -> None:
+        """Write what is queued, then stop the writer greenlet."""
+        self._closing = True
+        self._wake.set()
+        self._writer.join()
 
 
 def serve(app, host: str, port: int, on_ready=None) -> None:
@@ -184,12 +265,16 @@ def serve(app, host: str, port: int, on_ready=None) -> None:
     server.serve_forever()
 
 
-def create_app(settings: Settings | None = None, start_worker: bool = True) -> Flask:
-    """Create the receiver app for one data dir."""
+def create_app(settings: Settings | None = None, start_ingest: bool = True) -> Flask:
+    """Create the receiver app for one data dir (and start its ingest process)."""
     settings = settings or load_settings()
-    service = DeliveryService(settings, start_worker=start_worker)
+    service = DeliveryService(settings)
+    ingest = IngestProcess(settings, service.shared)
+    if start_ingest:
+        ingest.start()
     app = Flask(__name__)
     app.extensions["ploomes"] = service
+    app.extensions["ploomes.ingest"] = ingest
     # Flask must not buffer more than the limit; the handler reads at most limit + 1.
     app.config["MAX_CONTENT_LENGTH"] = None
 
@@ -204,7 +289,7 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
         started = time.perf_counter()
         environ = request.environ  # what request.headers and .remote_addr read, directly
         source = environ.get("REMOTE_ADDR")
-        key = environ.get(KEY_ENVIRON) or request.args.get("validation_key")
+        key = environ.get(KEY_ENVIRON) or request.args.get(VALIDATION_QUERY)
         if not key:
             return answer(service.unauthorized(source, "missing key"))
         if not service.authenticated(key):
@@ -231,7 +316,7 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
     @app.post(DEMO_PATH)
     def demo() -> Response:
         # Only the project's own dashboard uses this; it holds the same keys.
-        key = request.headers.get(KEY_HEADER)
+        key = request.headers.get(VALIDATION_HEADER)
         if not service.authenticated(key):
             return answer(service.unauthorized(request.remote_addr, "wrong key (demo)"))
         raw = request.stream.read(DEMO_MAX_BYTES + 1)
@@ -246,7 +331,7 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
 
     @app.get("/healthz")
     def healthz() -> Response:
-        status, body = service.health()
+        status, body = service.health(ingest.alive())
         response = jsonify(body)
         response.status_code = status
         return response
@@ -259,7 +344,7 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         if exc.code == 405:
-            service.outcomes["method_not_allowed"] += 1
+            service.count("method_not_allowed")
         response = jsonify({"status": "refused", "reason": exc.description or exc.name})
         response.status_code = exc.code or 500
         return response
@@ -301,8 +386,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: another receiver is already running on {settings.data_dir}",
               file=sys.stderr)
         return 1
-    from ploomes.green import GroupCommit, offload
-
     service = app.extensions["ploomes"]
     commit = GroupCommit(service.journal)
     service.appender, service.run_cpu = commit, offload
@@ -314,12 +397,12 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         try:
-            commit.drain()  # refusals still queued when the server stopped
+            commit.close()  # what requests queued before the server stopped
         finally:
             try:
-                service.close()
+                app.extensions["ploomes.ingest"].stop()  # it drains what is durable
             finally:
-                commit.close()
+                service.close()
     return 0
 
 

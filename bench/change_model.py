@@ -34,9 +34,11 @@ from common import (
     verdict,
 )
 
-from ploomes import history
-from ploomes.ingest import Pipeline
-from ploomes.journal import iter_records
+from ploomes.ingest.pipeline import Pipeline
+from ploomes.intake.journal import iter_records
+from ploomes.queries import events as qevents
+from ploomes.queries import records as qrecords
+from ploomes.queries import users as qusers
 from ploomes.store import Store, fetch_one
 
 QUERY_TARGET_MS = 100.0
@@ -113,54 +115,54 @@ def query_cases(p: dict) -> list[tuple[str, object]]:
     """Return (label, call) for each query function, as the pages and tests use them."""
     week_ago = p["newest"] - timedelta(days=7)
     h = history
-    flt = history.EventFilter
+    flt = qevents.EventFilter
     return [
         ("field_changes_of('StageId')",
-         lambda con: h.field_changes_of(con, "StageId")),
+         lambda con: qrecords.field_changes_of(con, "StageId")),
         ("field_changes_of('StageId', entity, last 7 d)",
-         lambda con: h.field_changes_of(con, "StageId", entity="Deals", start=week_ago)),
-        ("user_changes(busiest user)", lambda con: h.user_changes(con, p["user"])),
-        ("changes_matching(common word)", lambda con: h.changes_matching(con, "Padaria")),
-        (f"changes_matching('{RARE_TEXT}')", lambda con: h.changes_matching(con, RARE_TEXT)),
+         lambda con: qrecords.field_changes_of(con, "StageId", entity="Deals", start=week_ago)),
+        ("user_changes(busiest user)", lambda con: qusers.user_changes(con, p["user"])),
+        ("changes_matching(common word)", lambda con: qrecords.changes_matching(con, "Padaria")),
+        (f"changes_matching('{RARE_TEXT}')", lambda con: qrecords.changes_matching(con, RARE_TEXT)),
         ("changes_matching(word, field=Title)",
-         lambda con: h.changes_matching(con, "Padaria", field_path="Title")),
+         lambda con: qrecords.changes_matching(con, "Padaria", field_path="Title")),
         ("record_events(busiest deal)",
-         lambda con: h.record_events(con, p["entity"], p["record_id"])),
+         lambda con: qrecords.record_events(con, p["entity"], p["record_id"])),
         ("record_history(busiest deal)",
-         lambda con: h.record_history(con, p["entity"], p["record_id"])),
+         lambda con: qrecords.record_history(con, p["entity"], p["record_id"])),
         ("state_at(busiest deal, now)",
-         lambda con: h.state_at(con, p["entity"], p["record_id"])),
+         lambda con: qrecords.state_at(con, p["entity"], p["record_id"])),
         ("find_records(entity, record_id)",
-         lambda con: h.find_records(con, entity=p["entity"], record_id=p["record_id"])),
+         lambda con: qrecords.find_records(con, entity=p["entity"], record_id=p["record_id"])),
         (f"find_records(Deals, text='{p['title_word']}')",
-         lambda con: h.find_records(con, entity="Deals", text=p["title_word"])),
+         lambda con: qrecords.find_records(con, entity="Deals", text=p["title_word"])),
         (f"find_records(text='{RARE_TEXT}')",
-         lambda con: h.find_records(con, text=RARE_TEXT)),
-        ("continuity_gaps(all)", lambda con: h.continuity_gaps(con)),
+         lambda con: qrecords.find_records(con, text=RARE_TEXT)),
+        ("continuity_gaps(all)", lambda con: qrecords.continuity_gaps(con)),
         ("continuity_gaps(one record)",
-         lambda con: h.continuity_gaps(con, p["gap"][0], p["gap"][1])),
-        ("count_events(no filter)", lambda con: h.count_events(con, flt())),
-        ("list_events(no filter, 50)", lambda con: h.list_events(con, flt())),
-        ("events_page(no filter, page 1)", lambda con: h.events_page(con, flt())),
+         lambda con: qrecords.continuity_gaps(con, p["gap"][0], p["gap"][1])),
+        ("count_events(no filter)", lambda con: qevents.count_events(con, flt())),
+        ("list_events(no filter, 50)", lambda con: qevents.list_events(con, flt())),
+        ("events_page(no filter, page 1)", lambda con: qevents.events_page(con, flt())),
         ("events_page(no filter, page 100)",
-         lambda con: h.events_page(con, flt(), page=100)),
+         lambda con: qevents.events_page(con, flt(), page=100)),
         ("events_page(entity+action)",
-         lambda con: h.events_page(con, flt(entity="Deals", action="Win"))),
+         lambda con: qevents.events_page(con, flt(entity="Deals", action="Win"))),
         ("events_page(user)",
-         lambda con: h.events_page(con, flt(action_user_id=p["user"]))),
+         lambda con: qevents.events_page(con, flt(action_user_id=p["user"]))),
         ("events_page(record)",
-         lambda con: h.events_page(con, flt(entity=p["entity"], record_id=p["record_id"]))),
-        ("events_page(field=StageId)", lambda con: h.events_page(con, flt(field="StageId"))),
+         lambda con: qevents.events_page(con, flt(entity=p["entity"], record_id=p["record_id"]))),
+        ("events_page(field=StageId)", lambda con: qevents.events_page(con, flt(field="StageId"))),
         ("events_page(text=common word)",
-         lambda con: h.events_page(con, flt(text="Padaria"))),
+         lambda con: qevents.events_page(con, flt(text="Padaria"))),
         (f"events_page(text='{RARE_TEXT}')",
-         lambda con: h.events_page(con, flt(text=RARE_TEXT))),
+         lambda con: qevents.events_page(con, flt(text=RARE_TEXT))),
         (f"events_page(text='{RARE_TEXT}', last 7 d)",
-         lambda con: h.events_page(con, flt(text=RARE_TEXT, start=week_ago))),
-        ("filter_options()", lambda con: h.filter_options(con)),
-        ("field_options()", lambda con: h.field_options(con)),
-        ("field_options('Deals')", lambda con: h.field_options(con, "Deals")),
-        ("event_detail(newest event)", lambda con: h.event_detail(con, p["event_id"])),
+         lambda con: qevents.events_page(con, flt(text=RARE_TEXT, start=week_ago))),
+        ("filter_options()", lambda con: qevents.filter_options(con)),
+        ("field_options()", lambda con: qevents.field_options(con)),
+        ("field_options('Deals')", lambda con: qevents.field_options(con, "Deals")),
+        ("event_detail(newest event)", lambda con: qevents.event_detail(con, p["event_id"])),
     ]
 
 

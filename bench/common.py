@@ -34,11 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ploomes.config import Settings, load_settings  # noqa: E402
 from ploomes.directory import upsert_directory  # noqa: E402
-from ploomes.generator import Simulation, delivery_body, demo_subscriptions  # noqa: E402
-from ploomes.journal import Journal  # noqa: E402
-from ploomes.rebuild import rebuild  # noqa: E402
+
+from ploomes.config import Settings, load_settings  # noqa: E402
+from ploomes.demo.generator import Simulation, delivery_body, demo_subscriptions  # noqa: E402
+from ploomes.ingest.rebuild import rebuild  # noqa: E402
+from ploomes.intake.journal import Journal  # noqa: E402
 from ploomes.store import SCHEMA_VERSION, Store, fetch_one  # noqa: E402
 
 DEFAULT_EVENTS = 1_000_000

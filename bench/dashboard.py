@@ -38,8 +38,11 @@ from common import (
     verdict,
 )
 
-from ploomes import activity, history
 from ploomes.demo import demo_count
+from ploomes.queries import events as qevents
+from ploomes.queries import records as qrecords
+from ploomes.queries import status as qstatus
+from ploomes.queries import users as qusers
 from ploomes.store import Store, schema_version
 from views import PAGES as DASHBOARD_PAGES
 
@@ -67,7 +70,7 @@ def page_queries(store: Store) -> dict[str, list[tuple[str, object]]]:
     record is asked for; its second row is a record looked up by name, as a user does next.
     """
     with store.reader() as con:
-        top_user = activity.users_summary(con).iloc[0]["action_user_id"]
+        top_user = qusers.users_summary(con).iloc[0]["action_user_id"]
         top_user = None if top_user != top_user else int(top_user)  # NaN: no ActionUserId
         deal = con.execute("SELECT entity, record_id FROM events WHERE entity = 'Deals' "
                            "GROUP BY ALL ORDER BY count(*) DESC, record_id LIMIT 1").fetchall()[0]
@@ -77,80 +80,80 @@ def page_queries(store: Store) -> dict[str, list[tuple[str, object]]]:
     banner = ("demo_count (banner)", demo_count)
     entity, record_id = deal[0], int(deal[1])
     # what the Events page runs before its table, whatever the filter
-    events_page = [banner, ("filter_options", history.filter_options),
-                   ("field_options(any entity)", lambda con: history.field_options(con, None))]
+    events_page = [banner, ("filter_options", qevents.filter_options),
+                   ("field_options(any entity)", lambda con: qevents.field_options(con, None))]
     first_page = ("events_page(no filter, 1, 50)",
-                  lambda con: history.events_page(con, history.EventFilter(), 1, 50))
+                  lambda con: qevents.events_page(con, qevents.EventFilter(), 1, 50))
     return {
         "Overview": [
             banner,
-            ("event_count", activity.event_count),
-            ("overview_summary", lambda con: activity.overview_summary(con)),
-            ("last_delivery_at", activity.last_delivery_at),
+            ("event_count", qstatus.event_count),
+            ("overview_summary", lambda con: qstatus.overview_summary(con)),
+            ("last_delivery_at", qstatus.last_delivery_at),
             ("timeline(7 d, by entity)",
-             lambda con: activity.timeline(con, start, end, by="entity",
-                                           bucket=activity.bucket_for(start, end), tz=TZ)),
+             lambda con: qstatus.timeline(con, start, end, by="entity",
+                                           bucket=qstatus.bucket_for(start, end), tz=TZ)),
         ],
         "Events": [*events_page, first_page],
         "Events, text search": [
             *events_page,
             ("events_page(text='Padaria')",
-             lambda con: history.events_page(con, history.EventFilter(text="Padaria"), 1, 50)),
+             lambda con: qevents.events_page(con, qevents.EventFilter(text="Padaria"), 1, 50)),
         ],
         "Events, one event open": [
             *events_page, first_page,
-            ("event_detail", lambda con: history.event_detail(
+            ("event_detail", lambda con: qevents.event_detail(
                 con, int(con.execute("SELECT max(id) FROM events").fetchall()[0][0]))),
         ],
         "Records": [
             banner,
-            ("distinct_values(entity)", lambda con: activity.distinct_values(con, "entity")),
+            ("distinct_values(entity)", lambda con: qevents.distinct_values(con, "entity")),
         ],
         "Records, a record found by name": [
             banner,
-            ("distinct_values(entity)", lambda con: activity.distinct_values(con, "entity")),
+            ("distinct_values(entity)", lambda con: qevents.distinct_values(con, "entity")),
             ("find_records(Deals, text)",
-             lambda con: history.find_records(con, entity="Deals", text="Padaria")),
-            ("record_events", lambda con: history.record_events(con, entity, record_id)),
+             lambda con: qrecords.find_records(con, entity="Deals", text="Padaria")),
+            ("record_events", lambda con: qrecords.record_events(con, entity, record_id)),
             ("find_records(entity, id)",
-             lambda con: history.find_records(con, entity=entity, record_id=record_id)),
+             lambda con: qrecords.find_records(con, entity=entity, record_id=record_id)),
             ("continuity_gaps(record)",
-             lambda con: history.continuity_gaps(con, entity, record_id)),
-            ("record_history", lambda con: history.record_history(
+             lambda con: qrecords.continuity_gaps(con, entity, record_id)),
+            ("record_history", lambda con: qrecords.record_history(
                 con, entity, record_id, include_bookkeeping=False)),
-            ("state_at(last event)", lambda con: history.state_at(
+            ("state_at(last event)", lambda con: qrecords.state_at(
                 con, entity, record_id, event_id=2**62)),
         ],
         "Users": [
             banner,
-            ("event_count", activity.event_count),
-            ("users_summary(all)", lambda con: activity.users_summary(con)),
-            ("user_entity_actions(all)", lambda con: activity.user_entity_actions(con)),
-            ("user_heatmap(busiest)", lambda con: activity.user_heatmap(con, top_user, tz=TZ)),
+            ("event_count", qstatus.event_count),
+            ("users_summary(all)", lambda con: qusers.users_summary(con)),
+            ("user_entity_actions(all)", lambda con: qusers.user_entity_actions(con)),
+            ("user_heatmap(busiest)", lambda con: qusers.user_heatmap(con, top_user, tz=TZ)),
             ("user_top_fields(busiest)",
-             lambda con: activity.user_top_fields(con, top_user, limit=10)),
+             lambda con: qusers.user_top_fields(con, top_user, limit=10)),
         ],
         "Users, last 90 days": [
             banner,
-            ("event_count", activity.event_count),
-            ("users_summary(90 d)", lambda con: activity.users_summary(con, since=since90)),
+            ("event_count", qstatus.event_count),
+            ("users_summary(90 d)", lambda con: qusers.users_summary(con, since=since90)),
             ("user_entity_actions(90 d)",
-             lambda con: activity.user_entity_actions(con, since=since90)),
+             lambda con: qusers.user_entity_actions(con, since=since90)),
             ("user_heatmap(busiest, 90 d)",
-             lambda con: activity.user_heatmap(con, top_user, tz=TZ, since=since90)),
+             lambda con: qusers.user_heatmap(con, top_user, tz=TZ, since=since90)),
             ("user_top_fields(busiest, 90 d)",
-             lambda con: activity.user_top_fields(con, top_user, limit=10, since=since90)),
+             lambda con: qusers.user_top_fields(con, top_user, limit=10, since=since90)),
         ],
         "Webhooks (no API key)": [banner],
         "Status": [
             banner,
             ("schema_version", schema_version),
-            ("ingest_positions", activity.ingest_positions),
-            ("table_counts", activity.table_counts),
-            ("distinct_values(entity)", lambda con: activity.distinct_values(con, "entity")),
-            ("distinct_values(action)", lambda con: activity.distinct_values(con, "action")),
+            ("ingest_positions", qstatus.ingest_positions),
+            ("table_counts", qstatus.table_counts),
+            ("distinct_values(entity)", lambda con: qevents.distinct_values(con, "entity")),
+            ("distinct_values(action)", lambda con: qevents.distinct_values(con, "action")),
             ("count_events(no filter)",
-             lambda con: activity.count_events(con, activity.EventFilter())),
+             lambda con: qevents.count_events(con, qevents.EventFilter())),
         ],
     }
 

@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 from common import free_port  # noqa: E402
 
 from ploomes.config import load_settings  # noqa: E402
-from ploomes.generator import Simulation, delivery_body  # noqa: E402
+from ploomes.demo.generator import Simulation, delivery_body  # noqa: E402
 from ploomes.store import Store, fetch_one  # noqa: E402, fetch_one
 
 KEY = "bench-validation-key-0123456789abcdef"

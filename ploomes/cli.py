@@ -1,4 +1,8 @@
-"""Store maintenance commands of `python -m ploomes`."""
+"""The command line: `python -m ploomes <command>`.
+
+The top of the project's layers: it may import every part. Errors are turned into one
+line on standard error and exit code 1 (2 for bad usage), never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,18 @@ import argparse
 import json
 import sys
 
-from ploomes.config import ConfigError, load_settings
-from ploomes.store import Store, StoreError, fetch_one
+from ploomes.config import ConfigError, Settings, load_settings
+from ploomes.ingest.upgrade import UPGRADES
+from ploomes.store import Store, StoreError, fetch_one, schema_version
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(data_dir=getattr(args, "data_dir", None))
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     """Recreate the DuckDB file from the journal."""
-    from ploomes.rebuild import rebuild
+    from ploomes.ingest.rebuild import rebuild
 
     try:
         report = rebuild(_settings(args))
@@ -34,13 +39,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print the store's schema version and row counts as JSON."""
     try:
         settings = _settings(args)
-        store = Store(settings)
-        with store.reader() as con:
-            from ploomes.store import schema_version
-
-            info = {"data_dir": str(settings.data_dir), "schema_version": schema_version(con)}
+        with Store(settings, upgrades=UPGRADES).reader() as con:
+            info: dict[str, object] = {"data_dir": str(settings.data_dir),
+                                       "schema_version": schema_version(con)}
             for table in ("events", "field_changes", "continuity_gaps", "rejected_deliveries"):
-                info[table] = fetch_one(con, f"SELECT count(*) FROM {table}")[0]
+                row = fetch_one(con, f"SELECT count(*) FROM {table}")  # names from the tuple
+                info[table] = row[0] if row else 0
     except (ConfigError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -48,8 +52,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_store_parsers(subparsers) -> None:
-    """Register the store commands."""
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with one subparser per command."""
+    from ploomes.demo.sandbox import add_sandbox_parser
+
+    parser = argparse.ArgumentParser(prog="python -m ploomes",
+                                     description="Ploomes webhook monitor: maintenance and tools.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
     for name, handler, text in (
         ("rebuild", cmd_rebuild, "recreate the DuckDB file from the journal"),
         ("status", cmd_status, "show schema version and row counts"),
@@ -57,3 +66,11 @@ def add_store_parsers(subparsers) -> None:
         sub = subparsers.add_parser(name, help=text, description=text)
         sub.add_argument("--data-dir", help="data folder (default: PLOOMES_DATA_DIR or data/)")
         sub.set_defaults(handler=handler)
+    add_sandbox_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command named on the command line and return its exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)

@@ -54,6 +54,14 @@ class Settings:
         return self.data_dir / "journal"
 
 
+def mask_secret(value: str | None) -> str:
+    """Return a masked form of a secret that shows at most its last 4 characters."""
+    if not value:
+        return "(none)"
+    tail = value[-4:] if len(value) >= 12 else ""
+    return "••••" + tail
+
+
 _ENV = {
     "PLOOMES_DATA_DIR": ("data_dir", Path),
     "PLOOMES_MAX_BODY_BYTES": ("max_body_bytes", int),

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from ploomes.config import load_settings
-from ploomes.delivery import InvalidDelivery
+from ploomes.model.delivery import InvalidDelivery
 from ploomes.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

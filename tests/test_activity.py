@@ -1,4 +1,4 @@
-"""ploomes.activity on a real store seeded through the real ingest path."""
+"""The Overview, Users and Status queries on a real store seeded through the real ingest path."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import pandas as pd
 import pytest
 from conftest import free_port, make_settings
 
-from ploomes import activity
-from ploomes.demo import ingest_pending, load_demo
-from ploomes.ingest import Pipeline, rejected_payload
-from ploomes.journal import KIND_REJECTED, Journal
+from ploomes.demo.load import ingest_pending, load_demo
+from ploomes.ingest.pipeline import Pipeline
+from ploomes.intake import probe
+from ploomes.intake.journal import KIND_REJECTED, Journal, rejected_payload
+from ploomes.queries import events as qevents
+from ploomes.queries import status as qstatus
+from ploomes.queries import users as qusers
 from ploomes.store import Store
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)  # a Friday, 12:00 in São Paulo
@@ -80,80 +83,80 @@ def con(seeded):
 
 
 def test_event_count_and_last_delivery(con, tmp_path):
-    assert activity.event_count(con) == 7
-    assert activity.last_delivery_at(con) == NOW - timedelta(minutes=30) + timedelta(seconds=5)
+    assert qstatus.event_count(con) == 7
+    assert qstatus.last_delivery_at(con) == NOW - timedelta(minutes=30) + timedelta(seconds=5)
     empty = Store(make_settings(tmp_path / "empty"))
     with empty.reader() as fresh:
-        assert activity.event_count(fresh) == 0
-        assert activity.last_delivery_at(fresh) is None
+        assert qstatus.event_count(fresh) == 0
+        assert qstatus.last_delivery_at(fresh) is None
 
 
 def test_overview_summary_excludes_duplicates_by_default(con):
-    summary = activity.overview_summary(con, NOW)
+    summary = qstatus.overview_summary(con, NOW)
     assert summary.loc["24 h", ["deliveries", "records_changed", "active_users",
                                 "duplicates", "refused"]].tolist() == [2, 1, 1, 1, 2]
     assert summary.loc["7 d", ["deliveries", "records_changed", "active_users",
                                "duplicates", "refused"]].tolist() == [4, 2, 2, 1, 3]
     assert summary.loc["24 h", "since"] == NOW - timedelta(hours=24)
-    with_dups = activity.overview_summary(con, NOW, include_duplicates=True)
+    with_dups = qstatus.overview_summary(con, NOW, include_duplicates=True)
     assert with_dups.loc["24 h", "deliveries"] == 3
     assert with_dups.loc["7 d", "deliveries"] == 5
 
 
 def test_bucket_for():
-    assert activity.bucket_for(NOW - timedelta(days=2), NOW) == "hour"
-    assert activity.bucket_for(NOW - timedelta(days=2, seconds=1), NOW) == "day"
-    assert activity.bucket_for(NOW - timedelta(days=60), NOW) == "day"
-    assert activity.bucket_for(NOW - timedelta(days=61), NOW) == "week"
+    assert qstatus.bucket_for(NOW - timedelta(days=2), NOW) == "hour"
+    assert qstatus.bucket_for(NOW - timedelta(days=2, seconds=1), NOW) == "day"
+    assert qstatus.bucket_for(NOW - timedelta(days=60), NOW) == "day"
+    assert qstatus.bucket_for(NOW - timedelta(days=61), NOW) == "week"
 
 
 def test_timeline_buckets_in_local_time(con):
-    hourly = activity.timeline(con, NOW - timedelta(days=1), NOW, by="entity")
+    hourly = qstatus.timeline(con, NOW - timedelta(days=1), NOW, by="entity")
     # 14:00 and 14:30 UTC are both in the 11:00 hour in São Paulo
     assert hourly.to_dict("records") == [
         {"bucket": pd.Timestamp("2026-11-20 11:00"), "group": "Deals", "events": 2}]
-    assert activity.timeline(con, NOW - timedelta(days=1), NOW,
+    assert qstatus.timeline(con, NOW - timedelta(days=1), NOW,
                              include_duplicates=True)["events"].tolist() == [3]
 
-    daily = activity.timeline(con, NOW - timedelta(days=7), NOW, by="action")
+    daily = qstatus.timeline(con, NOW - timedelta(days=7), NOW, by="action")
     # 02:30 UTC on the 18th is still the 17th in São Paulo
     assert [(r.bucket.strftime("%Y-%m-%d"), r.group, r.events)
             for r in daily.itertuples()] == [
         ("2026-11-17", "Create", 1), ("2026-11-17", "Update", 1),
         ("2026-11-20", "Create", 1), ("2026-11-20", "Update", 1)]
 
-    weekly = activity.timeline(con, NOW - timedelta(days=90), NOW, by="entity")
+    weekly = qstatus.timeline(con, NOW - timedelta(days=90), NOW, by="entity")
     assert [(r.bucket.strftime("%Y-%m-%d"), r.group, r.events)
             for r in weekly.itertuples()] == [
         ("2026-10-26", "Tasks", 1), ("2026-11-09", "Deals", 1),
         ("2026-11-16", "Contacts", 2), ("2026-11-16", "Deals", 2)]
 
-    utc = activity.timeline(con, NOW - timedelta(days=7), NOW, by="entity", tz="UTC")
+    utc = qstatus.timeline(con, NOW - timedelta(days=7), NOW, by="entity", tz="UTC")
     assert [(r.bucket.strftime("%Y-%m-%d"), r.group, r.events) for r in utc.itertuples()] == [
         ("2026-11-17", "Contacts", 1), ("2026-11-18", "Contacts", 1), ("2026-11-20", "Deals", 2)]
 
 
 def test_timeline_rejects_unknown_grouping(con):
     with pytest.raises(ValueError):
-        activity.timeline(con, NOW - timedelta(days=1), NOW, by="payload")
+        qstatus.timeline(con, NOW - timedelta(days=1), NOW, by="payload")
     with pytest.raises(ValueError):
-        activity.timeline(con, NOW - timedelta(days=1), NOW, bucket="minute")
+        qstatus.timeline(con, NOW - timedelta(days=1), NOW, bucket="minute")
 
 
 def test_users_summary_names_and_counts(con):
-    users = activity.users_summary(con)
+    users = qusers.users_summary(con)
     rows = [(None if pd.isna(r.action_user_id) else int(r.action_user_id), r.user, r.events,
              r.records) for r in users.itertuples()]
     assert rows == [(10, "João Araújo", 2, 1), (20, "20", 2, 1), (30, "30", 1, 1),
                     (None, "(no ActionUserId)", 1, 1)]
-    recent = activity.users_summary(con, since=NOW - timedelta(days=7),
+    recent = qusers.users_summary(con, since=NOW - timedelta(days=7),
                                     include_duplicates=True)
     assert recent[["user", "events"]].values.tolist() == [["João Araújo", 3], ["20", 2]]
     assert recent.loc[0, "last_at"] == NOW - timedelta(minutes=30) + timedelta(seconds=5)
 
 
 def test_user_entity_actions(con):
-    counts = activity.user_entity_actions(con, since=NOW - timedelta(days=30))
+    counts = qusers.user_entity_actions(con, since=NOW - timedelta(days=30))
     got = {(None if pd.isna(r.action_user_id) else int(r.action_user_id), r.entity, r.action):
            r.events for r in counts.itertuples()}
     assert got == {(10, "Deals", "Create"): 1, (10, "Deals", "Update"): 1,
@@ -162,35 +165,35 @@ def test_user_entity_actions(con):
 
 
 def test_user_heatmap_is_a_full_local_grid(con):
-    grid = activity.user_heatmap(con, 20)
+    grid = qusers.user_heatmap(con, 20)
     assert len(grid) == 7 * 24 and grid["events"].sum() == 2
     busy = grid[grid["events"] > 0][["weekday", "weekday_name", "hour", "events"]]
     assert busy.values.tolist() == [[2, "Tue", 12, 1], [2, "Tue", 23, 1]]
-    in_utc = activity.user_heatmap(con, 20, tz="UTC")
+    in_utc = qusers.user_heatmap(con, 20, tz="UTC")
     assert in_utc[in_utc["events"] > 0][["weekday", "hour"]].values.tolist() == [[2, 15],
                                                                                 [3, 2]]
-    assert activity.user_heatmap(con, 10)["events"].sum() == 2  # duplicate left out
-    assert activity.user_heatmap(con, 10, include_duplicates=True)["events"].sum() == 3
-    assert activity.user_heatmap(con, None)["events"].sum() == 1
+    assert qusers.user_heatmap(con, 10)["events"].sum() == 2  # duplicate left out
+    assert qusers.user_heatmap(con, 10, include_duplicates=True)["events"].sum() == 3
+    assert qusers.user_heatmap(con, None)["events"].sum() == 1
 
 
 def test_user_top_fields(con):
-    top = activity.user_top_fields(con, 10)
+    top = qusers.user_top_fields(con, 10)
     # Create sets Title, StageId, Amount; the Update moves StageId; LastUpdateDate is
     # bookkeeping and the duplicate delivery counts once
     assert top[["entity", "field", "changes", "records"]].values.tolist() == [
         ["Deals", "StageId", 2, 1], ["Deals", "Amount", 1, 1], ["Deals", "Title", 1, 1]]
-    labelled = activity.user_top_fields(con, 20)
+    labelled = qusers.user_top_fields(con, 20)
     assert labelled[["field", "label", "changes"]].values.tolist() == [
         ["Name", "Name", 2], ["OtherProperties.contact_vip", "Cliente VIP", 1]]
-    assert activity.user_top_fields(con, 10, limit=1)["field"].tolist() == ["StageId"]
-    assert activity.user_top_fields(con, 10, since=NOW - timedelta(minutes=45))[
+    assert qusers.user_top_fields(con, 10, limit=1)["field"].tolist() == ["StageId"]
+    assert qusers.user_top_fields(con, 10, since=NOW - timedelta(minutes=45))[
         "field"].tolist() == ["StageId"]
 
 
 def test_export_default_order(con):
     # event ids are journal sequence numbers: the deliveries in time order, 7 the duplicate
-    frame = activity.export_events(con, activity.EventFilter())
+    frame = qevents.export_events(con, qevents.EventFilter())
     assert frame["id"].tolist() == [6, 5, 4, 3, 2, 1]
     assert frame["is_demo"].all()
     assert list(frame.columns[:7]) == ["id", "received_at", "entity", "action", "record_id",
@@ -199,9 +202,9 @@ def test_export_default_order(con):
 
 def test_export_and_count_follow_the_events_filter(con):
     def ids(**kw):
-        flt = activity.EventFilter(**kw)
-        frame = activity.export_events(con, flt)
-        assert activity.count_events(con, flt) == len(frame)
+        flt = qevents.EventFilter(**kw)
+        frame = qevents.export_events(con, flt)
+        assert qevents.count_events(con, flt) == len(frame)
         return frame["id"].tolist()
 
     assert ids(action_user_id=10) == [6, 5]
@@ -214,11 +217,11 @@ def test_export_and_count_follow_the_events_filter(con):
     assert ids(field="StageId") == [6, 5]
     assert ids(start=NOW - timedelta(days=7), end=NOW - timedelta(hours=1)) == [4, 3]
     assert ids(include_demo=False) == []
-    assert activity.export_events(con, activity.EventFilter(), limit=2)["id"].tolist() == [6, 5]
+    assert qevents.export_events(con, qevents.EventFilter(), limit=2)["id"].tolist() == [6, 5]
 
 
 def test_export_converts_times_and_adds_the_payload(con):
-    frame = activity.export_events(con, activity.EventFilter(action_user_id=10),
+    frame = qevents.export_events(con, qevents.EventFilter(action_user_id=10),
                                    include_payload=True, tz="America/Sao_Paulo")
     assert str(frame["received_at"].dt.tz) == "America/Sao_Paulo"
     assert frame["received_at"].iloc[1] == pd.Timestamp("2026-11-20 11:00", tz=SP)
@@ -227,7 +230,7 @@ def test_export_converts_times_and_adds_the_payload(con):
 
 
 def test_filter_from_params():
-    parsed = activity.filter_from_params(
+    parsed = qevents.filter_from_params(
         {"user": "10", "entity": "Deals", "from": "2026-11-17", "to": "2026-11-17",
          "q": " bom ", "duplicates": "1", "record": ["1", "100"], "field": "StageId"})
     f = parsed.filter
@@ -238,23 +241,23 @@ def test_filter_from_params():
     assert f.end == datetime(2026, 11, 18, 0, 0, tzinfo=SP)  # the whole `to` day
     assert f.include_demo is True
 
-    bad = activity.filter_from_params({"user": "joão", "from": "yesterday", "demo": "0",
+    bad = qevents.filter_from_params({"user": "joão", "from": "yesterday", "demo": "0",
                                        "to": "2026-11-20T10:00:00-03:00"})
     assert bad.filter.action_user_id is None and bad.filter.start is None
     assert bad.filter.include_demo is False
     assert bad.filter.end == datetime(2026, 11, 20, 13, 0, tzinfo=UTC)
     assert bad.problems == ("`from=yesterday` is not a date (use YYYY-MM-DD)",
                             "`user=joão` is not a number")
-    assert activity.filter_from_params({}).filter == activity.EventFilter()
+    assert qevents.filter_from_params({}).filter == qevents.EventFilter()
 
 
 def test_table_counts_and_ingest_positions(con):
-    counts = dict(activity.table_counts(con).values.tolist())
+    counts = dict(qstatus.table_counts(con).values.tolist())
     assert counts["events"] == 7
     assert counts["rejected_deliveries"] == 1
     assert counts["auth_failures"] == 2
     assert counts["users"] == 1
-    positions = activity.ingest_positions(con)
+    positions = qstatus.ingest_positions(con)
     rows = dict(positions[["name", "last_seq"]].values.tolist())
     assert rows["main"] == 8  # the journal position of stage 1
     last_event = con.execute("SELECT max(id) FROM events").fetchall()[0][0]
@@ -262,13 +265,13 @@ def test_table_counts_and_ingest_positions(con):
 
 
 def test_receiver_health_unreachable():
-    health = activity.receiver_health(f"http://127.0.0.1:{free_port()}", timeout=0.5)
+    health = probe.receiver_health(f"http://127.0.0.1:{free_port()}", timeout=0.5)
     assert health["reachable"] is False
     assert health["error"] == "ConnectionError"
 
 
 def test_receiver_health_of_a_real_receiver(receiver):
-    health = activity.receiver_health(receiver.url + "/")
+    health = probe.receiver_health(receiver.url + "/")
     assert health["reachable"] is True
     assert health["status"] == "ok"
     assert health["http_status"] == 200
@@ -277,13 +280,14 @@ def test_receiver_health_of_a_real_receiver(receiver):
 
 
 def test_format_bytes():
-    assert activity.format_bytes(0) == "0 B"
-    assert activity.format_bytes(2048) == "2.0 KB"
-    assert activity.format_bytes(5.5 * 1024 ** 2) == "5.5 MB"
+    from views.common import format_bytes
+
+    assert format_bytes(0) == "0 B"
+    assert format_bytes(2048) == "2.0 KB"
+    assert format_bytes(5.5 * 1024 ** 2) == "5.5 MB"
 
 
 def test_export_takes_the_events_page_filter(con):
-    history = pytest.importorskip("ploomes.history")
-    flt = history.EventFilter(action_user_id=10, include_duplicates=True)
-    assert activity.export_events(con, flt)["id"].tolist() == [7, 6, 5]
-    assert activity.count_events(con, history.EventFilter(field="StageId")) == 2
+    flt = qevents.EventFilter(action_user_id=10, include_duplicates=True)
+    assert qevents.export_events(con, flt)["id"].tolist() == [7, 6, 5]
+    assert qevents.count_events(con, qevents.EventFilter(field="StageId")) == 2

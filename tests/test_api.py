@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from ploomes.api import (
+from ploomes.crm.api import (
     KNOWN_ACTIONS,
     PloomesAuthError,
     PloomesClient,
@@ -20,7 +20,7 @@ from ploomes.api import (
     mask_secret,
     validate_callback_url,
 )
-from ploomes.sandbox import Sandbox
+from ploomes.demo.sandbox import Sandbox
 
 KEY = "test-user-key-5ecr3t-9f8e7d6c"
 HOOK = "http://127.0.0.1:9/hook"  # never called: these tests make no activity

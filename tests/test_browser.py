@@ -31,8 +31,8 @@ from browser_support import (
 from conftest import SHARED, TEST_KEY, ReceiverProcess
 from playwright.sync_api import Page, expect, sync_playwright
 
-from ploomes import generator
-from ploomes.sandbox import DEFAULT_SUBSCRIPTIONS, Sandbox
+from ploomes.demo.sandbox import DEFAULT_SUBSCRIPTIONS, Sandbox
+from ploomes.model.vocabulary import ACTION_IDS, ENTITY_IDS
 
 pytestmark = pytest.mark.browser
 
@@ -226,7 +226,7 @@ def test_webhooks_register_subscription(page, live):
     page.get_by_role("button", name="Register").click()
     expect(page.get_by_text(f"Created 1 subscription(s) for {callback}.")).to_be_visible()
     [hook] = [w for w in sandbox.webhooks() if (w["EntityId"], w["ActionId"]) == (
-        generator.ENTITY_IDS["Deals"], generator.ACTION_IDS["Win"])]
+        ENTITY_IDS["Deals"], ACTION_IDS["Win"])]
     assert hook["CallbackUrl"] == callback
     assert hook["ValidationKey"] == TEST_KEY
     expect(table).to_have_attribute("aria-rowcount", str(len(SEEDED) + 2))

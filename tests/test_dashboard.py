@@ -9,9 +9,10 @@ import pytest
 from conftest import ROOT, free_port, make_settings
 from streamlit.testing.v1 import AppTest
 
-from ploomes.demo import demo_count, load_demo
-from ploomes.ingest import Pipeline
-from ploomes.keys import stored_keys
+from ploomes.demo.load import load_demo
+from ploomes.ingest.pipeline import Pipeline
+from ploomes.intake.keys import stored_keys
+from ploomes.queries.status import demo_count
 from ploomes.store import SCHEMA_VERSION, Store
 
 DASHBOARD = ROOT / "dashboard.py"

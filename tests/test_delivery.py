@@ -9,7 +9,7 @@ from conftest import example_payloads, real_deliveries, refusal
 from hypothesis import HealthCheck, given, settings
 from test_receiver_fuzz import raw_bodies
 
-from ploomes.delivery import (
+from ploomes.model.delivery import (
     INT_FIELDS,
     _int_or_none,
     _name,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ploomes.diff import (
+from ploomes.model.diff import (
     BOOKKEEPING_FIELDS,
     FieldChange,
     apply_changes,

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from conftest import make_settings
 
-from ploomes import directory
-from ploomes.api import PloomesClient
-from ploomes.sandbox import Sandbox
+from ploomes.crm import directory, subscriptions
+from ploomes.crm.api import PloomesClient
+from ploomes.demo.sandbox import Sandbox
+from ploomes.queries import status as qstatus
+from ploomes.queries import users as qusers
 from ploomes.store import Store
 
 USER_KEY = "directory-test-user-key-0123"
@@ -55,9 +57,9 @@ def test_sync_fills_users_and_custom_fields_with_accents(sandbox, client, store)
                       for f in sandbox.sim.fields}
     assert fields["contact_employees"][1] == "Nº de funcionários"
     with store.reader() as con:
-        assert directory.last_synced_at(con) == NOW
-        assert directory.user_names(con)[sandbox.sim.users[1]["Id"]] == "Márcia Conceição"
-        assert directory.field_names(con)["contact_check"] == "Cliente verificado"
+        assert qstatus.last_synced_at(con) == NOW
+        assert qusers.user_names(con)[sandbox.sim.users[1]["Id"]] == "Márcia Conceição"
+        assert qusers.field_names(con)["contact_check"] == "Cliente verificado"
 
 
 def test_second_sync_updates_instead_of_duplicating(sandbox, client, store):
@@ -118,8 +120,8 @@ def test_webhook_stats_are_exact(store):
         (12, NOW - 2 * h, None, None, False),
     ])
     with store.reader() as con:
-        stats = directory.webhook_stats(con, now=NOW)
-    assert list(stats.columns) == directory.STATS_COLUMNS
+        stats = qstatus.webhook_stats(con, now=NOW)
+    assert list(stats.columns) == qstatus.STATS_COLUMNS
     by_id = {r.webhook_id: r for r in stats.itertuples(index=False)}
     assert sorted(by_id) == [101, 102, 103]
     assert (by_id[101].deliveries_24h, by_id[101].deliveries_30d) == (5, 5)
@@ -131,14 +133,14 @@ def test_webhook_stats_are_exact(store):
     assert by_id[103].last_delivery == NOW - timedelta(days=10)
     assert by_id[103].gaps_30d == 0
     with store.reader() as con:
-        with_demo = directory.webhook_stats(con, now=NOW, include_demo=True)
+        with_demo = qstatus.webhook_stats(con, now=NOW, include_demo=True)
     assert int(with_demo.set_index("webhook_id").loc[101, "deliveries_24h"]) == 6
 
 
 def test_webhook_stats_on_an_empty_store(store):
     with store.reader() as con:
-        stats = directory.webhook_stats(con, now=NOW)
-    assert stats.empty and list(stats.columns) == directory.STATS_COLUMNS
+        stats = qstatus.webhook_stats(con, now=NOW)
+    assert stats.empty and list(stats.columns) == qstatus.STATS_COLUMNS
 
 
 def test_silence_warnings(store):
@@ -153,23 +155,23 @@ def test_silence_warnings(store):
     events += [(200, NOW - timedelta(days=8), 203, None, False)]
     seed_events(store, events)
     with store.reader() as con:
-        stats = directory.webhook_stats(con, now=NOW)
+        stats = qstatus.webhook_stats(con, now=NOW)
     created = {204: NOW - timedelta(days=9), 205: NOW - timedelta(days=2)}
-    warnings = directory.silence_warnings([201, 202, 203, 204, 205], stats, NOW,
+    warnings = subscriptions.silence_warnings([201, 202, 203, 204, 205], stats, NOW,
                                           created=created)
     assert sorted(warnings) == [201, 203, 204]
     assert "more than 3× its usual gap of 10 min" in warnings[201]
     assert "no delivery for 8.0 days" in warnings[203]
     assert "since it was created 9.0 days ago" in warnings[204]
     # alone, a quiet subscription is not singled out: nobody else receives either
-    assert directory.silence_warnings([203], stats, NOW) == {}
+    assert subscriptions.silence_warnings([203], stats, NOW) == {}
     # a subscription with too few gaps has no trustworthy median
-    assert 201 not in directory.silence_warnings([201], stats, NOW, min_gaps=100)
+    assert 201 not in subscriptions.silence_warnings([201], stats, NOW, min_gaps=100)
 
 
 # -- subscriptions ----------------------------------------------------------------------
 
-CATALOG = directory.Catalog({1: "Contacts", 2: "Deals", 12: "Tasks"},
+CATALOG = subscriptions.Catalog({1: "Contacts", 2: "Deals", 12: "Tasks"},
                             {1: "Create", 2: "Update", 4: "Win"})
 URL = "https://hooks.example.com/ploomes/webhook"
 
@@ -181,7 +183,7 @@ def test_coverage_grid_marks_this_receivers_subscriptions():
         {"Id": 3, "EntityId": 12, "ActionId": 2, "CallbackUrl": "https://other.example.com/"},
         {"Id": 4, "EntityId": 36, "ActionId": 2, "CallbackUrl": URL, "Active": True},
     ]
-    grid = directory.coverage_grid(hooks, URL, CATALOG)
+    grid = subscriptions.coverage_grid(hooks, URL, CATALOG)
     assert list(grid.columns) == ["Create", "Update", "Win"]
     assert list(grid.index) == ["Contacts", "Deals", "Orders", "Products", "Tasks",
                                 "InteractionRecords"]
@@ -199,7 +201,7 @@ def test_subscriptions_frame_joins_names_and_stats():
               "ValidationKey": None, "CreatorId": 56, "CreateDate": None}]
     seen = pd.DataFrame([{"webhook_id": 7, "deliveries_24h": 4, "deliveries_30d": 9,
                           "last_delivery": NOW, "median_gap_seconds": 60.0, "gaps_30d": 8}])
-    frame = directory.subscriptions_frame(hooks, CATALOG, {55: "Fernanda Brandão"}, seen,
+    frame = subscriptions.subscriptions_frame(hooks, CATALOG, {55: "Fernanda Brandão"}, seen,
                                           {8: "quiet"}, "America/Sao_Paulo", ["k" * 20])
     first, second = frame.to_dict("records")
     assert (first["Entity"], first["Action"], first["Creator"]) == ("Deals", "Win",
@@ -215,33 +217,33 @@ def test_subscriptions_frame_joins_names_and_stats():
 
 def test_register_refuses_bad_urls_and_duplicates(sandbox, client):
     key = "registration-key-0123456789"
-    made = directory.register_subscriptions(client, [], 2, [1, 4, 4], URL, key, CATALOG)
+    made = subscriptions.register_subscriptions(client, [], 2, [1, 4, 4], URL, key, CATALOG)
     assert [(w["EntityId"], w["ActionId"]) for w in made] == [(2, 1), (2, 4)]
-    with pytest.raises(directory.DuplicateSubscription, match=r"Deals Win \(Id \d+\)"):
-        directory.register_subscriptions(client, client.list_webhooks(), 2, [5, 4],
+    with pytest.raises(subscriptions.DuplicateSubscription, match=r"Deals Win \(Id \d+\)"):
+        subscriptions.register_subscriptions(client, client.list_webhooks(), 2, [5, 4],
                                          URL + "/", key, CATALOG)
     with pytest.raises(ValueError, match="https://"):
-        directory.register_subscriptions(client, [], 2, [5], "http://example.com/x", key)
+        subscriptions.register_subscriptions(client, [], 2, [5], "http://example.com/x", key)
     with pytest.raises(ValueError, match="at least one action"):
-        directory.register_subscriptions(client, [], 2, [], URL, key)
+        subscriptions.register_subscriptions(client, [], 2, [], URL, key)
     assert len(sandbox.webhooks()) == 2
 
 
 def test_example_delivery_body_carries_the_webhook():
-    body = directory.example_delivery_body(
+    body = subscriptions.example_delivery_body(
         {"Id": 31005101, "EntityId": 2, "ActionId": 4, "CreatorId": 9}, seed=1)
     assert (body["Entity"], body["Action"], body["WebhookId"], body["WebhookCreatorId"]) == (
         "Deals", "Win", 31005101, 9)
     assert body["New"]["StatusId"] == 2
-    reopen = directory.example_delivery_body({"Id": 6, "EntityId": 2, "ActionId": 6}, seed=1)
+    reopen = subscriptions.example_delivery_body({"Id": 6, "EntityId": 2, "ActionId": 6}, seed=1)
     assert (reopen["Action"], reopen["Old"]["StatusId"], reopen["New"]["StatusId"]) == (
         "Reopen", 3, 1)
-    orders = directory.example_delivery_body({"Id": 5, "EntityId": 4, "ActionId": 2}, seed=1)
+    orders = subscriptions.example_delivery_body({"Id": 5, "EntityId": 4, "ActionId": 2}, seed=1)
     assert (orders["Entity"], orders["Action"], orders["WebhookId"]) == ("Orders", "Update", 5)
 
 
 def test_load_catalog_falls_back_on_404(tmp_path):
     with Sandbox(user_key=USER_KEY, rate_limit=0, actions_endpoint=False) as sb:
         with PloomesClient(sb.url, USER_KEY, retry_total=0) as c:
-            catalog = directory.load_catalog(c)
+            catalog = subscriptions.load_catalog(c)
     assert catalog.actions[4] == "Win" and catalog.entities[2] == "Deals"

@@ -262,7 +262,7 @@ def test_readers_never_see_lock_errors_while_a_writer_works(settings, keep_reade
 
 def test_full_disk_answers_503_and_keeps_everything_acknowledged(tmp_path):
     """Files may not grow past a limit (RLIMIT_FSIZE): the journal runs out of room."""
-    from ploomes.journal import iter_records
+    from ploomes.intake.journal import iter_records
 
     limit = 3 * 1024 * 1024
     # segments larger than the limit: no room to preallocate, so the journal's own

@@ -9,9 +9,9 @@ import pytest
 from conftest import ROOT, ReceiverProcess, make_settings, query
 from streamlit.testing.v1 import AppTest
 
-from ploomes import generator
-from ploomes.keys import stored_keys
-from ploomes.sandbox import Sandbox
+from ploomes.demo.sandbox import Sandbox
+from ploomes.intake.keys import stored_keys
+from ploomes.model.vocabulary import ACTION_IDS, ENTITY_IDS
 
 PAGE = str(ROOT / "views" / "webhooks.py")
 USER_KEY = "e2e-user-key-0123456789abcdef"
@@ -40,9 +40,9 @@ def text(elements) -> str:
 
 
 def submit(at: AppTest, entity: str, actions: list[str]) -> None:
-    at.selectbox(key="register_entity").set_value(generator.ENTITY_IDS[entity])
+    at.selectbox(key="register_entity").set_value(ENTITY_IDS[entity])
     at.multiselect(key="register_actions").set_value(
-        [generator.ACTION_IDS[a] for a in actions])
+        [ACTION_IDS[a] for a in actions])
     at.button(key="register_submit").click().run()
     assert not at.exception, at.exception
     assert f"Created {len(actions)} subscription(s)" in text(at.success)

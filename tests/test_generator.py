@@ -12,16 +12,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ploomes.diff import change_fingerprint, diff_record
-from ploomes.generator import (
-    ACTION_IDS,
-    ENTITY_IDS,
+from ploomes.demo.generator import (
     Change,
     Simulation,
     delivery_body,
     demo_deliveries,
     local_stamp,
 )
+from ploomes.model.diff import change_fingerprint, diff_record
+from ploomes.model.vocabulary import ACTION_IDS, ENTITY_IDS
 
 SHARED = Path(__file__).resolve().parent / "data"  # the shared examples, copied
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")

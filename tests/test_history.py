@@ -10,8 +10,11 @@ import pandas as pd
 import pytest
 from conftest import SHARED, make_settings, real_deliveries
 
-from ploomes import history as h
-from ploomes.demo import load_demo
+from ploomes.demo.load import load_demo
+from ploomes.queries import base as qbase
+from ploomes.queries import events as qevents
+from ploomes.queries import records as qrecords
+from ploomes.queries import users as qusers
 from ploomes.store import Store
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -103,7 +106,7 @@ def deal(tmp_path):
 
 def test_seed_payload_history_and_detail(tmp_path):
     settings = seed(tmp_path, [(T0, contact_update())])
-    history = run(settings, h.record_history, "Contacts", CONTACT_ID)
+    history = run(settings, qrecords.record_history, "Contacts", CONTACT_ID)
     assert rows(history, CHANGE_COLS) == SEED_CHANGES
     assert set(history["event_id"]) == {1}
     assert history["received_at"].iloc[0] == pd.Timestamp(T0)
@@ -111,7 +114,7 @@ def test_seed_payload_history_and_detail(tmp_path):
     assert list(history["user_name"]) == ["116"] * 4  # no users table: the raw id as text
     assert list(history["field_label"]) == [r[0] for r in SEED_CHANGES]
 
-    detail = run(settings, h.event_detail, 1)
+    detail = run(settings, qevents.event_detail, 1)
     assert detail.event["action"] == "Update" and detail.event["entity"] == "Contacts"
     assert detail.event["record_id"] == CONTACT_ID and detail.event["user_name"] == "116"
     assert detail.event["title"] == "Ploomes Sistemas Empresariais"
@@ -127,9 +130,9 @@ def test_seed_payload_history_and_detail(tmp_path):
     ]
     assert detail.duplicates.empty and detail.gaps.empty
     assert detail.payload == contact_update()
-    assert run(settings, h.event_detail, 99) is None
+    assert run(settings, qevents.event_detail, 99) is None
 
-    snap = run(settings, h.state_at, "Contacts", CONTACT_ID)
+    snap = run(settings, qrecords.state_at, "Contacts", CONTACT_ID)
     assert snap.state == {
         "OtherProperties": {"contact_check": True},
         "Phones": [{"PhoneNumber": "(11) 4380-7749", "TypeId": 1, "CountryId": 76}],
@@ -146,11 +149,11 @@ def test_both_other_properties_forms_give_the_same_rows(tmp_path):
     as_object = seed(tmp_path, [(T0, contact_update())], "object")
     as_list = seed(tmp_path, [(T0, listed)], "list")
     columns = CHANGE_COLS + ["event_id", "received_at", "user_name", "field_label"]
-    assert rows(run(as_list, h.record_history, "Contacts", CONTACT_ID), columns) == rows(
-        run(as_object, h.record_history, "Contacts", CONTACT_ID), columns)
-    assert run(as_list, h.state_at, "Contacts", CONTACT_ID).state == run(
-        as_object, h.state_at, "Contacts", CONTACT_ID).state
-    assert len(run(as_list, h.field_changes_of, "OtherProperties.contact_check",
+    assert rows(run(as_list, qrecords.record_history, "Contacts", CONTACT_ID), columns) == rows(
+        run(as_object, qrecords.record_history, "Contacts", CONTACT_ID), columns)
+    assert run(as_list, qrecords.state_at, "Contacts", CONTACT_ID).state == run(
+        as_object, qrecords.state_at, "Contacts", CONTACT_ID).state
+    assert len(run(as_list, qrecords.field_changes_of, "OtherProperties.contact_check",
                    new_value=True)) == 1
 
 
@@ -158,7 +161,7 @@ def test_both_other_properties_forms_give_the_same_rows(tmp_path):
 
 
 def test_deal_life_history(deal):
-    oldest = run(deal, h.record_history, "Deals", DEAL_ID, newest_first=False)
+    oldest = run(deal, qrecords.record_history, "Deals", DEAL_ID, newest_first=False)
     assert rows(oldest, ["event_id", "action", "field", "old_value", "new_value", "old_known",
                          "kind"]) == [
         (1, "Create", "Title", None, '"Implantação São Jorge"', False, "set"),
@@ -171,13 +174,13 @@ def test_deal_life_history(deal):
         (3, "Update", "OtherProperties.deal_plan", None, '"Plano Pro"', False, "changed"),
         (4, "Win", "StatusId", "1", "2", True, "changed"),
     ]
-    newest = run(deal, h.record_history, "Deals", DEAL_ID)
+    newest = run(deal, qrecords.record_history, "Deals", DEAL_ID)
     assert list(newest["event_id"]) == [4, 3, 3, 2, 1, 1, 1, 1, 1]
-    with_bookkeeping = run(deal, h.record_history, "Deals", DEAL_ID, newest_first=False,
+    with_bookkeeping = run(deal, qrecords.record_history, "Deals", DEAL_ID, newest_first=False,
                            include_bookkeeping=True)
     assert list(with_bookkeeping[with_bookkeeping["bookkeeping"]]["event_id"]) == [1, 2, 3, 4]
 
-    events = run(deal, h.record_events, "Deals", DEAL_ID)
+    events = run(deal, qrecords.record_events, "Deals", DEAL_ID)
     assert rows(events, ["event_id", "action", "action_user_id", "changes",
                          "changed_fields"]) == [
         (1, "Create", 7, 5, "Title, StatusId, StageId, Amount, OwnerId"),
@@ -185,63 +188,63 @@ def test_deal_life_history(deal):
         (3, "Update", 8, 2, "Amount, OtherProperties.deal_plan"),
         (4, "Win", 7, 1, "StatusId"),
     ]
-    assert run(deal, h.continuity_gaps, "Deals", DEAL_ID).empty
+    assert run(deal, qrecords.continuity_gaps, "Deals", DEAL_ID).empty
 
 
 def test_deal_state_at_each_moment(deal):
     life = deal_life()
-    assert run(deal, h.state_at, "Deals", DEAL_ID, T0 - timedelta(seconds=1)) == h.RecordSnapshot(
+    assert run(deal, qrecords.state_at, "Deals", DEAL_ID, T0 - timedelta(seconds=1)) == qrecords.RecordSnapshot(
         "Deals", DEAL_ID, None, None, None, None, False, 0)
     for index, (at, body) in enumerate(life):
         for moment in (at, at + timedelta(seconds=30)):
-            snap = run(deal, h.state_at, "Deals", DEAL_ID, moment)
+            snap = run(deal, qrecords.state_at, "Deals", DEAL_ID, moment)
             assert snap.state == body["New"]
             assert (snap.event_id, snap.action, snap.received_at) == (index + 1,
                                                                       body["Action"], at)
             assert snap.events_folded == index + 1
-    by_event = run(deal, h.state_at, "Deals", DEAL_ID, event_id=2)
+    by_event = run(deal, qrecords.state_at, "Deals", DEAL_ID, event_id=2)
     assert by_event.state["StageId"] == 11 and by_event.state["Amount"] == 1000.0
     assert "OtherProperties" not in by_event.state
 
 
 def test_changes_by_field_user_and_value(deal):
-    stage = run(deal, h.field_changes_of, "StageId")
+    stage = run(deal, qrecords.field_changes_of, "StageId")
     assert rows(stage, ["event_id", "action", "old_value", "new_value", "user_name"]) == [
         (2, "Update", "10", "11", "7"), (1, "Create", None, "10", "7")]
-    assert list(run(deal, h.field_changes_of, "StageId", new_value=11)["event_id"]) == [2]
-    assert run(deal, h.field_changes_of, "StageId", new_value=12).empty
-    assert list(run(deal, h.field_changes_of, "StageId", entity="Contacts")["event_id"]) == []
-    assert list(run(deal, h.field_changes_of, "StageId",
+    assert list(run(deal, qrecords.field_changes_of, "StageId", new_value=11)["event_id"]) == [2]
+    assert run(deal, qrecords.field_changes_of, "StageId", new_value=12).empty
+    assert list(run(deal, qrecords.field_changes_of, "StageId", entity="Contacts")["event_id"]) == []
+    assert list(run(deal, qrecords.field_changes_of, "StageId",
                     start=T0 + timedelta(seconds=1))["event_id"]) == [2]
 
-    mine = run(deal, h.user_changes, 8)
+    mine = run(deal, qusers.user_changes, 8)
     assert rows(mine, ["event_id", "field"]) == [(3, "Amount"), (3, "OtherProperties.deal_plan")]
-    assert run(deal, h.user_changes, 8, end=T0 + timedelta(minutes=2)).empty
-    assert len(run(deal, h.user_changes, 7)) == 7
-    assert len(run(deal, h.user_changes, 7, include_bookkeeping=True)) == 10
+    assert run(deal, qusers.user_changes, 8, end=T0 + timedelta(minutes=2)).empty
+    assert len(run(deal, qusers.user_changes, 7)) == 7
+    assert len(run(deal, qusers.user_changes, 7, include_bookkeeping=True)) == 10
 
     # case-insensitive, accents kept, on the JSON text of either side
-    assert rows(run(deal, h.changes_matching, "SÃO JORGE"), ["event_id", "field"]) == [
+    assert rows(run(deal, qrecords.changes_matching, "SÃO JORGE"), ["event_id", "field"]) == [
         (1, "Title")]
-    assert run(deal, h.changes_matching, "sao jorge").empty
-    assert rows(run(deal, h.changes_matching, "1000"), ["event_id", "field"]) == [
+    assert run(deal, qrecords.changes_matching, "sao jorge").empty
+    assert rows(run(deal, qrecords.changes_matching, "1000"), ["event_id", "field"]) == [
         (3, "Amount"), (1, "Amount")]
-    assert rows(run(deal, h.changes_matching, "1000", side="new"), ["event_id"]) == [(1,)]
-    assert run(deal, h.changes_matching, "100%").empty  # wildcards are literal
-    assert rows(run(deal, h.changes_matching, "plano", field_path="OtherProperties.deal_plan"),
+    assert rows(run(deal, qrecords.changes_matching, "1000", side="new"), ["event_id"]) == [(1,)]
+    assert run(deal, qrecords.changes_matching, "100%").empty  # wildcards are literal
+    assert rows(run(deal, qrecords.changes_matching, "plano", field_path="OtherProperties.deal_plan"),
                 ["event_id"]) == [(3,)]
 
 
 def test_find_records(deal):
-    found = run(deal, h.find_records, entity="Deals", record_id=DEAL_ID)
+    found = run(deal, qrecords.find_records, entity="Deals", record_id=DEAL_ID)
     assert rows(found, ["entity", "record_id", "title", "last_event_id", "deleted"]) == [
         ("Deals", DEAL_ID, "Implantação São Jorge", 4, False)]
-    assert list(run(deal, h.find_records, text="são jorge")["record_id"]) == [DEAL_ID]
-    assert list(run(deal, h.find_records, text="IMPLANTAÇÃO", entity="Deals")["record_id"]) == [
+    assert list(run(deal, qrecords.find_records, text="são jorge")["record_id"]) == [DEAL_ID]
+    assert list(run(deal, qrecords.find_records, text="IMPLANTAÇÃO", entity="Deals")["record_id"]) == [
         DEAL_ID]
-    assert run(deal, h.find_records, text="Implantacao").empty
-    assert run(deal, h.find_records, text="Plano Pro").empty  # not a name or title
-    assert run(deal, h.find_records, text="Jorge", entity="Contacts").empty
+    assert run(deal, qrecords.find_records, text="Implantacao").empty
+    assert run(deal, qrecords.find_records, text="Plano Pro").empty  # not a name or title
+    assert run(deal, qrecords.find_records, text="Jorge", entity="Contacts").empty
 
 
 # --- duplicates and gaps ----------------------------------------------------------------------
@@ -250,20 +253,20 @@ def test_find_records(deal):
 def test_duplicate_pair_counted_once(tmp_path):
     body = contact_update()
     settings = seed(tmp_path, [(T0, body), (T0 + timedelta(seconds=5), body)])
-    assert run(settings, h.count_events, h.EventFilter()) == 1
-    assert run(settings, h.count_events, h.EventFilter(include_duplicates=True)) == 2
-    assert list(run(settings, h.record_history, "Contacts", CONTACT_ID)["event_id"]) == [1] * 4
-    every = run(settings, h.record_history, "Contacts", CONTACT_ID, include_duplicates=True)
+    assert run(settings, qevents.count_events, qevents.EventFilter()) == 1
+    assert run(settings, qevents.count_events, qevents.EventFilter(include_duplicates=True)) == 2
+    assert list(run(settings, qrecords.record_history, "Contacts", CONTACT_ID)["event_id"]) == [1] * 4
+    every = run(settings, qrecords.record_history, "Contacts", CONTACT_ID, include_duplicates=True)
     assert list(every["event_id"]) == [2] * 4 + [1] * 4
     assert [plain(v) for v in every["duplicate_of"]] == [1] * 4 + [None] * 4
-    assert len(run(settings, h.field_changes_of, "LegalName")) == 1
-    assert len(run(settings, h.field_changes_of, "LegalName", include_duplicates=True)) == 2
-    assert run(settings, h.state_at, "Contacts", CONTACT_ID).events_folded == 1
+    assert len(run(settings, qrecords.field_changes_of, "LegalName")) == 1
+    assert len(run(settings, qrecords.field_changes_of, "LegalName", include_duplicates=True)) == 2
+    assert run(settings, qrecords.state_at, "Contacts", CONTACT_ID).events_folded == 1
 
-    copy_detail = run(settings, h.event_detail, 2)
+    copy_detail = run(settings, qevents.event_detail, 2)
     assert copy_detail.event["duplicate_of"] == 1
     assert rows(copy_detail.duplicates, ["event_id", "is_original"]) == [(1, True)]
-    original = run(settings, h.event_detail, 1)
+    original = run(settings, qevents.event_detail, 1)
     assert rows(original.duplicates, ["event_id", "duplicate_of", "is_original"]) == [
         (2, 1, False)]
 
@@ -271,7 +274,7 @@ def test_duplicate_pair_counted_once(tmp_path):
 def test_gap_from_a_missing_delivery(tmp_path):
     life = deal_life()
     settings = seed(tmp_path, [life[0], life[1], life[3]])  # the price update never arrived
-    gaps = run(settings, h.continuity_gaps, "Deals", DEAL_ID)
+    gaps = run(settings, qrecords.continuity_gaps, "Deals", DEAL_ID)
     assert rows(gaps, ["event_id", "previous_event_id", "entity", "record_id", "field_labels",
                        "is_demo"]) == [(3, 2, "Deals", DEAL_ID, "Amount", True)]
     assert gaps["fields"].iloc[0] == [
@@ -279,12 +282,12 @@ def test_gap_from_a_missing_delivery(tmp_path):
     assert gaps["explanation"].iloc[0] == (
         "Old said Amount was 1500.0 but our last delivery said 1000.0: a change was missed "
         "between event 2 and event 3.")
-    assert list(run(settings, h.continuity_gaps)["event_id"]) == [3]
-    assert run(settings, h.continuity_gaps, "Deals", 1).empty
-    assert run(settings, h.continuity_gaps, include_demo=False).empty
-    assert list(run(settings, h.event_detail, 2).gaps["event_id"]) == [3]
-    assert list(run(settings, h.event_detail, 3).gaps["previous_event_id"]) == [2]
-    assert run(settings, h.event_detail, 1).gaps.empty
+    assert list(run(settings, qrecords.continuity_gaps)["event_id"]) == [3]
+    assert run(settings, qrecords.continuity_gaps, "Deals", 1).empty
+    assert run(settings, qrecords.continuity_gaps, include_demo=False).empty
+    assert list(run(settings, qevents.event_detail, 2).gaps["event_id"]) == [3]
+    assert list(run(settings, qevents.event_detail, 3).gaps["previous_event_id"]) == [2]
+    assert run(settings, qevents.event_detail, 1).gaps.empty
 
 
 # --- labels -------------------------------------------------------------------------------------
@@ -292,27 +295,27 @@ def test_gap_from_a_missing_delivery(tmp_path):
 
 def test_labels_from_users_and_fields(tmp_path):
     settings = seed(tmp_path, [(T0, contact_update())])
-    empty = run(settings, h.field_changes_of, "OtherProperties.contact_check", new_value=True)
+    empty = run(settings, qrecords.field_changes_of, "OtherProperties.contact_check", new_value=True)
     assert rows(empty, ["user_name", "field_label"]) == [
         ("116", "OtherProperties.contact_check")]
-    assert run(settings, h.filter_options)["users"] == [(116, "116")]
+    assert run(settings, qevents.filter_options)["users"] == [(116, "116")]
 
     label(settings, users=[(116, "Márcia Conceição")],
           fields=[("contact_check", 1, "Cliente verificado")])
-    who = run(settings, h.field_changes_of, "OtherProperties.contact_check", new_value=True)
+    who = run(settings, qrecords.field_changes_of, "OtherProperties.contact_check", new_value=True)
     assert rows(who, ["event_id", "action_user_id", "user_name", "field_label", "new_value"]) == [
         (1, 116, "Márcia Conceição", "Cliente verificado", "true")]
-    assert run(settings, h.field_changes_of, "OtherProperties.contact_check",
+    assert run(settings, qrecords.field_changes_of, "OtherProperties.contact_check",
                new_value=False).empty
-    history = run(settings, h.record_history, "Contacts", CONTACT_ID)
+    history = run(settings, qrecords.record_history, "Contacts", CONTACT_ID)
     assert list(history["field_label"]) == ["Cliente verificado", "Phones", "Tags", "LegalName"]
-    assert run(settings, h.event_detail, 1).event["user_name"] == "Márcia Conceição"
-    assert run(settings, h.filter_options) == {
+    assert run(settings, qevents.event_detail, 1).event["user_name"] == "Márcia Conceição"
+    assert run(settings, qevents.filter_options) == {
         "entities": ["Contacts"], "actions": ["Update"], "users": [(116, "Márcia Conceição")]}
-    assert run(settings, h.field_options) == [
+    assert run(settings, qevents.field_options) == [
         ("OtherProperties.contact_check", "Cliente verificado"), ("LegalName", "LegalName"),
         ("Phones", "Phones"), ("Tags", "Tags")]
-    page = run(settings, h.events_page, h.EventFilter())
+    page = run(settings, qevents.events_page, qevents.EventFilter())
     assert page.rows["changed_fields"].iloc[0] == "Cliente verificado, Phones, Tags, LegalName"
     assert page.rows["user_name"].iloc[0] == "Márcia Conceição"
 
@@ -321,7 +324,7 @@ def test_gap_explanation_uses_field_labels():
     fields = [{"field": "OtherProperties.x", "expected": True, "found": False,
                "label": "Cliente verificado"},
               {"field": "StatusId", "expected": 2, "found": 1}]
-    assert h.explain_gap(fields, 4, 9) == (
+    assert qrecords.explain_gap(fields, 4, 9) == (
         "Old said Cliente verificado was false but our last delivery said true; StatusId was 1 "
         "but our last delivery said 2: a change was missed between event 4 and event 9.")
 
@@ -339,7 +342,7 @@ def mixed(tmp_path):
 
 def test_events_page_filters_and_paging(mixed):
     def ids(**kwargs):
-        page = run(mixed, h.events_page, h.EventFilter(**kwargs), 1, 50)
+        page = run(mixed, qevents.events_page, qevents.EventFilter(**kwargs), 1, 50)
         assert page.total == len(page.rows)
         return list(page.rows["event_id"])
 
@@ -367,17 +370,17 @@ def test_events_page_filters_and_paging(mixed):
     assert ids(start=T0 + timedelta(minutes=1), end=T0 + timedelta(minutes=3)) == [5, 4]
     assert ids(include_demo=False) == []
 
-    first = run(mixed, h.events_page, h.EventFilter(), 1, 2)
+    first = run(mixed, qevents.events_page, qevents.EventFilter(), 1, 2)
     assert (first.total, first.pages, first.page) == (5, 3, 1)
     assert list(first.rows["event_id"]) == [6, 5]
-    last = run(mixed, h.events_page, h.EventFilter(), 3, 2)
+    last = run(mixed, qevents.events_page, qevents.EventFilter(), 3, 2)
     assert list(last.rows["event_id"]) == [1]
-    clamped = run(mixed, h.events_page, h.EventFilter(), 99, 2)
+    clamped = run(mixed, qevents.events_page, qevents.EventFilter(), 99, 2)
     assert clamped.page == 3 and list(clamped.rows["event_id"]) == [1]
-    assert list(run(mixed, h.list_events, h.EventFilter(), limit=2, offset=1)["event_id"]) == [
+    assert list(run(mixed, qevents.list_events, qevents.EventFilter(), limit=2, offset=1)["event_id"]) == [
         5, 4]
 
-    top = run(mixed, h.list_events, h.EventFilter(), limit=1)
+    top = run(mixed, qevents.list_events, qevents.EventFilter(), limit=1)
     assert rows(top, ["event_id", "entity", "action", "record_id", "title", "user_name",
                       "changed_fields", "webhook_id", "duplicate_of", "is_demo"]) == [
         (6, "Deals", "Win", DEAL_ID, "Implantação São Jorge", "7", "StatusId", 55, None, True)]
@@ -411,58 +414,58 @@ REAL_GAPS = [  # (event, previous event, record, fields Old contradicted)
 
 
 def test_real_wins_show_only_real_changes(real):
-    first = run(real, h.event_detail, 1)
+    first = run(real, qevents.event_detail, 1)
     shown = first.changes[~first.changes["bookkeeping"]]
     assert rows(shown, ["field", "before", "after"]) == [
         ("StatusId", "1", "2"), ("LastStageId", "(empty)", "40114886"),
         ("FinishDate", "(empty)", "2024-03-18T19:32:40.31")]
     assert list(first.changes[first.changes["bookkeeping"]]["field"]) == ["LastUpdateDate"]
     assert first.event["title"] == "Negócio #1"
-    counts = run(real, h.events_page, h.EventFilter(), 1, 100).rows["changed_fields"]
+    counts = run(real, qevents.events_page, qevents.EventFilter(), 1, 100).rows["changed_fields"]
     assert counts.str.split(", ").map(len).max() == 5  # never the ~60 snapshot fields
-    won = run(real, h.field_changes_of, "StatusId", new_value=2)
+    won = run(real, qrecords.field_changes_of, "StatusId", new_value=2)
     assert len(won) == 50
 
 
 def test_real_same_change_to_two_subscriptions_counts_once(real):
-    assert run(real, h.count_events, h.EventFilter()) == 50
-    assert run(real, h.count_events, h.EventFilter(include_duplicates=True)) == 51
-    second = run(real, h.event_detail, 3)
+    assert run(real, qevents.count_events, qevents.EventFilter()) == 50
+    assert run(real, qevents.count_events, qevents.EventFilter(include_duplicates=True)) == 51
+    second = run(real, qevents.event_detail, 3)
     assert (second.event["duplicate_of"], second.event["webhook_id"]) == (2, 40014791)
     assert rows(second.duplicates, ["event_id", "webhook_id", "is_original"]) == [
         (2, 40014790, True)]
-    assert list(run(real, h.record_events, "Deals", 405924850)["event_id"]) == [2]
-    assert list(run(real, h.record_events, "Deals", 405924850,
+    assert list(run(real, qrecords.record_events, "Deals", 405924850)["event_id"]) == [2]
+    assert list(run(real, qrecords.record_events, "Deals", 405924850,
                     include_duplicates=True)["event_id"]) == [2, 3]
 
 
 def test_real_won_reopened_and_won_again_is_a_gap(real):
-    gaps = run(real, h.continuity_gaps)
+    gaps = run(real, qrecords.continuity_gaps)
     assert rows(gaps, ["event_id", "previous_event_id", "record_id", "field_labels"]) == REAL_GAPS
-    mine = run(real, h.continuity_gaps, "Deals", 406008051)
+    mine = run(real, qrecords.continuity_gaps, "Deals", 406008051)
     assert mine["explanation"].iloc[-1] == (
         "Old said StatusId was 1 but our last delivery said 2; LastQuoteId was 402954823 but "
         "our last delivery said 402945475; LastStageId was null but our last delivery said "
         "40054572: a change was missed between event 15 and event 16.")
-    events = run(real, h.record_events, "Deals", 406008051)
+    events = run(real, qrecords.record_events, "Deals", 406008051)
     assert rows(events, ["event_id", "action", "changed_fields"]) == [
         (15, "Win", "StatusId, LastStageId, FinishDate, LastOrderId"),
         (16, "Win", "StatusId, LastStageId, FinishDate, LastOrderId"),
         (17, "Win", "StatusId, WonQuoteId, LastStageId, FinishDate, LastOrderId"),
     ]
-    assert run(real, h.state_at, "Deals", 406008051, event_id=16).state["StatusId"] == 2
-    found = run(real, h.find_records, text="NEGÓCIO #2", limit=3)  # most recent first
+    assert run(real, qrecords.state_at, "Deals", 406008051, event_id=16).state["StatusId"] == 2
+    found = run(real, qrecords.find_records, text="NEGÓCIO #2", limit=3)  # most recent first
     assert rows(found, ["record_id", "title"]) == [
         (406469273, "Negócio #22"), (406466323, "Negócio #29"), (406466274, "Negócio #28")]
-    assert len(run(real, h.find_records, text="negócio #2")) == 14  # #2 and #20–#29
-    assert run(real, h.find_records, text="negocio #2").empty
+    assert len(run(real, qrecords.find_records, text="negócio #2")) == 14  # #2 and #20–#29
+    assert run(real, qrecords.find_records, text="negocio #2").empty
 
 
 # --- small results are built without DuckDB's pandas conversion: same frames -------------
 
 
 def _frame_by_pandas(con, sql, params):
-    return h._normalized(con.execute(sql, params).df())
+    return qbase._normalized(con.execute(sql, params).df())
 
 
 @pytest.mark.parametrize("zone", ["UTC", "America/Sao_Paulo"])
@@ -491,7 +494,7 @@ def test_small_frames_match_duckdbs_conversion(zone):
         "SELECT TIMESTAMPTZ '10000-01-01 00:00:00+00' AS far",  # fetched as text: DuckDB's
     ]
     for sql in queries:
-        pd.testing.assert_frame_equal(h._frame(con, sql, []), _frame_by_pandas(con, sql, []),
+        pd.testing.assert_frame_equal(qbase._frame(con, sql, []), _frame_by_pandas(con, sql, []),
                                       check_exact=True, obj=sql)
 
 
@@ -503,14 +506,14 @@ def test_page_queries_give_the_same_frames_either_way(tmp_path, monkeypatch):
             "SELECT entity, record_id FROM events ORDER BY id LIMIT 1").fetchall()[0]
         last = con.execute("SELECT max(id) FROM events").fetchall()[0][0]
     calls = [
-        lambda con: h.events_page(con, h.EventFilter(), 1, 50).rows,
-        lambda con: h.events_page(con, h.EventFilter(text="Win"), 1, 10).rows,
-        lambda con: h.record_events(con, entity, record_id),
-        lambda con: h.record_history(con, entity, record_id, include_bookkeeping=True),
-        lambda con: h.find_records(con, entity=entity),
-        lambda con: h.continuity_gaps(con),
-        lambda con: h.event_detail(con, last).changes,
-        lambda con: h.event_detail(con, last).duplicates,
+        lambda con: qevents.events_page(con, qevents.EventFilter(), 1, 50).rows,
+        lambda con: qevents.events_page(con, qevents.EventFilter(text="Win"), 1, 10).rows,
+        lambda con: qrecords.record_events(con, entity, record_id),
+        lambda con: qrecords.record_history(con, entity, record_id, include_bookkeeping=True),
+        lambda con: qrecords.find_records(con, entity=entity),
+        lambda con: qrecords.continuity_gaps(con),
+        lambda con: qevents.event_detail(con, last).changes,
+        lambda con: qevents.event_detail(con, last).duplicates,
     ]
     for i, call in enumerate(calls):
         ours = run(settings, call)

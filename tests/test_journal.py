@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from ploomes.journal import (
+from ploomes.intake.journal import (
     HEADER,
     KIND_DELIVERY,
     Journal,
@@ -34,7 +34,7 @@ def test_append_and_read_back(tmp_path):
 
 
 def test_torn_tail_is_cleared_on_reopen(tmp_path):
-    from ploomes.journal import scan_segment
+    from ploomes.intake.journal import scan_segment
 
     journal = Journal(tmp_path / "j", segment_bytes=64 * 1024)
     journal.append(b"one")
@@ -67,7 +67,7 @@ def test_corrupt_record_stops_reading(tmp_path):
     for i in range(3):
         journal.append(b"x" * 10 + bytes([i]))
     journal.close()
-    from ploomes.journal import scan_segment
+    from ploomes.intake.journal import scan_segment
 
     segment = segment_paths(tmp_path / "j")[-1]
     end = [offset for _, offset in scan_segment(segment)][-1]
@@ -149,7 +149,7 @@ def test_rotations_faster_than_the_spare_never_zero_acknowledged_records(tmp_pat
     import os
     import time
 
-    from ploomes import journal as journal_module
+    from ploomes.intake import journal as journal_module
 
     real = journal_module._preallocate
     spares = []

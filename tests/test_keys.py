@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from conftest import TEST_KEY, make_settings
 
-from ploomes import keys
-from ploomes.keys import KeyRing, add_key
+from ploomes.intake import keys
+from ploomes.intake.keys import KeyRing, add_key
 
 NEW_KEY = "rotated-key-0123456789abcdef0123456789"
 

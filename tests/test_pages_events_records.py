@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, SHARED, make_settings
 from streamlit.testing.v1 import AppTest
 
-from ploomes.demo import load_demo
+from ploomes.demo.load import load_demo
 from ploomes.store import Store
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)

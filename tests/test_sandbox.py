@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from ploomes import generator
-from ploomes.sandbox import Sandbox, add_sandbox_parser, parse_filter
+from ploomes.demo.sandbox import Sandbox, add_sandbox_parser, parse_filter
+from ploomes.model.vocabulary import ACTION_IDS, ENTITY_IDS
 
 KEY = "sandbox-test-key-0123456789"
 BODY_KEYS = {"Action", "Entity", "SecondaryEntityId", "AccountId", "ActionUserId",
@@ -75,7 +75,7 @@ def api(sandbox, method, path, key=KEY, **kwargs):
 
 def subscribe(sandbox, entity, action, url, key):
     response = api(sandbox, "POST", "/Webhooks", json={
-        "EntityId": generator.ENTITY_IDS[entity], "ActionId": generator.ACTION_IDS[action],
+        "EntityId": ENTITY_IDS[entity], "ActionId": ACTION_IDS[action],
         "CallbackUrl": url, "ValidationKey": key})
     assert response.status_code == 200, response.text
     return response.json()["value"][0]
@@ -104,9 +104,9 @@ def test_collections_answer_in_odata_envelopes(sandbox):
     assert {u["Id"] for u in users["value"]} == {u["Id"] for u in sandbox.sim.users}
     assert "Suspended" in users["value"][0] and "Active" not in users["value"][0]
     entities = {e["Name"]: e["Id"] for e in api(sandbox, "GET", "/Fields@Entities").json()["value"]}
-    assert {k: entities[k] for k in generator.ENTITY_IDS} == generator.ENTITY_IDS
+    assert {k: entities[k] for k in ENTITY_IDS} == ENTITY_IDS
     actions = api(sandbox, "GET", "/Webhooks@Actions").json()["value"]
-    assert {a["Name"]: a["Id"] for a in actions} == generator.ACTION_IDS
+    assert {a["Name"]: a["Id"] for a in actions} == ACTION_IDS
     deals = api(sandbox, "GET", "/Deals").json()["value"]
     assert deals and all(isinstance(d["OtherProperties"], list) for d in deals)
     assert all("FieldKey" in p for d in deals for p in d["OtherProperties"])

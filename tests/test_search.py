@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 from conftest import make_settings
 
-from ploomes import history as h
-from ploomes.demo import load_demo
-from ploomes.ingest import record_names
-from ploomes.store import FILL_V3, Store
+from ploomes.demo.load import load_demo
+from ploomes.model.state import record_names
+from ploomes.queries import events as qevents
+from ploomes.queries import records as qrecords
+from ploomes.store import Store
+from ploomes.store.schema import FILL_V3
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -50,10 +52,10 @@ def test_migration_fill_gives_what_ingest_stored(tmp_path):
     assert stored == [("Contacts", 5, "Padaria São Jorge", "Padaria São Jorge\n"),
                       ("Deals", 1001, "Açaí", "Açaí")]
     with Store(settings).reader() as con:
-        assert list(h.find_records(con, text="SÃO JORGE")["record_id"]) == [5]
-        assert list(h.find_records(con, text="açaí", entity="Deals")["title"]) == ["Açaí"]
-        assert h.find_records(con, text="Rui").empty  # ContactName is a title, not a name
-        assert h.find_records(con, text="Padaria\nx").empty
+        assert list(qrecords.find_records(con, text="SÃO JORGE")["record_id"]) == [5]
+        assert list(qrecords.find_records(con, text="açaí", entity="Deals")["title"]) == ["Açaí"]
+        assert qrecords.find_records(con, text="Rui").empty  # ContactName is a title, not a name
+        assert qrecords.find_records(con, text="Padaria\nx").empty
 
 
 def test_text_search_stops_once_the_page_is_full_and_says_so(tmp_path):
@@ -61,18 +63,18 @@ def test_text_search_stops_once_the_page_is_full_and_says_so(tmp_path):
     deliveries = [(T0 + timedelta(days=i), deal(i, f"Plano {i}")) for i in range(10)]
     settings = seeded(tmp_path, deliveries)
     with Store(settings).reader() as con:
-        first = h.events_page(con, h.EventFilter(text="plano"), 1, 2)
+        first = qevents.events_page(con, qevents.EventFilter(text="plano"), 1, 2)
         assert list(first.rows["title"]) == ["Plano 9", "Plano 8"]
         assert (first.exact, first.total, first.pages) == (False, 3, 2)
         assert first.searched_since is not None
-        second = h.events_page(con, h.EventFilter(text="plano"), 2, 2)
+        second = qevents.events_page(con, qevents.EventFilter(text="plano"), 2, 2)
         assert list(second.rows["title"]) == ["Plano 7", "Plano 6"]
-        whole = h.events_page(con, h.EventFilter(text="plano"), 1, 50)
+        whole = qevents.events_page(con, qevents.EventFilter(text="plano"), 1, 50)
         assert (whole.exact, whole.total, len(whole.rows)) == (True, 10, 10)
         # out of time at once: it answers with the first window it read, as a lower bound
-        hurried = h.events_page(con, h.EventFilter(text="plano"), 1, 50, text_seconds=0)
+        hurried = qevents.events_page(con, qevents.EventFilter(text="plano"), 1, 50, text_seconds=0)
         assert not hurried.exact and list(hurried.rows["title"]) == ["Plano 9"]
-        assert h.count_events(con, h.EventFilter(text="plano")) == 10
+        assert qevents.count_events(con, qevents.EventFilter(text="plano")) == 10
 
 
 def test_change_search_reads_newest_first_and_says_how_far(tmp_path):
@@ -80,12 +82,12 @@ def test_change_search_reads_newest_first_and_says_how_far(tmp_path):
     settings = seeded(tmp_path, [(T0 + timedelta(weeks=i), deal(i, f"Plano Açaí {i}"))
                                  for i in range(10)])
     with Store(settings).reader() as con:
-        everything = h.changes_matching(con, "açaí", field_path="Title", seconds=None)
+        everything = qrecords.changes_matching(con, "açaí", field_path="Title", seconds=None)
         assert everything.attrs["complete"] and everything.attrs["searched_since"] is None
         assert list(everything["event_id"]) == list(range(10, 0, -1))  # newest first
-        two = h.changes_matching(con, "AÇAÍ", field_path="Title", limit=2, seconds=None)
+        two = qrecords.changes_matching(con, "AÇAÍ", field_path="Title", limit=2, seconds=None)
         assert list(two["event_id"]) == [10, 9]
         assert not two.attrs["complete"]  # stopped once the page was full
-        hurried = h.changes_matching(con, "nada disso", seconds=0)  # one window, then stop
+        hurried = qrecords.changes_matching(con, "nada disso", seconds=0)  # one window, then stop
         assert hurried.empty and not hurried.attrs["complete"]
         assert hurried.attrs["searched_since"] > T0

@@ -10,11 +10,12 @@ import duckdb
 import pytest
 from conftest import example_payloads, make_settings, run_script
 
-from ploomes import store as store_module
-from ploomes.demo import demo_count, load_demo, remove_demo
-from ploomes.journal import Journal
-from ploomes.rebuild import RebuildError, rebuild
+from ploomes.demo.load import load_demo, remove_demo
+from ploomes.ingest.rebuild import RebuildError, rebuild
+from ploomes.intake.journal import Journal
+from ploomes.queries.status import demo_count
 from ploomes.store import SCHEMA_VERSION, Store, StoreError, fetch_one, migrate, schema_version
+from ploomes.store import db as store_module
 
 DERIVED = ["events", "field_changes", "continuity_gaps", "record_state", "rejected_deliveries"]
 
@@ -31,7 +32,7 @@ def snapshot(store: Store) -> dict:
 
 def journal_deliveries(settings, bodies, start=None):
     """Append bodies to the journal at one-minute steps and ingest them like the worker."""
-    from ploomes.demo import ingest_pending
+    from ploomes.demo.load import ingest_pending
 
     start = start or datetime(2026, 11, 2, 12, tzinfo=UTC)
     journal = Journal(settings.journal_dir, settings.journal_segment_bytes)
@@ -257,7 +258,7 @@ def test_a_forked_child_exits_cleanly_after_the_parent_used_the_store(tmp_path):
                 sys.exit(fetch_one(con, "SELECT count(*) FROM events")[0])
         _, after = os.waitpid(pid, 0)
         # an idle instance the fork could not close (another thread was opening it)
-        from ploomes import store as store_module
+        from ploomes.store import db as store_module
         with store.reader() as con:  # the last fork closed the idle one: a new one
             pass
         engine = store_module._ENGINES[settings.db_path.resolve()]
@@ -327,7 +328,7 @@ def test_rebuild_keeps_events_pruned_from_the_journal(settings):
     journal = Journal(settings.journal_dir, segment_bytes=4096)
     journal._rotate(journal.written_seq + 1)
     journal.close()
-    from ploomes.journal import segment_paths
+    from ploomes.intake.journal import segment_paths
     segment_paths(settings.journal_dir)[0].unlink()
     report = rebuild(settings)
     assert report.kept_events == 4 and report.journal_records == 0
@@ -363,7 +364,7 @@ def test_default_demo_names_its_users_and_removal_takes_them(settings):
 
 
 def test_demo_data_is_flagged_removed_and_stays_removed(settings):
-    from ploomes.generator import demo_deliveries
+    from ploomes.demo.generator import demo_deliveries
 
     deliveries = demo_deliveries(seed=3, days=3, end=datetime(2026, 11, 20, tzinfo=UTC))
     journal_deliveries(settings, [json.loads(example_payloads()["deal-win.json"])])

@@ -15,12 +15,14 @@ import pandas as pd
 import pytest
 from conftest import make_settings
 
-from ploomes import activity
-from ploomes.demo import demo_records, load_demo, remove_demo
-from ploomes.generator import demo_deliveries
-from ploomes.ingest import Pipeline, refill_user_rollups
-from ploomes.journal import FLAG_DEMO, Journal, iter_records
-from ploomes.rebuild import rebuild
+from ploomes.demo.generator import demo_deliveries
+from ploomes.demo.load import load_demo, remove_demo
+from ploomes.ingest.pipeline import Pipeline
+from ploomes.ingest.rebuild import rebuild
+from ploomes.ingest.rollups import refill_user_rollups
+from ploomes.intake.journal import FLAG_DEMO, Journal, iter_records
+from ploomes.queries import records as qrecords
+from ploomes.queries import users as qusers
 from ploomes.store import SCHEMA_VERSION, Store, fetch_one, schema_version, transaction
 
 END = datetime(2026, 11, 20, 18, tzinfo=UTC)
@@ -119,19 +121,19 @@ def assert_exact(store: Store) -> dict[str, list]:
             assert rollup_rows(con) == kept  # stage 2's folding = a recount from scratch
             raise _Rollback
     with store.reader() as con:
-        users = [None if pd.isna(u) else int(u) for u in activity.users_summary(
+        users = [None if pd.isna(u) else int(u) for u in qusers.users_summary(
             con, include_duplicates=True, rollups=False)["action_user_id"]]
         assert users
         for since in boundaries(con):
             for include in (False, True):
                 pd.testing.assert_frame_equal(
-                    activity.users_summary(con, since=since, include_duplicates=include),
-                    activity.users_summary(con, since=since, include_duplicates=include,
+                    qusers.users_summary(con, since=since, include_duplicates=include),
+                    qusers.users_summary(con, since=since, include_duplicates=include,
                                            rollups=False))
         for user in users:
             pd.testing.assert_frame_equal(
-                activity.user_top_fields(con, user, limit=1000),
-                activity.user_top_fields(con, user, limit=1000, rollups=False))
+                qusers.user_top_fields(con, user, limit=1000),
+                qusers.user_top_fields(con, user, limit=1000, rollups=False))
     return kept
 
 
@@ -149,7 +151,7 @@ def test_rollups_match_raw_counts_after_ingestion(settings):
     store = Store(settings)
     rows = assert_exact(store)
     with store.reader() as con:
-        assert activity.users_summary(con).shape[0] > 3
+        assert qusers.users_summary(con).shape[0] > 3
         shared = {r[:3]: r for r in rows["user_records"] if r[0] == SHARED_USER}
         # created 40 days ago, moved (and repeated) 5 hours ago
         events, duplicates, first_at, last_at, last_dup, fields = shared[
@@ -160,11 +162,11 @@ def test_rollups_match_raw_counts_after_ingestion(settings):
         # LastUpdateDate is bookkeeping; the repeat adds nothing
         assert fields == ["Amount", "OtherProperties.deal_plan", "OtherProperties.deal_região",
                           "StageId", "Title"]
-        top = activity.user_top_fields(con, SHARED_USER)
+        top = qusers.user_top_fields(con, SHARED_USER)
         assert top.set_index("field").loc["StageId", ["changes", "records"]].tolist() == [2, 1]
         # the event without a record counts as a change, not as a record
         assert top.set_index("field").loc["Name", ["changes", "records"]].tolist() == [1, 0]
-        nobody = activity.users_summary(con)
+        nobody = qusers.users_summary(con)
         assert nobody[nobody["action_user_id"].isna()]["records"].tolist() == [1]
 
 
@@ -308,26 +310,25 @@ def test_an_empty_store_is_migrated_without_a_derive_position(settings):
 
 
 def _states_agree(store: Store) -> tuple[int, int]:
-    """Compare history.state_at's record_state shortcut with the fold, for every record.
+    """Compare qrecords.state_at's record_state shortcut with the fold, for every record.
 
     Returns (records compared, records the shortcut answered).
     """
-    from ploomes import history
 
     answered = 0
     with store.reader() as con:
         keys = con.execute("SELECT DISTINCT entity, record_id FROM events "
                            "WHERE record_id IS NOT NULL ORDER BY 1, 2").fetchall()
         for i, (entity, record_id) in enumerate(keys):
-            fast = history.state_at(con, entity, record_id)
-            assert fast == history.state_at(con, entity, record_id, latest=False), \
+            fast = qrecords.state_at(con, entity, record_id)
+            assert fast == qrecords.state_at(con, entity, record_id, latest=False), \
                 (entity, record_id)
             if fast.event_id is not None and i % 10 == 0:  # as the Records page asks
                 for upto in (fast.event_id, fast.event_id - 1, 2**62):
-                    assert history.state_at(con, entity, record_id, event_id=upto) == \
-                        history.state_at(con, entity, record_id, event_id=upto,
+                    assert qrecords.state_at(con, entity, record_id, event_id=upto) == \
+                        qrecords.state_at(con, entity, record_id, event_id=upto,
                                          latest=False), (entity, record_id, upto)
-            answered += history._latest_state(con, entity, record_id) is not None
+            answered += qrecords._latest_state(con, entity, record_id) is not None
     return len(keys), answered
 
 

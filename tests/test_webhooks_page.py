@@ -6,8 +6,8 @@ import pytest
 from conftest import ROOT, free_port
 from streamlit.testing.v1 import AppTest
 
-from ploomes import generator
-from ploomes.sandbox import Sandbox
+from ploomes.demo.sandbox import Sandbox
+from ploomes.model.vocabulary import ACTION_IDS, ENTITY_IDS
 
 PAGE = str(ROOT / "views" / "webhooks.py")
 USER_KEY = "page-test-user-key-0123456789"
@@ -56,9 +56,9 @@ def coverage(at: AppTest):
 
 
 def register(at: AppTest, entity: str, actions: list[str], url: str | None = None) -> AppTest:
-    at.selectbox(key="register_entity").set_value(generator.ENTITY_IDS[entity])
+    at.selectbox(key="register_entity").set_value(ENTITY_IDS[entity])
     at.multiselect(key="register_actions").set_value(
-        [generator.ACTION_IDS[a] for a in actions])
+        [ACTION_IDS[a] for a in actions])
     if url is not None:
         at.text_input(key="register_callback_url").set_value(url)
     at.button(key="register_submit").click().run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
@@ -9,9 +10,11 @@ from typing import TypeVar
 import pandas as pd
 import streamlit as st
 
-from ploomes.activity import receiver_health as fetch_receiver_health
 from ploomes.config import PROJECT_ROOT, ConfigError, Settings, load_settings
-from ploomes.demo import demo_count, remove_demo
+from ploomes.demo.load import remove_demo
+from ploomes.ingest.upgrade import UPGRADES
+from ploomes.intake.probe import receiver_health as fetch_receiver_health
+from ploomes.queries.status import demo_count
 from ploomes.store import Store, StoreBusy, StoreError
 
 T = TypeVar("T")
@@ -31,11 +34,8 @@ def settings() -> Settings:
 @st.cache_resource(show_spinner=False)
 def _store(data_dir: str) -> Store:
     # one Store per data dir and process
-    # keep_reader: queries of one page render share one attachment of the file
-    # (attaching costs ~1-3 ms); it is detached after 0.5 s idle or as soon as a writer
-    # waits
     return Store(load_settings(data_dir=data_dir), busy_timeout=10.0, memory_limit="256MB",
-                 keep_reader=0.5)
+                 upgrades=UPGRADES)
 
 
 def store() -> Store:
@@ -151,3 +151,11 @@ def fmt_ago(seconds: float | None) -> str:
     if seconds < 86400:
         return f"{seconds / 3600:.1f} h ago"
     return f"{seconds / 86400:.1f} days ago"
+
+
+def format_bytes(size: float) -> str:
+    """Return a size such as '12.3 MB'."""
+    if size < 1024:
+        return f"{int(size)} B"
+    exponent = min(int(math.log(size, 1024)), 4)
+    return f"{size / 1024 ** exponent:.1f} {('B', 'KB', 'MB', 'GB', 'TB')[exponent]}"

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import streamlit as st
 
-from ploomes import activity, history
+from ploomes.queries import base, events
 from views.common import QUERY_TTL, fmt_time, run_query, settings, to_local
 
 PAGE_SIZES = (25, 50, 100, 200)
@@ -17,22 +17,22 @@ ANY = "Any"
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
 def _options(data_dir: str) -> dict:
-    return run_query(history.filter_options)
+    return run_query(events.filter_options)
 
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
 def _fields(data_dir: str, entity: str | None) -> list[tuple[str, str]]:
-    return run_query(history.field_options, entity)
+    return run_query(events.field_options, entity)
 
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
-def _page(data_dir: str, f: history.EventFilter, page: int, size: int) -> history.EventsPage:
-    return run_query(history.events_page, f, page, size)
+def _page(data_dir: str, f: events.EventFilter, page: int, size: int) -> events.EventsPage:
+    return run_query(events.events_page, f, page, size)
 
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
-def _detail(data_dir: str, event_id: int) -> history.EventDetail | None:
-    return run_query(history.event_detail, event_id)
+def _detail(data_dir: str, event_id: int) -> events.EventDetail | None:
+    return run_query(events.event_detail, event_id)
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -57,7 +57,7 @@ def _seed_from_link(options: dict, data_dir: str, zone: str) -> None:
     if st.session_state.get("_filters_seeded"):
         return
     st.session_state["_filters_seeded"] = True
-    parsed = activity.filter_from_params(st.query_params.to_dict(), zone)
+    parsed = events.filter_from_params(st.query_params.to_dict(), zone)
     for problem in parsed.problems:
         st.warning(f"Ignored in the link: {problem}.")
     f = parsed.filter
@@ -87,7 +87,7 @@ def _seed_from_link(options: dict, data_dir: str, zone: str) -> None:
     st.session_state["f_demo"] = f.include_demo
 
 
-def _filters(data_dir: str, zone: str) -> history.EventFilter | None:
+def _filters(data_dir: str, zone: str) -> events.EventFilter | None:
     """Draw the filter widgets; return the filter, or None when an input is invalid."""
     options = _options(data_dir)
     users = dict(options["users"])
@@ -127,7 +127,7 @@ def _filters(data_dir: str, zone: str) -> history.EventFilter | None:
     if start_day and end_day and end_day < start_day:
         st.error("The 'To' day is before the 'From' day: swap them to filter.")
         return None
-    return history.EventFilter(
+    return events.EventFilter(
         start=_day_bounds(start_day, zone, False), end=_day_bounds(end_day, zone, True),
         entity=entity, action=action, action_user_id=user, record_id=record_id,
         field=field, text=text.strip() or None, include_duplicates=include_duplicates,
@@ -149,7 +149,7 @@ def _on_open() -> None:
     _select_event(st.session_state.get("open_event") or None)
 
 
-def _table(page: history.EventsPage, zone: str) -> None:
+def _table(page: events.EventsPage, zone: str) -> None:
     rows = page.rows
     shown = pd.DataFrame({
         "event": rows["event_id"],
@@ -200,8 +200,8 @@ def _diff(changes: pd.DataFrame) -> None:
         "field": changes["field_label"],
         "before": changes["before"],
         "after": changes["after"],
-        "added": changes["added_items"].map(history.show_items),
-        "removed": changes["removed_items"].map(history.show_items),
+        "added": changes["added_items"].map(base.show_items),
+        "removed": changes["removed_items"].map(base.show_items),
         "key": changes["field"],
     })
     if show_bookkeeping:

@@ -11,10 +11,11 @@ from urllib.parse import urlsplit
 
 import streamlit as st
 
-from ploomes.activity import event_count
-from ploomes.config import DEFAULT_DATA_DIR, Settings
-from ploomes.demo import load_demo
-from ploomes.keys import accepted_keys, ensure_key, key_file, mask_secret
+from ploomes.config import DEFAULT_DATA_DIR, Settings, mask_secret
+from ploomes.demo.load import load_demo
+from ploomes.intake.keys import accepted_keys, ensure_key, key_file
+from ploomes.model.vocabulary import WEBHOOK_PATH
+from ploomes.queries.status import event_count
 from ploomes.store import StoreError
 from views.common import (
     cached_query,
@@ -24,7 +25,6 @@ from views.common import (
     settings,
 )
 
-WEBHOOK_PATH = "/ploomes/webhook"
 WAIT_SECONDS = 5  # how often the screen checks whether the first delivery arrived
 
 

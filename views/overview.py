@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import streamlit as st
 
-from ploomes.activity import (
+from ploomes.queries.status import (
     bucket_for,
     event_count,
     last_delivery_at,

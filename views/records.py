@@ -8,41 +8,42 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ploomes import activity, history
+from ploomes.queries import events as event_queries
+from ploomes.queries import records
 from views.common import QUERY_TTL, fmt_time, run_query, settings, to_local
 
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
 def _entities(data_dir: str) -> list[str]:
-    return run_query(activity.distinct_values, "entity")  # not users and actions too
+    return run_query(event_queries.distinct_values, "entity")  # not users and actions too
 
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
 def _find(data_dir: str, entity: str | None, record_id: int | None, text: str | None
           ) -> pd.DataFrame:
-    return run_query(history.find_records, entity=entity, record_id=record_id, text=text)
+    return run_query(records.find_records, entity=entity, record_id=record_id, text=text)
 
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
 def _events(data_dir: str, entity: str, record_id: int) -> pd.DataFrame:
-    return run_query(history.record_events, entity, record_id)
+    return run_query(records.record_events, entity, record_id)
 
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
 def _history(data_dir: str, entity: str, record_id: int, bookkeeping: bool) -> pd.DataFrame:
-    return run_query(history.record_history, entity, record_id,
+    return run_query(records.record_history, entity, record_id,
                      include_bookkeeping=bookkeeping)
 
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
 def _gaps(data_dir: str, entity: str, record_id: int) -> pd.DataFrame:
-    return run_query(history.continuity_gaps, entity, record_id)
+    return run_query(records.continuity_gaps, entity, record_id)
 
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
 def _state(data_dir: str, entity: str, record_id: int, event_id: int
-           ) -> history.RecordSnapshot:
-    return run_query(history.state_at, entity, record_id, event_id=event_id)
+           ) -> records.RecordSnapshot:
+    return run_query(records.state_at, entity, record_id, event_id=event_id)
 
 
 def _select(entity: str, record_id: int) -> None:

@@ -8,19 +8,17 @@ from zoneinfo import ZoneInfo
 
 import streamlit as st
 
-from ploomes.activity import (
+from ploomes.queries.events import (
     EXPORT_LIMIT,
     EventFilter,
     count_events,
     distinct_values,
     export_events,
     filter_from_params,
-    format_bytes,
-    ingest_positions,
-    table_counts,
 )
+from ploomes.queries.status import ingest_positions, table_counts
 from ploomes.store import SCHEMA_VERSION, Store, StoreError, schema_version
-from views.common import cached_query, fmt_time, receiver_health, settings, store
+from views.common import cached_query, fmt_time, format_bytes, receiver_health, settings, store
 
 ANY = "Any"
 

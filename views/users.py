@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import streamlit as st
 
-from ploomes.activity import (
-    event_count,
+from ploomes.queries.status import event_count
+from ploomes.queries.users import (
     user_entity_actions,
     user_heatmap,
     user_top_fields,

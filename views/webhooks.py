@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
-from ploomes import directory
-from ploomes.api import (
+from ploomes.config import Settings, mask_secret
+from ploomes.crm import directory, subscriptions
+from ploomes.crm.api import (
     PloomesAuthError,
     PloomesClient,
     PloomesError,
@@ -19,8 +20,9 @@ from ploomes.api import (
     PloomesRateLimited,
     PloomesUnavailable,
 )
-from ploomes.config import Settings
-from ploomes.keys import accepted_keys, add_key, generate_key, mask_secret
+from ploomes.intake.keys import accepted_keys, add_key, generate_key
+from ploomes.queries import status as status_queries
+from ploomes.queries.users import user_names
 from ploomes.store import StoreError
 from views import common
 
@@ -95,9 +97,9 @@ def _show_instructions() -> None:
 
 
 @st.cache_data(ttl=CATALOG_TTL, show_spinner=False)
-def _catalog(api_url: str, account: str, _client: PloomesClient) -> directory.Catalog:
+def _catalog(api_url: str, account: str, _client: PloomesClient) -> subscriptions.Catalog:
     # api_url and account (a hash of the key, never the key) are the cache key
-    return directory.load_catalog(_client)
+    return subscriptions.load_catalog(_client)
 
 
 def _fmt_local(value: datetime | None, tz: str) -> str:
@@ -138,14 +140,14 @@ def _sync(client: PloomesClient, cfg: Settings, auto: bool) -> None:
 
 def _sync_section(client: PloomesClient, cfg: Settings) -> None:
     left, right = st.columns([3, 1])
-    last = common.run_query(directory.last_synced_at)
+    last = common.run_query(status_queries.last_synced_at)
     with right:
         pressed = st.button("Sync users and fields", key="sync_directory",
                             help="Fetch user names and custom-field labels from Ploomes so "
                                  "every page shows names.")
     if pressed:
         _sync(client, cfg, auto=False)
-        last = common.run_query(directory.last_synced_at)
+        last = common.run_query(status_queries.last_synced_at)
     else:
         # A failing automatic sync is retried at most once per interval per session.
         tried = st.session_state.get(AUTO_SYNC_TRIED)
@@ -153,28 +155,28 @@ def _sync_section(client: PloomesClient, cfg: Settings) -> None:
                 tried is None or time.monotonic() - tried > SYNC_EVERY_MINUTES * 60):
             st.session_state[AUTO_SYNC_TRIED] = time.monotonic()
             _sync(client, cfg, auto=True)
-            last = common.run_query(directory.last_synced_at)
+            last = common.run_query(status_queries.last_synced_at)
     with left:
         st.caption(f"Ploomes API: {cfg.api_url} · users and fields synced "
                    f"{common.fmt_time(last) if last else 'never'} "
                    f"(automatically every {SYNC_EVERY_MINUTES} min)")
 
 
-def _subscriptions_section(webhooks: list[dict], catalog: directory.Catalog,
+def _subscriptions_section(webhooks: list[dict], catalog: subscriptions.Catalog,
                            cfg: Settings) -> None:
     st.subheader("Subscriptions")
     if not webhooks:
         st.info("This account has no webhook subscriptions yet: register one below.")
         return
     now = datetime.now(UTC)
-    stats = common.run_query(directory.webhook_stats, now=now)
-    users = common.run_query(directory.user_names)
-    created = {int(w["Id"]): directory.parse_ploomes_time(w.get("CreateDate"), cfg.timezone)
+    stats = common.run_query(status_queries.webhook_stats, now=now)
+    users = common.run_query(user_names)
+    created = {int(w["Id"]): subscriptions.parse_ploomes_time(w.get("CreateDate"), cfg.timezone)
                for w in webhooks if w.get("Id") is not None}
     # An inactive subscription is silent on purpose.
     active = [i for i in created if _is_active(webhooks, i)]
-    warnings = directory.silence_warnings(active, stats, now, created=created)
-    frame = directory.subscriptions_frame(webhooks, catalog, users, stats, warnings,
+    warnings = subscriptions.silence_warnings(active, stats, now, created=created)
+    frame = subscriptions.subscriptions_frame(webhooks, catalog, users, stats, warnings,
                                           cfg.timezone, accepted_keys(cfg))
     frame["Created"] = [_fmt_local(v, cfg.timezone) for v in frame["Created"]]
     frame["Last delivery"] = [
@@ -195,7 +197,7 @@ def _subscriptions_section(webhooks: list[dict], catalog: directory.Catalog,
                    f"{catalog.action(hook.get('ActionId'))}) looks silent: {why}. Check that "
                    "it is active in Ploomes and that its callback URL reaches this receiver.")
     refused = frame[(frame["Key accepted here"] == "no") & frame["Callback URL"].map(
-        lambda u: directory.same_callback(u, _callback_default(cfg)))]
+        lambda u: subscriptions.same_callback(u, _callback_default(cfg)))]
     if len(refused):
         st.warning(f"{len(refused)} subscription(s) for this receiver carry a validation key "
                    "it does not accept, so their deliveries are refused: "
@@ -209,20 +211,20 @@ def _is_active(webhooks: list[dict], webhook_id: int) -> bool:
 
 
 def _callback_default(cfg: Settings) -> str:
-    return directory.default_callback_url(cfg.callback_url, cfg.receiver_url)
+    return subscriptions.default_callback_url(cfg.callback_url, cfg.receiver_url)
 
 
-def _coverage_section(webhooks: list[dict], catalog: directory.Catalog,
+def _coverage_section(webhooks: list[dict], catalog: subscriptions.Catalog,
                       cfg: Settings) -> None:
     url = _callback_default(cfg)
     st.subheader("Coverage")
     st.caption(f"Which entity × action pairs are subscribed for {url} (✓ active, "
                "“paused” inactive).")
-    st.dataframe(directory.coverage_grid(webhooks, url, catalog), key="coverage_grid")
+    st.dataframe(subscriptions.coverage_grid(webhooks, url, catalog), key="coverage_grid")
 
 
 def _register_section(client: PloomesClient, webhooks: list[dict],
-                      catalog: directory.Catalog, cfg: Settings) -> None:
+                      catalog: subscriptions.Catalog, cfg: Settings) -> None:
     st.subheader("Register a subscription")
     if st.button("Generate a new validation key", key="generate_key",
                  help="Create a strong key, store it so this receiver accepts it, and use "
@@ -237,7 +239,7 @@ def _register_section(client: PloomesClient, webhooks: list[dict],
             st.success(f"New validation key {mask_secret(key)} stored: the receiver "
                        "accepts it from now on.")
     key = _receiver_key(cfg)
-    entity_ids = sorted(catalog.entities) or sorted(directory.KNOWN_ENTITIES)
+    entity_ids = sorted(catalog.entities) or sorted(subscriptions.KNOWN_ENTITIES)
     action_ids = sorted(catalog.actions)
     with st.form("register_form"):
         entity_id = st.selectbox(
@@ -259,9 +261,9 @@ def _register_section(client: PloomesClient, webhooks: list[dict],
         add_key(cfg, key)
         st.session_state[CHOSEN_KEY] = key
     try:
-        created = directory.register_subscriptions(client, webhooks, entity_id, chosen, url,
+        created = subscriptions.register_subscriptions(client, webhooks, entity_id, chosen, url,
                                                    key, catalog)
-    except directory.DuplicateSubscription as exc:
+    except subscriptions.DuplicateSubscription as exc:
         st.error(f"Refused: {exc}.")
         return
     except ValueError as exc:
@@ -279,7 +281,7 @@ def _register_section(client: PloomesClient, webhooks: list[dict],
 
 
 def _manage_section(client: PloomesClient, webhooks: list[dict],
-                    catalog: directory.Catalog, cfg: Settings) -> None:
+                    catalog: subscriptions.Catalog, cfg: Settings) -> None:
     if not webhooks:
         return
     st.subheader("Test or delete a subscription")
@@ -338,10 +340,10 @@ def _send_test(hook: dict, cfg: Settings) -> None:
         key = _receiver_key(cfg)
         st.info("Ploomes does not show this subscription's validation key; the test "
                 "delivery carries this receiver's key instead.")
-    body = directory.example_delivery_body(hook)
+    body = subscriptions.example_delivery_body(hook)
     try:
-        answer = directory.send_test_delivery(hook["CallbackUrl"], key, body)
-    except (ValueError, directory.CallbackUnreachable) as exc:
+        answer = subscriptions.send_test_delivery(hook["CallbackUrl"], key, body)
+    except (ValueError, subscriptions.CallbackUnreachable) as exc:
         st.error(f"The test delivery could not be sent: {exc}. Check that the receiver is "
                  "running and that the callback URL reaches it.")
         return

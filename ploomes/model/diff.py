@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from ploomes.model.vocabulary import OTHER_PROPERTIES, TAGS
+
 # Fields that Ploomes rewrites on almost every delivery (or that only say who/what last
 # touched the record); views hide them by default. Matched on a path's last key.
 BOOKKEEPING_FIELDS: frozenset[str] = frozenset(
@@ -63,8 +65,6 @@ BOOKKEEPING_FIELDS: frozenset[str] = frozenset(
     }
 )
 
-OTHER_PROPERTIES = "OtherProperties"
-TAGS = "Tags"
 
 # Value columns of the API's list form of OtherProperties, in the order a value is taken
 # from. Ids come before names because the delivery object form carries the option id.

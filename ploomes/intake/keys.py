@@ -1,7 +1,7 @@
 """Validation keys: the ones from the environment plus the ones kept in the data dir.
 
 Keys are secrets: they are compared in constant time, never logged, and shown only
-masked (`mask_secret`).
+masked (`ploomes.config.mask_secret`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,6 @@ from pathlib import Path
 from ploomes.config import Settings
 
 KEY_FILE = Path("keys") / "validation-keys.txt"
-
-
-def mask_secret(value: str | None) -> str:
-    """Return a masked form of a secret that shows at most its last 4 characters."""
-    if not value:
-        return "(none)"
-    tail = value[-4:] if len(value) >= 12 else ""
-    return "••••" + tail
 
 
 def generate_key() -> str:

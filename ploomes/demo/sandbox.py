@@ -4,7 +4,7 @@ It answers `/Users`, `/Fields`, `/Fields@Entities`, `/Webhooks@Actions`, `/Webho
 (create, list, update, delete) and the record collections (`/Contacts`, `/Deals`, …) of
 a simulated account in OData envelopes, checks the `User-Key`, caps `$top`, rate-limits
 with 429 + `Retry-After`, and answers errors with Ploomes-like bodies. Activity (made
-by `ploomes.generator.Simulation`) is delivered to every matching active subscription
+by `ploomes.demo.generator.Simulation`) is delivered to every matching active subscription
 exactly as Ploomes would, from a background sender thread, optionally duplicated or
 dropped so downstream duplicate and missed-change detection has something to find.
 
@@ -34,8 +34,9 @@ from zoneinfo import ZoneInfo
 
 import requests
 
-from ploomes import generator
-from ploomes.keys import mask_secret
+from ploomes.config import mask_secret
+from ploomes.demo import generator
+from ploomes.model.vocabulary import ACTION_IDS, ENTITY_IDS, VALIDATION_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ PAGE_CAP = 300
 KEPT_REQUESTS = 10_000
 KEPT_DELIVERIES = 10_000  # a long --activity-rate run must not grow without bound
 FIRST_WEBHOOK_ID = 31005101
-VALIDATION_HEADER = "X-Ploomes-Validation-Key"
 # Entities listed by Fields@Entities besides the ones the simulation produces [DOC].
 EXTRA_ENTITIES = {3: "Leads", 5: "OrderSections", 7: "Quotes", 8: "QuoteSections",
                   14: "QuoteProducts", 20: "OrderProducts", 36: "InteractionRecords"}
@@ -57,7 +57,7 @@ SYSTEM_FIELDS = (
     {"Key": "deal_amount", "Name": "Valor", "EntityId": 2, "TypeId": 4},
     {"Key": "task_title", "Name": "Assunto", "EntityId": 12, "TypeId": 1},
 )
-SIMULATED_ENTITIES = getattr(generator, "SIMULATED_ENTITIES", ("Contacts", "Deals", "Tasks"))
+SIMULATED_ENTITIES = generator.SIMULATED_ENTITIES
 WEBHOOK_FIELDS = ("EntityId", "ActionId", "CallbackUrl", "ValidationKey", "Active")
 WEBHOOK_PROPERTIES = {"Id", *WEBHOOK_FIELDS, "CreatorId", "CreateDate"}
 
@@ -342,12 +342,12 @@ class Sandbox:
 
     def entities(self) -> list[dict]:
         """Return the entities as GET /Fields@Entities shows them."""
-        named = {**EXTRA_ENTITIES, **{i: n for n, i in generator.ENTITY_IDS.items()}}
+        named = {**EXTRA_ENTITIES, **{i: n for n, i in ENTITY_IDS.items()}}
         return [{"Id": i, "Name": named[i]} for i in sorted(named)]
 
     def actions(self) -> list[dict]:
         """Return the actions as GET /Webhooks@Actions shows them."""
-        return [{"Id": i, "Name": n} for n, i in sorted(generator.ACTION_IDS.items(),
+        return [{"Id": i, "Name": n} for n, i in sorted(ACTION_IDS.items(),
                                                          key=lambda item: item[1])]
 
     def webhooks(self) -> list[dict]:
@@ -429,7 +429,7 @@ class Sandbox:
         made = []
         for entity, action in pairs:
             made.append(self.create_webhook({
-                "EntityId": generator.ENTITY_IDS[entity], "ActionId": generator.ACTION_IDS[action],
+                "EntityId": ENTITY_IDS[entity], "ActionId": ACTION_IDS[action],
                 "CallbackUrl": callback_url, "ValidationKey": validation_key}))
         return made
 
@@ -476,12 +476,12 @@ class Sandbox:
                      action: str | None = None, wait: bool = True,
                      timeout: float | None = None) -> dict:
         """Make `count` changes, deliver them to matching subscriptions; report what happened."""
-        if entity is not None and entity not in generator.ENTITY_IDS:
+        if entity is not None and entity not in ENTITY_IDS:
             raise ApiError(400, f"Unknown entity {entity!r}; one of "
-                                f"{', '.join(generator.ENTITY_IDS)}.")
-        if action is not None and action not in generator.ACTION_IDS:
+                                f"{', '.join(ENTITY_IDS)}.")
+        if action is not None and action not in ACTION_IDS:
             raise ApiError(400, f"Unknown action {action!r}; one of "
-                                f"{', '.join(generator.ACTION_IDS)}.")
+                                f"{', '.join(ACTION_IDS)}.")
         changes, queued = [], []
         failure: ApiError | None = None
         with self._lock:
@@ -513,8 +513,8 @@ class Sandbox:
         return {"changes": changes, "deliveries": [d.outcome() for d in queued]}
 
     def _deliveries_for(self, change: generator.Change) -> list[Delivery]:
-        entity_id = generator.ENTITY_IDS.get(change.entity)
-        action_id = generator.ACTION_IDS.get(change.action)
+        entity_id = ENTITY_IDS.get(change.entity)
+        action_id = ACTION_IDS.get(change.action)
         out = []
         for webhook in sorted(self._webhooks.values(), key=lambda w: w["Id"]):
             if not (webhook["Active"] and webhook["EntityId"] == entity_id

@@ -22,7 +22,7 @@ from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import TimeoutError as TransportTimeout
 from urllib3.util import Retry
 
-from ploomes.keys import mask_secret
+from ploomes.config import mask_secret
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -6,7 +6,7 @@ the whole journal, and demo data goes through it too. Each call runs in one tran
 that also records the last journal sequence applied, so a crash never applies a record
 twice or skips one.
 
-Per delivery it computes, once: the event row, its field changes (`ploomes.diff`),
+Per delivery it computes, once: the event row, its field changes (`ploomes.model.diff`),
 whether it repeats an earlier delivery of the same change (duplicate detection), and
 whether its `Old` contradicts what earlier events said the record was (continuity gaps).
 Stage 2 also keeps the per-user rollups the Users page reads (`user_records`,
@@ -15,7 +15,6 @@ Stage 2 also keeps the per-user rollups the Users page reads (`user_records`,
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections import OrderedDict
@@ -28,59 +27,33 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from ploomes import diff as diffmod
-from ploomes.delivery import Delivery, InvalidDelivery, parse_delivery, to_json
-from ploomes.journal import KIND_CONTROL, KIND_DELIVERY, KIND_REJECTED, Record
+from ploomes.ingest.rollups import (
+    USER_FIELD_KEY,
+    UserKey,
+    UserRecord,
+    fold_user_event,
+    refill_user_rollups,
+    same_key,
+)
+from ploomes.intake.journal import (
+    KIND_CONTROL,
+    KIND_DELIVERY,
+    KIND_REJECTED,
+    REJECTED_RAW_LIMIT,
+    Record,
+    decode_rejected,
+)
+from ploomes.model import diff as diffmod
+from ploomes.model.delivery import Delivery, InvalidDelivery, parse_delivery, to_json
+from ploomes.model.state import find_gap, merge_state, record_names
 from ploomes.store import fetch_one, transaction
 
 DUPLICATE_INDEX_SIZE = 50_000  # fingerprints remembered for duplicate detection
-REJECTED_RAW_LIMIT = 64 * 1024
-# Never compared for gaps besides bookkeeping fields (those change without deliveries).
-GAP_IGNORED = frozenset({"Id"})
 
 
 def ns_to_datetime(ns: int) -> datetime:
     """Return a UTC datetime for nanoseconds since the epoch."""
     return datetime.fromtimestamp(ns / 1e9, tz=UTC)
-
-
-def rejected_payload(status: int, reason: str, raw: bytes, source: str | None) -> bytes:
-    """Encode a refused authenticated delivery as a journal payload."""
-    return json.dumps({
-        "status": status, "reason": reason, "raw_size": len(raw), "source": source,
-        "raw": base64.b64encode(raw[:REJECTED_RAW_LIMIT]).decode("ascii"),
-    }).encode("utf-8")
-
-
-@dataclass
-class _UserRecord:
-    """One `user_records` row: what one ActionUserId did to one record.
-
-    Times are microseconds since the epoch (what the column stores): converting every
-    loaded TIMESTAMPTZ to a datetime would cost more than the rest of the rollup.
-    """
-
-    events: int = 0
-    duplicates: int = 0
-    first_us: int | None = None
-    last_us: int | None = None
-    last_duplicate_us: int | None = None
-    fields: set[str] = field(default_factory=set)
-    rowid: int | None = None  # where the stored row is, in this transaction
-
-    def add(self, us: int, duplicate: bool) -> None:
-        """Count one delivery received at `us`."""
-        if duplicate:
-            self.duplicates += 1
-            self.last_duplicate_us = (us if self.last_duplicate_us is None
-                                      else max(self.last_duplicate_us, us))
-        else:
-            self.events += 1
-            self.first_us = us if self.first_us is None else min(self.first_us, us)
-            self.last_us = us if self.last_us is None else max(self.last_us, us)
-
-
-UserKey = tuple[int | None, str, int]  # (action_user_id, entity, record_id)
 
 
 @dataclass
@@ -91,7 +64,7 @@ class _Rows:
     rejected: list[tuple] = field(default_factory=list)
     states: dict[tuple[str, int], tuple] = field(default_factory=dict)
     # user rollups: rows as they are after this batch, and (changes, records) to add
-    user_records: dict[UserKey, _UserRecord] = field(default_factory=dict)
+    user_records: dict[UserKey, UserRecord] = field(default_factory=dict)
     user_fields: dict[tuple[int | None, str, str], list[int]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
@@ -142,9 +115,6 @@ USER_FIELD_SCHEMA = pa.schema([
     ("action_user_id", pa.int64()), ("entity", pa.string()), ("field", pa.string()),
     ("changes", pa.int64()), ("records", pa.int64()),
 ])
-# A record's title is the first of these it has; a name search looks in the first three.
-TITLE_KEYS = ("Name", "LegalName", "Title", "ContactName")
-NAME_KEYS = ("Name", "LegalName", "Title")
 
 
 def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
@@ -167,75 +137,6 @@ def _json_value(value: object, known: bool) -> str | None:
     if not known:
         return None
     return to_json(value) if value is not None else "null"
-
-
-def merge_state(state: dict | None, record: dict | None) -> dict:
-    """Return `state` updated with the fields of `record` (custom fields merged by key)."""
-    out = dict(state or {})
-    for key, value in (record or {}).items():
-        if key == "OtherProperties":
-            merged = dict(diffmod.normalize_other_properties(out.get(key)))
-            merged.update(diffmod.normalize_other_properties(value))
-            out[key] = merged
-        else:
-            out[key] = value
-    return out
-
-
-def _as_text(value: object) -> str:
-    # what SQL's `->>` gives: a string as it is, anything else as its JSON text
-    return value if isinstance(value, str) else to_json(value)
-
-
-def record_names(state: dict) -> tuple[str | None, str | None]:
-    """Return a record's (title, searchable names: Name, LegalName, Title one per line)."""
-    title = next((_as_text(state[k]) for k in TITLE_KEYS if state.get(k) is not None), None)
-    names = "\n".join(_as_text(state[k]) for k in NAME_KEYS if state.get(k) is not None)
-    return title, names or None
-
-
-def find_gap(state: dict, old: dict) -> list[dict]:
-    """Return the fields where a delivery's `Old` disagrees with the known state."""
-    shared = [key for key in old if key in state]
-    try:  # usually Old is exactly what we know: one C-speed comparison settles it
-        if orjson.dumps([state[k] for k in shared]) == orjson.dumps([old[k] for k in shared]):
-            return []
-    except (TypeError, orjson.JSONEncodeError):
-        pass
-    found = []
-    for change in diffmod.diff_record("Update", state, old):
-        if not change.old_known or change.bookkeeping or change.field in GAP_IGNORED:
-            continue  # a field our history never saw cannot contradict it
-        found.append({"field": change.field, "expected": change.old_value,
-                      "found": change.new_value})
-    return found
-
-
-def fold_user_event(rows: _Rows, stored: dict[UserKey, _UserRecord], user: int | None,
-                    entity: str, record_id: int | None, ns: int, duplicate: bool,
-                    fields: Sequence[str]) -> None:
-    """Add one event received at `ns` and its changed fields (bookkeeping left out) to
-    the user rollups.
-
-    `stored` holds the `user_records` rows of the batch's records as the store has them.
-    A repeated delivery counts as a duplicate and adds no field changes, as the Users
-    page counts them.
-    """
-    if not duplicate:
-        for name in fields:
-            rows.user_fields.setdefault((user, entity, name), [0, 0])[0] += 1
-    if record_id is None:
-        return  # no record: counted in `user_fields.changes`, never in `records`
-    key = (user, entity, record_id)
-    row = rows.user_records.get(key)
-    if row is None:
-        row = rows.user_records[key] = stored.get(key) or _UserRecord()
-    row.add(ns // 1000, duplicate)
-    if not duplicate:
-        for name in fields:
-            if name not in row.fields:  # the first change of this field on this record
-                row.fields.add(name)
-                rows.user_fields[(user, entity, name)][1] += 1
 
 
 def _event_row(seq: int, ns: int, d: Delivery, demo: bool, sha: str, text: str,
@@ -351,10 +252,9 @@ class Pipeline:
                 try:
                     delivery = parse_delivery(record.payload)
                 except InvalidDelivery as exc:
-                    # The receiver's sync helper checks a delivery once it is journaled
-                    # (ploomes.syncd) and answers 400 when it refuses it, with this same
-                    # reason. (A delivery accepted under older rules that the current
-                    # ones refuse lands here too, and looks the same.)
+                    # The receiver checks every body before journaling it, so only a
+                    # delivery accepted under older rules that the current ones refuse
+                    # gets here; it is kept, with the reason, instead of lost.
                     rows.rejected.append((record.seq, ns_to_datetime(record.received_ns), 400,
                                           str(exc),
                                           record.payload[:REJECTED_RAW_LIMIT],
@@ -364,11 +264,8 @@ class Pipeline:
                 items.append((record.seq, record.received_ns, delivery, record.is_demo, sha,
                               record.payload.decode("utf-8")))
             elif record.kind == KIND_REJECTED:
-                info = json.loads(record.payload)
                 rows.rejected.append((record.seq, ns_to_datetime(record.received_ns),
-                                      int(info["status"]), str(info["reason"]),
-                                      base64.b64decode(info["raw"]), int(info["raw_size"]),
-                                      info.get("source")))
+                                      *decode_rejected(record.payload)))
             elif record.kind == KIND_CONTROL:
                 count += self._flush(con, items, rows)
                 items, rows = [], _Rows()
@@ -401,13 +298,13 @@ class Pipeline:
         return {(r[0], r[1]): (json.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows}
 
     def _load_user_records(self, con: duckdb.DuckDBPyConnection
-                           ) -> dict[UserKey, _UserRecord]:
+                           ) -> dict[UserKey, UserRecord]:
         """Return the stored `user_records` rows of the `_wanted` records, every user."""
         rows = _rows_of_wanted(
             con, "SELECT s.action_user_id, s.entity, s.record_id, s.events, "
             "s.duplicates, epoch_us(s.first_at), epoch_us(s.last_at), "
             "epoch_us(s.last_duplicate_at), s.fields, s.rowid FROM user_records s")
-        return {(r[0], r[1], r[2]): _UserRecord(r[3], r[4], r[5], r[6], r[7],
+        return {(r[0], r[1], r[2]): UserRecord(r[3], r[4], r[5], r[6], r[7],
                                                 set(orjson.loads(r[8])), r[9]) for r in rows}
 
     def _fingerprint(self, seq: int, ns: int, d: Delivery, demo: bool
@@ -553,7 +450,7 @@ class Pipeline:
                 USER_FIELD_SCHEMA))
             con.execute(
                 "MERGE INTO user_fields t USING _user_fields d ON "
-                + _same_key("t", "d", USER_FIELD_KEY)
+                + same_key("t", "d", USER_FIELD_KEY)
                 + " WHEN MATCHED THEN UPDATE SET changes = t.changes + d.changes, "
                 "records = t.records + d.records WHEN NOT MATCHED THEN INSERT VALUES "
                 "(d.action_user_id, d.entity, d.field, d.changes, d.records)")
@@ -610,78 +507,3 @@ class Pipeline:
         while self._derive_next(con, chunk) is not None:
             pass
         return total
-
-
-def rederive(con: duckdb.DuckDBPyConnection) -> int:
-    """Recompute the change model of a store in place (schema migration to v2)."""
-    return Pipeline().rederive_all(con)
-
-
-# -- the user rollups from stored rows ------------------------------------------------------
-
-USER_RECORD_KEY = ("action_user_id", "entity", "record_id")
-USER_FIELD_KEY = ("action_user_id", "entity", "field")
-
-
-def _same_key(left: str, right: str, columns: Sequence[str]) -> str:
-    # deliveries without an ActionUserId are a group of their own: NULL matches NULL
-    return " AND ".join(f"{left}.{c} IS NOT DISTINCT FROM {right}.{c}" if c == "action_user_id"
-                        else f"{left}.{c} = {right}.{c}" for c in columns)
-
-
-# Every event stage 2 has passed (id up to the `derive` position), as stage 2 folds them.
-_FILL_USER_RECORDS = """
-INSERT INTO user_records
-WITH derived AS (SELECT coalesce(max(last_seq), 0) AS seq FROM ingest_state
-                 WHERE name = 'derive'),
-per_record AS (
-    SELECT e.action_user_id, e.entity, e.record_id,
-           count(*) FILTER (WHERE e.duplicate_of IS NULL) AS events,
-           count(*) FILTER (WHERE e.duplicate_of IS NOT NULL) AS duplicates,
-           min(e.received_at) FILTER (WHERE e.duplicate_of IS NULL) AS first_at,
-           max(e.received_at) FILTER (WHERE e.duplicate_of IS NULL) AS last_at,
-           max(e.received_at) FILTER (WHERE e.duplicate_of IS NOT NULL) AS last_duplicate_at
-    FROM events e {scope}
-    WHERE e.record_id IS NOT NULL AND e.id <= (SELECT seq FROM derived)
-    GROUP BY ALL),
-changed AS (
-    SELECT action_user_id, entity, record_id, list(field ORDER BY field) AS fields
-    FROM (SELECT DISTINCT e.action_user_id, e.entity, e.record_id, e.field
-          FROM field_changes e {scope}
-          WHERE e.record_id IS NOT NULL AND NOT e.bookkeeping AND NOT e.is_duplicate)
-    GROUP BY ALL)
-SELECT p.*, coalesce(to_json(c.fields), '[]') FROM per_record p LEFT JOIN changed c ON {join}
-"""
-_FILL_USER_FIELDS = """
-INSERT INTO user_fields
-SELECT e.action_user_id, e.entity, e.field, count(*), count(DISTINCT e.record_id)
-FROM field_changes e {scope}
-WHERE NOT e.bookkeeping AND NOT e.is_duplicate
-GROUP BY ALL
-"""
-
-
-def refill_user_rollups(con: duckdb.DuckDBPyConnection, records: str | None = None,
-                        fields: str | None = None) -> None:
-    """Recompute the user rollups from `events` and `field_changes`.
-
-    Everything (schema migration to v4), or only the keys listed in the tables named
-    `records` (action_user_id, entity, record_id) and `fields` (action_user_id, entity,
-    field), e.g. what demo rows touched before they were removed. Runs inside the
-    caller's transaction; the result is what stage 2 folds event by event.
-    """
-    everything = records is None and fields is None
-    # table names come from this module, never from input
-    for keys, table, key, fill in ((records, "user_records", USER_RECORD_KEY,
-                                    _FILL_USER_RECORDS),
-                                   (fields, "user_fields", USER_FIELD_KEY, _FILL_USER_FIELDS)):
-        if everything:
-            con.execute(f"DELETE FROM {table}")
-            scope = ""
-        elif keys is not None:
-            con.execute(f"DELETE FROM {table} r USING {keys} k WHERE "
-                        + _same_key("r", "k", key))
-            scope = f"SEMI JOIN {keys} k ON " + _same_key("e", "k", key)
-        else:
-            continue
-        con.execute(fill.format(scope=scope, join=_same_key("c", "p", USER_RECORD_KEY)))

@@ -9,45 +9,32 @@ this process appends and ingests them itself, under the store's write lock.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 
 import requests
 
 from ploomes.config import Settings
-from ploomes.ingest import Pipeline
-from ploomes.journal import (
-    FLAG_DEMO,
-    KIND_CONTROL,
-    KIND_DELIVERY,
-    Journal,
-    JournalBusy,
-    JournalReader,
-)
-from ploomes.keys import accepted_keys
+from ploomes.demo.generator import Simulation, demo_deliveries
+from ploomes.ingest.pipeline import Pipeline
+from ploomes.ingest.upgrade import UPGRADES
+from ploomes.intake.journal import KIND_CONTROL, Entry, Journal, JournalBusy, JournalReader
+from ploomes.intake.keys import accepted_keys
+from ploomes.intake.service import REMOVE_DEMO, demo_entries
+from ploomes.model.vocabulary import DEMO_PATH, VALIDATION_HEADER
 from ploomes.store import Store, StoreError, fetch_one
 
-DEMO_PATH = "/ploomes/demo"
 CHUNK = 250  # deliveries per request to a running receiver
 DEMO_SEED = 7
-REMOVE_DEMO = json.dumps({"op": "remove_demo"}).encode("utf-8")
 
 
 class DemoError(StoreError):
     """Demo data could not be loaded or removed."""
 
 
-def demo_records(deliveries: Sequence[tuple[datetime, dict]]) -> tuple[list[bytes], list[int]]:
-    """Encode (received_at, body) pairs as journal payloads and timestamps."""
-    payloads = [json.dumps(body, ensure_ascii=False).encode("utf-8") for _, body in deliveries]
-    stamps = [int(at.timestamp() * 1e9) for at, _ in deliveries]
-    return payloads, stamps
-
-
 def ingest_pending(settings: Settings, journal: Journal) -> int:
     """Move every durable journal record not yet in the store into it; return how many."""
-    store = Store(settings)
+    store = Store(settings, upgrades=UPGRADES)
     pipeline = Pipeline(settings.duplicate_window_seconds)
     done = 0
     with store.writer() as con:
@@ -69,7 +56,7 @@ def _post(settings: Settings, body: dict) -> dict:
     url = settings.receiver_url.rstrip("/") + DEMO_PATH
     try:
         response = requests.post(url, json=body, timeout=60,
-                                 headers={"X-Ploomes-Validation-Key": keys[0]})
+                                 headers={VALIDATION_HEADER: keys[0]})
     except requests.RequestException as exc:
         raise DemoError(f"the receiver holds the journal but cannot be reached at "
                         f"{settings.receiver_url} (set PLOOMES_RECEIVER_URL): {exc}") from None
@@ -79,12 +66,11 @@ def _post(settings: Settings, body: dict) -> dict:
     return response.json()
 
 
-def _append(settings: Settings, payloads: list[bytes], kind: int, flags: int,
-            stamps: list[int] | None) -> int:
+def _append(settings: Settings, entries: list[Entry]) -> int:
     """Append and ingest in this process; raise JournalBusy when a receiver holds it."""
     journal = Journal(settings.journal_dir, settings.journal_segment_bytes)
     try:
-        journal.append_many(payloads, kind=kind, flags=flags, received_ns=stamps)
+        journal.append_entries(entries)
         return ingest_pending(settings, journal)
     finally:
         journal.close()
@@ -94,15 +80,12 @@ def load_demo(settings: Settings, deliveries: Sequence[tuple[datetime, dict]] | 
               ) -> int:
     """Store the demo month (or the given deliveries) as demo data; return how many."""
     if deliveries is None:
-        from ploomes.generator import Simulation, demo_deliveries
-
         deliveries = demo_deliveries(seed=DEMO_SEED)
         sim = Simulation(seed=DEMO_SEED)  # the same account: its users and custom fields
         _store_names(settings, sim.users, sim.fields)
     deliveries = sorted(deliveries, key=lambda d: d[0])
-    payloads, stamps = demo_records(deliveries)
     try:
-        _append(settings, payloads, KIND_DELIVERY, FLAG_DEMO, stamps)
+        _append(settings, demo_entries(deliveries))
     except JournalBusy:
         for i in range(0, len(deliveries), CHUNK):
             _post(settings, {"deliveries": [
@@ -114,7 +97,7 @@ def load_demo(settings: Settings, deliveries: Sequence[tuple[datetime, dict]] | 
 def remove_demo(settings: Settings) -> None:
     """Remove every demo row, now and in any later rebuild."""
     try:
-        _append(settings, [REMOVE_DEMO], KIND_CONTROL, 0, None)
+        _append(settings, [(REMOVE_DEMO, KIND_CONTROL, 0, None)])
     except JournalBusy:
         _post(settings, {"remove": True})
 
@@ -124,7 +107,7 @@ def _store_names(settings: Settings, users: list[dict], fields: list[dict]) -> N
 
     Rows written here have no `synced_at`; removing demo data removes exactly those.
     """
-    with Store(settings).writer() as con:
+    with Store(settings, upgrades=UPGRADES).writer() as con:
         con.executemany(
             "INSERT INTO users SELECT ?, ?, ?, ?, NULL WHERE NOT EXISTS "
             "(SELECT 1 FROM users WHERE id = ?)",

@@ -1,13 +1,6 @@
-"""The account's directory (users, custom fields) and what the Webhooks page shows.
-
-`sync_directory` copies users and custom fields from the Ploomes API into the store's
-`users` and `fields` tables (upsert by id / key, names kept exactly as Ploomes spells
-them), so every page can show a name instead of an `ActionUserId` or a field key.
-
-The rest are the Webhooks page's building blocks, free of Streamlit: per-subscription
-delivery statistics from the store (`webhook_stats`), the silent-subscription rule
-(`silence_warnings`), the subscription table and the entity × action coverage grid,
-registration with a duplicate check, and a test delivery to a callback URL.
+"""Subscriptions (Ploomes webhooks): names, the table and coverage grid the Webhooks page
+shows, registration with a duplicate check, the silent-subscription rule, and a test
+delivery to a callback URL. Free of Streamlit.
 """
 
 from __future__ import annotations
@@ -21,26 +14,15 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-import duckdb
 import pandas as pd
 import requests
 
-from ploomes import generator
-from ploomes.api import (
-    KNOWN_ACTIONS,
-    PloomesClient,
-    PloomesNotFound,
-    fetch_directory,
-    validate_callback_url,
-)
-from ploomes.keys import mask_secret
-from ploomes.store import Store, StoreError, transaction
+from ploomes.config import mask_secret
+from ploomes.crm.api import KNOWN_ACTIONS, PloomesClient, PloomesNotFound, validate_callback_url
+from ploomes.model.vocabulary import ACTION_NAMES, ENTITY_NAMES, VALIDATION_HEADER, WEBHOOK_PATH
 
 log = logging.getLogger(__name__)
 
-# The receiver's webhook path (receiver.WEBHOOK_PATH; the core must not import Flask).
-WEBHOOK_PATH = "/ploomes/webhook"
-VALIDATION_HEADER = "X-Ploomes-Validation-Key"
 # Used when GET /Fields@Entities fails with 404 [DOC names and ids].
 KNOWN_ENTITIES: dict[int, str] = {
     1: "Contacts", 2: "Deals", 3: "Leads", 4: "Orders", 5: "OrderSections", 7: "Quotes",
@@ -49,11 +31,6 @@ KNOWN_ENTITIES: dict[int, str] = {
 }
 # Entities always shown in the coverage grid; others appear once subscribed.
 GRID_ENTITIES = (1, 2, 4, 10, 12)
-# Plural names the deliveries' `Entity` carries, by EntityId [PROD for 1, 2, 4, 10, 12].
-DELIVERY_ENTITY_NAMES = {i: n for n, i in generator.ENTITY_IDS.items()}
-
-STATS_COLUMNS = ["webhook_id", "deliveries_24h", "deliveries_30d", "last_delivery",
-                 "median_gap_seconds", "gaps_30d"]
 
 
 class DuplicateSubscription(ValueError):
@@ -64,137 +41,11 @@ class CallbackUnreachable(ConnectionError):
     """A delivery could not be posted to a callback URL (refused, timed out, no route)."""
 
 
-# -- directory sync ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SyncResult:
-    """What one directory sync stored."""
-
-    users: int
-    fields: int
-    synced_at: datetime
-
-
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
-
-
-def upsert_directory(con: duckdb.DuckDBPyConnection, users: Iterable[dict],
-                     fields: Iterable[dict], synced_at: datetime) -> tuple[int, int]:
-    """Insert or update users (by Id) and custom fields (by Key); return how many of each."""
-    user_rows = [(int(u["Id"]), u.get("Name"), u.get("Email"),
-                  None if u.get("Suspended") is None else bool(u["Suspended"]), synced_at)
-                 for u in users if _int_or_none(u.get("Id")) is not None]
-    field_rows = [(str(f["Key"]), _int_or_none(f.get("EntityId")), f.get("Name"),
-                   _int_or_none(f.get("TypeId")), synced_at)
-                  for f in fields if f.get("Key")]
-    with transaction(con):
-        if user_rows:
-            # Users gone from Ploomes stay: old events still name them.
-            con.executemany(
-                "INSERT INTO users (id, name, email, suspended, synced_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
-                "email = excluded.email, suspended = excluded.suspended, "
-                "synced_at = excluded.synced_at", user_rows)
-        if field_rows:
-            con.executemany(
-                "INSERT INTO fields (key, entity_id, name, type_id, synced_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
-                "entity_id = excluded.entity_id, name = excluded.name, "
-                "type_id = excluded.type_id, synced_at = excluded.synced_at", field_rows)
-    return len(user_rows), len(field_rows)
-
-
-def sync_directory(client: PloomesClient, store: Store,
-                   now: datetime | None = None) -> SyncResult:
-    """Fetch users and custom fields from Ploomes and upsert them into the store."""
-    users, fields = fetch_directory(client)  # before the write lock: the API may be slow
-    synced_at = now or datetime.now(UTC)
-    try:
-        with store.writer() as con:
-            n_users, n_fields = upsert_directory(con, users, fields, synced_at)
-    except duckdb.Error as exc:
-        raise StoreError(f"users and fields could not be saved: {exc}") from exc
-    log.info("directory synced: %d users, %d custom fields", n_users, n_fields)
-    return SyncResult(n_users, n_fields, synced_at)
-
-
-def last_synced_at(con: duckdb.DuckDBPyConnection) -> datetime | None:
-    """Return when the directory was last synced, or None if never."""
-    row = con.execute("SELECT greatest((SELECT max(synced_at) FROM users), "
-                      "(SELECT max(synced_at) FROM fields))").fetchone()
-    return row[0] if row else None
-
-
-def sync_due(last: datetime | None, every_minutes: float, now: datetime | None = None) -> bool:
-    """Return whether an automatic sync is due (never synced, or older than the interval)."""
-    if last is None:
-        return True
-    now = now or datetime.now(UTC)
-    return now - last >= timedelta(minutes=every_minutes)
-
-
-def user_names(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
-    """Return {user id: name} from the synced directory."""
-    rows = con.execute("SELECT id, name FROM users WHERE name IS NOT NULL").fetchall()
-    return {int(i): n for i, n in rows}
-
-
-def field_names(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """Return {custom field key: label} from the synced directory."""
-    rows = con.execute("SELECT key, name FROM fields WHERE name IS NOT NULL").fetchall()
-    return dict(rows)
-
-
-# -- per-subscription statistics ---------------------------------------------------------
-
-def webhook_stats(con: duckdb.DuckDBPyConnection, now: datetime | None = None,
-                  history_days: int = 30, include_demo: bool = False) -> pd.DataFrame:
-    """Return, per WebhookId seen in the store, deliveries in 24 h and 30 days, the last
-    delivery, and the median gap between distinct deliveries over the last 30 days."""
-    now = now or datetime.now(UTC)
-    day_ago = now - timedelta(hours=24)
-    history_start = now - timedelta(days=history_days)
-    demo = None if include_demo else False
-    totals = con.execute(
-        """
-        SELECT webhook_id,
-               count(*) FILTER (WHERE received_at > ?) AS deliveries_24h,
-               count(*) FILTER (WHERE received_at > ?) AS deliveries_30d,
-               max(received_at) AS last_delivery
-        FROM events
-        WHERE webhook_id IS NOT NULL AND received_at <= ?
-          AND (?::BOOLEAN IS NULL OR is_demo = ?::BOOLEAN)
-        GROUP BY webhook_id
-        """, [day_ago, history_start, now, demo, demo]).df()
-    # A repeat of a delivery to the same subscription is not a new arrival: leaving it in
-    # would put near-zero gaps into the median. A repeat seen through another
-    # subscription is that subscription's own delivery and stays.
-    gaps = con.execute(
-        """
-        WITH arrivals AS (
-            SELECT e.webhook_id, e.received_at
-            FROM events e LEFT JOIN events d ON d.id = e.duplicate_of
-            WHERE e.webhook_id IS NOT NULL AND e.received_at > ? AND e.received_at <= ?
-              AND (?::BOOLEAN IS NULL OR e.is_demo = ?::BOOLEAN)
-              AND (d.id IS NULL OR d.webhook_id IS DISTINCT FROM e.webhook_id)
-        ), spaced AS (
-            SELECT webhook_id,
-                   epoch(received_at) - epoch(lag(received_at) OVER (
-                       PARTITION BY webhook_id ORDER BY received_at)) AS gap
-            FROM arrivals
-        )
-        SELECT webhook_id, median(gap) AS median_gap_seconds, count(gap) AS gaps_30d
-        FROM spaced WHERE gap IS NOT NULL GROUP BY webhook_id
-        """, [history_start, now, demo, demo]).df()
-    stats = totals.merge(gaps, on="webhook_id", how="left")
-    stats["gaps_30d"] = stats["gaps_30d"].fillna(0).astype("int64")
-    for column in ("webhook_id", "deliveries_24h", "deliveries_30d"):
-        stats[column] = stats[column].astype("int64")
-    return stats[STATS_COLUMNS].sort_values("webhook_id").reset_index(drop=True)
 
 
 def silence_warnings(subscription_ids: Iterable[int], stats: pd.DataFrame,
@@ -438,25 +289,30 @@ def register_subscriptions(client: PloomesClient, existing: list[dict], entity_i
             for a in action_ids]
 
 
-def example_delivery_body(webhook: dict, seed: int | None = None) -> dict:
-    """Return an example delivery for a subscription, carrying its WebhookId."""
+# A test record: what each action looks like, with values nobody would take for real data.
+_TEST_RECORD = {"Id": 0, "Name": "Teste de entrega (Ploomes webhook monitor)"}
+_TEST_SIDES: dict[str, tuple[dict | None, dict | None]] = {
+    "Create": (None, {**_TEST_RECORD, "StatusId": 1}),
+    "Update": ({**_TEST_RECORD, "StatusId": 1}, {**_TEST_RECORD, "StatusId": 1,
+                                                 "Name": _TEST_RECORD["Name"] + " ✓"}),
+    "Delete": ({**_TEST_RECORD, "StatusId": 1}, None),
+    "Win": ({**_TEST_RECORD, "StatusId": 1}, {**_TEST_RECORD, "StatusId": 2}),
+    "Lose": ({**_TEST_RECORD, "StatusId": 1}, {**_TEST_RECORD, "StatusId": 3}),
+    "Reopen": ({**_TEST_RECORD, "StatusId": 3}, {**_TEST_RECORD, "StatusId": 1}),
+}
+
+
+def example_delivery_body(webhook: dict) -> dict:
+    """Return a test delivery for a subscription, shaped as Ploomes sends its action."""
     entity_id = _int_or_none(webhook.get("EntityId"))
     action_id = _int_or_none(webhook.get("ActionId"))
-    entity = DELIVERY_ENTITY_NAMES.get(entity_id, KNOWN_ENTITIES.get(entity_id, "Contacts"))
-    action = {i: n for n, i in generator.ACTION_IDS.items()}.get(action_id, "Update")
-    sim = generator.Simulation(seed=seed if seed is not None else int(datetime.now().timestamp()))
-    simulated = entity if entity in generator.SIMULATED_ENTITIES else "Deals"
-    try:
-        if action == "Reopen" and simulated == "Deals":
-            sim.step(entity="Deals", action="Lose")  # only a closed deal can be reopened
-        change = sim.step(entity=simulated, action=action)
-    except (ValueError, LookupError):
-        # e.g. Win on a Contact: keep a realistic record, label it as subscribed
-        change = sim.step(entity=simulated)
-    body = generator.delivery_body(change, account_id=sim.account_id,
-                                   webhook_id=_int_or_none(webhook.get("Id")),
-                                   webhook_creator_id=_int_or_none(webhook.get("CreatorId")))
-    return {**body, "Entity": entity, "Action": action}
+    entity = ENTITY_NAMES.get(entity_id) or KNOWN_ENTITIES.get(entity_id) or "Contacts"
+    action = ACTION_NAMES.get(action_id, "Update")
+    old, new = _TEST_SIDES[action]
+    return {"Action": action, "Entity": entity, "SecondaryEntityId": None, "AccountId": None,
+            "ActionUserId": _int_or_none(webhook.get("CreatorId")),
+            "WebhookId": _int_or_none(webhook.get("Id")),
+            "WebhookCreatorId": _int_or_none(webhook.get("CreatorId")), "Old": old, "New": new}
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from pathlib import Path
 import duckdb
 
 from ploomes.config import Settings
-from ploomes.ingest import Pipeline, set_position
-from ploomes.journal import Journal, JournalBusy, first_seq, iter_records
+from ploomes.ingest.pipeline import Pipeline, set_position
+from ploomes.ingest.upgrade import UPGRADES
+from ploomes.intake.journal import Journal, JournalBusy, first_seq, iter_records
 from ploomes.store import Store, StoreError, fetch_one, transaction
 
 # Rows the journal does not carry, kept from the old file across a rebuild.
@@ -52,8 +53,8 @@ def _rebuild(settings: Settings, journal: Journal, batch_size: int) -> RebuildRe
     for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
         leftover.unlink(missing_ok=True)
     new = Store(settings, path=tmp)
-    old = Store(settings)
-    start = first_seq(settings.journal_dir) or journal.written_seq + 1
+    old = Store(settings, upgrades=UPGRADES)
+    start = first_seq(settings.journal_dir) or journal.synced_seq + 1
     kept = 0
     with new.writer() as con:
         if target.exists():
@@ -92,7 +93,8 @@ def _carry_over(old: Store, con: duckdb.DuckDBPyConnection, tmp: Path, start: in
         pass  # migrates the old file to the current schema if it is older
     with old.lock.shared(old.busy_timeout):
         try:
-            con.execute(f"ATTACH '{old.path}' AS previous (READ_ONLY)")
+            quoted = str(old.path).replace("'", "''")  # a path is no SQL: one quote doubled
+            con.execute(f"ATTACH '{quoted}' AS previous (READ_ONLY)")
         except duckdb.Error as exc:
             raise RebuildError(f"cannot read the old store: {exc}") from exc
         try:

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-ENTITY_IDS = {"Contacts": 1, "Deals": 2, "Orders": 4, "Products": 10, "Tasks": 12}
-ACTION_IDS = {"Create": 1, "Update": 2, "Delete": 3, "Win": 4, "Lose": 5, "Reopen": 6}
+from ploomes.model.vocabulary import ACTION_IDS
 
 SIMULATED_ENTITIES = ("Contacts", "Deals", "Tasks")
 DEAL_ONLY_ACTIONS = frozenset({"Win", "Lose", "Reopen"})

@@ -1,0 +1,58 @@
+"""Numbers the receiver and its ingest process share, in shared memory.
+
+The receiver publishes how far the journal is durable (the ingest never reads past it)
+and hands over a bounded sample of unauthenticated attempts; the ingest publishes how
+far it got, its lag histogram and its last error, which `/healthz` and `/metrics` show.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import multiprocessing
+from collections.abc import MutableSequence
+
+# Spawned, never forked: the receiver runs threads (gevent's pool, the watcher).
+CONTEXT = multiprocessing.get_context("spawn")
+AUTH_SAMPLE = 1000  # unauthenticated attempts kept (time, source, reason), never bodies
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+
+
+def observe(histogram: MutableSequence[float], bounds: tuple[float, ...],
+            value: float) -> None:
+    """Count value in a histogram kept as one count per bucket, then +Inf, then the sum."""
+    histogram[bisect.bisect_left(bounds, value)] += 1  # the first bound >= value
+    histogram[len(bounds) + 1] += value
+
+
+class SharedState:
+    """What the receiver and its ingest process tell each other (no pickling per use)."""
+
+    def __init__(self) -> None:
+        self.synced_seq = CONTEXT.Value(ctypes.c_int64, 0, lock=False)  # by the receiver
+        self.ingested_seq = CONTEXT.Value(ctypes.c_int64, 0, lock=False)  # by the ingest
+        self.derived_seq = CONTEXT.Value(ctypes.c_int64, 0, lock=False)  # change model
+        self.oldest_pending_ns = CONTEXT.Value(ctypes.c_int64, 0, lock=False)
+        self.ingest_errors = CONTEXT.Value(ctypes.c_int64, 0, lock=False)
+        self.error = CONTEXT.Array(ctypes.c_char, 400, lock=False)
+        self.stop = CONTEXT.Value(ctypes.c_bool, False, lock=False)
+        self.ready = CONTEXT.Value(ctypes.c_bool, False, lock=False)  # the ingest started
+        # lag histogram: one count per bucket, then +Inf, then the sum
+        self.lag = CONTEXT.Array(ctypes.c_double, len(LAG_BUCKETS) + 2, lock=False)
+        self.failures = CONTEXT.Queue(maxsize=AUTH_SAMPLE)
+
+    def set_error(self, text: str | None) -> None:
+        """Publish the ingest's last error (or clear it)."""
+        self.error.value = (text or "").encode("utf-8", "replace")[:399]
+
+    def get_error(self) -> str | None:
+        """Return the ingest's last error, if any."""
+        return self.error.value.decode("utf-8", "replace") or None
+
+    def observe_lag(self, seconds: float) -> None:
+        """Count one ingest-lag observation."""
+        observe(self.lag, LAG_BUCKETS, seconds)
+
+    def backlog(self) -> int:
+        """Return how many durable journal records are not yet in DuckDB."""
+        return max(0, self.synced_seq.value - self.ingested_seq.value)

@@ -1,0 +1,121 @@
+"""The event store: the one module that opens the DuckDB file.
+
+DuckDB lets one process open a file read-write *or* several open it read-only. Nobody
+holds the file open for long: readers use `with store.reader() as con:`, the ingest and
+maintenance commands `with store.writer() as con:`; both open the file inside the data
+dir's reader/writer lock (`ploomes.store.locks`) and close it when done. A program
+outside the project holding the file is retried until `busy_timeout`, then surfaces as
+`StoreBusy` with a message a user can act on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from ploomes.config import Settings
+from ploomes.store.locks import LockTimeout, RWLock
+from ploomes.store.schema import SCHEMA_VERSION, StoreBusy, StoreError, Upgrades, migrate
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc)
+    return "lock" in text.lower() and ("Could not set lock" in text or "Conflicting lock" in text)
+
+
+class Store:
+    """The DuckDB event store of one data dir."""
+
+    def __init__(self, settings: Settings, busy_timeout: float = 30.0,
+                 memory_limit: str | None = None, schema_target: int = SCHEMA_VERSION,
+                 path: Path | None = None, threads: int | None = None,
+                 upgrades: Upgrades | None = None):
+        self.settings = settings
+        self.path: Path = path or settings.db_path
+        self.busy_timeout = busy_timeout
+        # A store at another path (a rebuild's new file) is locked on its own.
+        self.lock = RWLock(settings.data_dir, "store" if path is None else self.path.name)
+        self._config: dict[str, str | int] = {}
+        if memory_limit:
+            self._config["memory_limit"] = memory_limit
+        if threads:  # DuckDB's worker threads (default: one per core)
+            self._config["threads"] = threads
+        self._schema_target = schema_target
+        self._upgrades = upgrades
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    def _connect(self, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
+        """Open the file (the caller holds the lock), retrying while another program has it."""
+        delay = 0.01
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only,
+                                      config=dict(self._config))
+            except duckdb.IOException as exc:
+                if not _is_lock_error(exc):
+                    raise StoreError(f"cannot open {self.path.name}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    raise StoreBusy(
+                        f"{self.path.name} is locked by another program (is a DuckDB shell "
+                        "or another tool holding it open?). Close it and try again."
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+            except duckdb.Error as exc:
+                raise StoreError(f"cannot open {self.path.name}: {exc}") from exc
+
+    def ensure_ready(self) -> None:
+        """Create or migrate the file once per process."""
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            with self._open(read_only=False) as con:
+                migrate(con, self._schema_target, self._upgrades)
+            self._ready = True
+
+    @contextmanager
+    def _open(self, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.busy_timeout
+        hold = self.lock.shared if read_only else self.lock.exclusive
+        try:
+            with hold(self.busy_timeout):
+                con = self._connect(read_only, deadline)
+                try:
+                    yield con
+                finally:
+                    con.close()
+        except LockTimeout as exc:
+            raise StoreBusy("the data store stayed busy; try again in a moment") from exc
+
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the store read-write, alone, for one batch of work."""
+        self.ensure_ready()
+        with self._open(read_only=False) as con:
+            yield con
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the store read-only, shared with other readers, for one or more queries."""
+        self.ensure_ready()
+        with self._open(read_only=True) as con:
+            yield con
+
+    def size_bytes(self) -> int:
+        """Return the size of the DuckDB file (and its WAL) on disk."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total

@@ -1,0 +1,276 @@
+"""The store's schema: table definitions and the migrations between versions.
+
+Versions: 1 = receiver tables; 2 = change model; 3 = record titles and names; 4 = user
+rollups. A migration that must recompute rows from events (2 and 4) is given the code
+that does it (`Upgrades`, from `ploomes.ingest`) instead of importing it: the store sits
+below the ingest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import duckdb
+
+
+class StoreError(Exception):
+    """The event store cannot do what was asked; the message says what to do."""
+
+
+class StoreBusy(StoreError):
+    """The DuckDB file stayed locked by another program for too long."""
+
+
+Recompute = Callable[[duckdb.DuckDBPyConnection], None]
+
+
+@dataclass(frozen=True)
+class Upgrades:
+    """What migrations of old files need from the ingest: recomputing derived rows."""
+
+    rederive: Recompute  # the whole change model from `events` (v2)
+    refill_user_rollups: Recompute  # `user_records` and `user_fields` (v4)
+
+
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id BIGINT NOT NULL,                -- journal sequence number = delivery_id
+    received_at TIMESTAMPTZ NOT NULL,  -- when the receiver accepted it (Ploomes sends no time)
+    action VARCHAR NOT NULL,
+    entity VARCHAR NOT NULL,
+    account_id BIGINT,
+    action_user_id BIGINT,
+    webhook_id BIGINT,
+    webhook_creator_id BIGINT,
+    secondary_entity_id BIGINT,
+    record_id BIGINT,                  -- New.Id, else Old.Id
+    -- zstd for the three JSON columns: DuckDB's default string compression analyses
+    -- every segment it writes, which made each checkpoint (one per reader letting the
+    -- ingest go) cost twice as much; see ARCHITECTURE.md, "Column compression"
+    old JSON USING COMPRESSION zstd,
+    new JSON USING COMPRESSION zstd,
+    payload JSON USING COMPRESSION zstd NOT NULL,  -- the whole body as received
+    body_sha256 VARCHAR NOT NULL,
+    is_demo BOOLEAN NOT NULL DEFAULT false
+);
+CREATE TABLE IF NOT EXISTS rejected_deliveries (
+    id BIGINT NOT NULL,
+    received_at TIMESTAMPTZ NOT NULL,
+    status INTEGER NOT NULL,
+    reason VARCHAR NOT NULL,
+    raw BLOB,                          -- at most the first 64 KiB of the body
+    raw_size BIGINT,
+    source VARCHAR
+);
+CREATE TABLE IF NOT EXISTS auth_failures (
+    received_at TIMESTAMPTZ NOT NULL,
+    source VARCHAR,
+    reason VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ingest_state (
+    name VARCHAR PRIMARY KEY,
+    last_seq BIGINT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);
+"""
+
+SCHEMA_V2 = """
+ALTER TABLE events ADD COLUMN IF NOT EXISTS change_fingerprint VARCHAR;
+ALTER TABLE events ADD COLUMN IF NOT EXISTS duplicate_of BIGINT;
+CREATE TABLE IF NOT EXISTS field_changes (
+    event_id BIGINT NOT NULL,
+    received_at TIMESTAMPTZ NOT NULL,
+    entity VARCHAR NOT NULL,
+    record_id BIGINT,
+    action VARCHAR NOT NULL,
+    action_user_id BIGINT,
+    field VARCHAR NOT NULL,
+    old_value JSON,                    -- NULL: nothing before / previous value unknown
+    new_value JSON,                    -- NULL: nothing after (cleared)
+    old_known BOOLEAN NOT NULL,
+    new_known BOOLEAN NOT NULL,
+    kind VARCHAR NOT NULL,             -- set | changed | cleared | list | tags
+    summary VARCHAR NOT NULL,
+    bookkeeping BOOLEAN NOT NULL,
+    added JSON,
+    removed JSON,
+    is_duplicate BOOLEAN NOT NULL,
+    is_demo BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS record_state (
+    entity VARCHAR NOT NULL,
+    record_id BIGINT NOT NULL,
+    state JSON NOT NULL,
+    last_event_id BIGINT NOT NULL,
+    last_received_at TIMESTAMPTZ NOT NULL,
+    deleted BOOLEAN NOT NULL,
+    is_demo BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS continuity_gaps (
+    event_id BIGINT NOT NULL,
+    previous_event_id BIGINT NOT NULL,
+    received_at TIMESTAMPTZ NOT NULL,
+    entity VARCHAR NOT NULL,
+    record_id BIGINT NOT NULL,
+    fields JSON NOT NULL,              -- [{"field", "expected", "found"}]
+    is_demo BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    id BIGINT PRIMARY KEY, name VARCHAR, email VARCHAR, suspended BOOLEAN,
+    synced_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS fields (
+    key VARCHAR PRIMARY KEY, entity_id BIGINT, name VARCHAR, type_id BIGINT,
+    synced_at TIMESTAMPTZ
+);
+"""
+
+
+# v3: a record's title and searchable names, kept beside its state by the ingest path so
+# a name search reads one short text column instead of parsing every state's JSON.
+SCHEMA_V3 = """
+ALTER TABLE record_state ADD COLUMN IF NOT EXISTS title VARCHAR;  -- Name/LegalName/Title/…
+ALTER TABLE record_state ADD COLUMN IF NOT EXISTS names VARCHAR;  -- Name, LegalName, Title
+"""
+# The same values ingest.record_names computes, for rows stored before v3.
+FILL_V3 = """
+UPDATE record_state SET
+    title = coalesce(state->>'$.Name', state->>'$.LegalName', state->>'$.Title',
+                     state->>'$.ContactName'),
+    names = nullif(concat_ws(chr(10), state->>'$.Name', state->>'$.LegalName',
+                             state->>'$.Title'), '')
+"""
+
+
+# v4: per-user rollups of the change model, kept by ingest stage 2 beside field_changes,
+# so the Users page reads a few thousand rows instead of counting distinct records among
+# millions (see ingest.fold_user_event and ARCHITECTURE.md).
+SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS user_records (
+    action_user_id BIGINT,             -- NULL: deliveries without an ActionUserId
+    entity VARCHAR NOT NULL,
+    record_id BIGINT NOT NULL,
+    events BIGINT NOT NULL,            -- original deliveries (duplicate_of IS NULL)
+    duplicates BIGINT NOT NULL,        -- repeated deliveries
+    first_at TIMESTAMPTZ,              -- first and last original delivery (NULL if none)
+    last_at TIMESTAMPTZ,
+    last_duplicate_at TIMESTAMPTZ,     -- last repeated delivery (NULL if none)
+    fields JSON NOT NULL               -- [field, …] changed, sorted; no bookkeeping or repeats
+);
+CREATE TABLE IF NOT EXISTS user_fields (
+    action_user_id BIGINT,
+    entity VARCHAR NOT NULL,
+    field VARCHAR NOT NULL,
+    changes BIGINT NOT NULL,           -- field changes, bookkeeping and repeats left out
+    records BIGINT NOT NULL            -- distinct records among them
+);
+"""
+
+
+# A store written before two-stage ingest computed each event's change model as it stored
+# the event, and has no `derive` position: every event it holds is derived. Without the
+# position, stage 2 would diff them all again (duplicating their field changes) and the
+# rollups would leave them out. A store of today has the position once anything is derived.
+DERIVED_BEFORE_V4 = """
+INSERT INTO ingest_state SELECT 'derive', max(id), now() FROM events
+WHERE NOT EXISTS (SELECT 1 FROM ingest_state WHERE name = 'derive')
+  AND (EXISTS (SELECT 1 FROM field_changes) OR EXISTS (SELECT 1 FROM record_state))
+HAVING max(id) IS NOT NULL
+"""
+
+
+
+def _steps(upgrades: Upgrades | None) -> list[tuple[int, Recompute]]:
+    def needs(what: str) -> Recompute:
+        def step(con: duckdb.DuckDBPyConnection) -> None:
+            if not con.execute("SELECT count(*) FROM events").fetchall()[0][0]:
+                return  # nothing to recompute (a new file)
+            if upgrades is None:
+                raise StoreError("this data file was written by an older version and must "
+                                 f"be upgraded ({what}): start the receiver, or run "
+                                 "`python -m ploomes rebuild`")
+            getattr(upgrades, what)(con)
+        return step
+
+    def v1(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(SCHEMA_V1)
+
+    def v2(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(SCHEMA_V2)
+        # rederive writes the current code's record_state columns and user rollups
+        con.execute(SCHEMA_V3)
+        con.execute(SCHEMA_V4)
+        needs("rederive")(con)
+
+    def v3(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(SCHEMA_V3)
+        con.execute(FILL_V3)
+
+    def v4(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(SCHEMA_V4)
+        con.execute(DERIVED_BEFORE_V4)
+        needs("refill_user_rollups")(con)
+
+    return [(1, v1), (2, v2), (3, v3), (4, v4)]
+
+
+SCHEMA_VERSION = 4
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Run the block in one transaction; a failed COMMIT's error is the one raised."""
+    con.execute("BEGIN")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # a failed COMMIT already ended the transaction: keep the first error
+        raise
+
+
+def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> tuple | None:
+    """Run a query and return its first row (the result is read to its end).
+
+    DuckDB 2 keeps a result open after `fetchone()`, and the connection refuses the next
+    statement until it is finished; `fetchall()` always finishes it.
+    """
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """Return the schema version of an open store (0 for an empty file)."""
+    found = fetch_one(con,
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_meta' "
+        "AND table_catalog = current_database()"
+    )
+    if not found or not found[0]:
+        return 0
+    row = fetch_one(con, "SELECT value FROM schema_meta WHERE key = 'version'")
+    return int(row[0]) if row else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection, target: int = SCHEMA_VERSION,
+            upgrades: Upgrades | None = None) -> int:
+    """Bring an open read-write store up to `target`, one version per transaction."""
+    current = schema_version(con)
+    if current > SCHEMA_VERSION:
+        raise StoreError(f"the data dir holds schema version {current}, newer than this "
+                         f"program ({SCHEMA_VERSION}): upgrade the program")
+    for version, step in _steps(upgrades):
+        if current < version <= target:
+            with transaction(con):
+                step(con)
+                con.execute("INSERT OR REPLACE INTO schema_meta VALUES ('version', ?)",
+                            [str(version)])
+            current = version
+    return current
+
+
