@@ -1,6 +1,6 @@
 """Shared by the benchmarks: a seeded data dir of N synthetic events, built once and reused.
 
-The data dir holds a journal written from the one generator (`ploomes.generator`) and the
+The data dir holds a journal written from the one generator (`ploomes.demo.generator`) and the
 DuckDB file `rebuild` makes from it, plus the directory (users, custom fields) a sync
 would store. It lives under `--data-dir` (or the system temp folder) in a folder named
 after N and the seed, and a `bench.json` beside it says what was built; the next
@@ -34,9 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ploomes.directory import upsert_directory  # noqa: E402
-
 from ploomes.config import Settings, load_settings  # noqa: E402
+from ploomes.crm.directory import upsert_directory  # noqa: E402
 from ploomes.demo.generator import Simulation, delivery_body, demo_subscriptions  # noqa: E402
 from ploomes.ingest.rebuild import rebuild  # noqa: E402
 from ploomes.intake.journal import Journal  # noqa: E402
@@ -169,13 +168,12 @@ def write_journal(settings: Settings, events: int, seed: int) -> int:
             payloads.append(body)
             stamps.append(ns)
             if len(payloads) >= CHUNK:
-                journal.append_many(payloads, received_ns=stamps, durable=False)
+                journal.append_many(payloads, received_ns=stamps)
                 written += len(payloads)
                 payloads, stamps = [], []
         if payloads:
-            journal.append_many(payloads, received_ns=stamps, durable=False)
+            journal.append_many(payloads, received_ns=stamps)
             written += len(payloads)
-        journal.sync()
     finally:
         journal.close()
     return written

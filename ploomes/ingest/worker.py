@@ -105,11 +105,14 @@ class IngestWorker:
     Under a steady flow a stage-1 batch starts at most every `GATHER` seconds (at once
     when `batch_size` records wait): a commit costs about as much for 1 event as for
     400, so gathering keeps the CPU for answering. Between batches stage 2 runs in steps
-    of `DERIVE_STEP` events.
+    of `DERIVE_STEP` events, taking at most `DERIVE_SHARE` of the time while deliveries
+    flow (this process shares the machine with the receiver's event loop: a busy stage 2
+    took CPU from answering, see bench/RESULTS.md) and all of it once they stop.
     """
 
     GATHER = 0.25
     DERIVE_STEP = 200
+    DERIVE_SHARE = 0.1
 
     def __init__(self, settings: Settings, shared: SharedState, batch_size: int = 1000):
         self.settings = settings
@@ -123,6 +126,7 @@ class IngestWorker:
         self.derived_seq = 0
         self._reader: JournalReader | None = None
         self._next_batch_at = 0.0
+        self._derive_after = 0.0  # while deliveries flow, stage 2 waits until then
         self._last_prune = 0.0
 
     def start(self) -> None:
@@ -181,7 +185,12 @@ class IngestWorker:
                 self._next_batch_at = time.monotonic() + self.GATHER
             self._store_batch(records, failures)
             return True
-        if self._derive_some(self.DERIVE_STEP):
+        started = time.monotonic()
+        flowing = waiting > 0 or started < self._next_batch_at
+        if (not flowing or started >= self._derive_after) and self._derive_some(
+                self.DERIVE_STEP):
+            took = time.monotonic() - started
+            self._derive_after = started + took / self.DERIVE_SHARE
             self.session.after_batch()
             return True
         if waiting <= 0:

@@ -8,7 +8,7 @@ accepted delivery parses again identically.
 from __future__ import annotations
 
 import json
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -33,9 +33,9 @@ class Delivery(NamedTuple):
     webhook_creator_id: int | None
     secondary_entity_id: int | None
     record_id: int | None
-    old: dict | None
-    new: dict | None
-    body: dict
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+    body: dict[str, Any]
 
 
 def _depth_ok(value: object) -> bool:
@@ -51,7 +51,7 @@ def _depth_ok(value: object) -> bool:
     return True
 
 
-def _int_or_none(body: dict, key: str, where: str = "") -> int | None:
+def _int_or_none(body: dict[str, Any], key: str, where: str = "") -> int | None:
     value = body.get(key)
     if value is None:
         return None
@@ -64,7 +64,7 @@ def _int_or_none(body: dict, key: str, where: str = "") -> int | None:
     return value
 
 
-def _record(body: dict, key: str) -> dict | None:
+def _record(body: dict[str, Any], key: str) -> dict[str, Any] | None:
     value = body.get(key)
     if value is None:
         return None
@@ -74,7 +74,7 @@ def _record(body: dict, key: str) -> dict | None:
     return value
 
 
-def _name(body: dict, key: str) -> str:
+def _name(body: dict[str, Any], key: str) -> str:
     value = body.get(key)
     if value is None:
         raise InvalidDelivery(f"missing {key}")
@@ -105,7 +105,7 @@ def _check_depth(raw: bytes) -> None:
         raise InvalidDelivery(f"JSON is nested deeper than {MAX_DEPTH} levels")
 
 
-def decode_body(raw: bytes) -> dict:
+def decode_body(raw: bytes) -> dict[str, Any]:
     """Decode raw bytes into a JSON object, or raise InvalidDelivery."""
     if not raw:
         raise InvalidDelivery("empty body")
@@ -127,7 +127,7 @@ def decode_body(raw: bytes) -> dict:
     return body
 
 
-def check_fields(body: dict) -> None:
+def check_fields(body: dict[str, Any]) -> None:
     """Raise InvalidDelivery if a field the store relies on is missing or of a wrong kind.
 
     The first failure, in this order, is the reason given.
@@ -140,7 +140,7 @@ def check_fields(body: dict) -> None:
         _record(body, key)
 
 
-def validate(body: dict) -> Delivery:
+def validate(body: dict[str, Any]) -> Delivery:
     """Check the fields the store relies on and return a Delivery."""
     check_fields(body)
     get = body.get
@@ -148,7 +148,7 @@ def validate(body: dict) -> Delivery:
     record_id = None if new is None else new.get("Id")
     if record_id is None and old is not None:
         record_id = old.get("Id")
-    return Delivery(get("Action"), get("Entity"), get("AccountId"), get("ActionUserId"),
+    return Delivery(body["Action"], body["Entity"], get("AccountId"), get("ActionUserId"),
                     get("WebhookId"), get("WebhookCreatorId"), get("SecondaryEntityId"),
                     record_id, old, new, body)
 

@@ -36,8 +36,9 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -114,8 +115,8 @@ class FieldChange:
     kind: str
     summary: str
     bookkeeping: bool
-    added: tuple = ()
-    removed: tuple = ()
+    added: tuple[Any, ...] = ()
+    removed: tuple[Any, ...] = ()
 
 
 # --- paths -------------------------------------------------------------------------
@@ -210,7 +211,7 @@ def _is_empty(value: object) -> bool:
     return value is None or (isinstance(value, list | dict) and not value)
 
 
-def _option_value(item: dict) -> object:
+def _option_value(item: dict[str, Any]) -> object:
     for key in _VALUE_KEYS:
         value = item.get(key)
         if value is not None:
@@ -221,11 +222,11 @@ def _option_value(item: dict) -> object:
     return None
 
 
-def normalize_other_properties(value: object) -> dict:
+def normalize_other_properties(value: object) -> dict[str, Any]:
     """Return custom fields as ``{FieldKey: value}`` from the object or the API list form."""
     if isinstance(value, dict):
         return dict(value)
-    result: dict = {}
+    result: dict[str, Any] = {}
     if isinstance(value, list):
         for item in value:
             if isinstance(item, dict) and isinstance(item.get("FieldKey"), str):
@@ -233,11 +234,11 @@ def normalize_other_properties(value: object) -> dict:
     return result
 
 
-def _tag_ids(value: object) -> list | None:
+def _tag_ids(value: object) -> list[int | str] | None:
     """Return the TagIds of a Tags list, or None when the value is not a list of tags."""
     if not isinstance(value, list):
         return None
-    ids = []
+    ids: list[int | str] = []
     for item in value:
         if not isinstance(item, dict):
             return None
@@ -249,11 +250,11 @@ def _tag_ids(value: object) -> list | None:
     return ids
 
 
-def _sort_key(value: object) -> tuple:
+def _sort_key(value: object) -> tuple[bool, Any]:
     return (isinstance(value, str), value)
 
 
-def _sorted_ids(ids) -> list:
+def _sorted_ids(ids: Iterable[int | str]) -> list[int | str]:
     return sorted(set(ids), key=_sort_key)
 
 
@@ -289,7 +290,7 @@ def _item_key(item: object) -> str:
     return json.dumps(item, sort_keys=True, ensure_ascii=False, default=str)
 
 
-def _labels(items: list) -> list[str]:
+def _labels(items: list[Any]) -> list[str]:
     return [_item_label(item) for item in items]
 
 
@@ -320,7 +321,7 @@ def _list_summary(field: str, old: object, new: object, old_known: bool) -> str:
     return f"{field}: " + ", ".join("−" + label for label in removed_labels)
 
 
-def _tags_summary(added, removed, old_known: bool) -> str:
+def _tags_summary(added: Iterable[object], removed: Iterable[object], old_known: bool) -> str:
     parts = [f"+{tag_id}" for tag_id in added] + [f"−{tag_id}" for tag_id in removed]
     text = " ".join(parts) if parts else "none"
     return text if old_known else f"{text} (previous unknown)"
@@ -334,7 +335,7 @@ def _is_bookkeeping(keys: tuple[str, ...]) -> bool:
     return keys[0] != OTHER_PROPERTIES and keys[-1] in BOOKKEEPING_FIELDS
 
 
-def _leaves(record: dict) -> Iterator[tuple[tuple[str, ...], object]]:
+def _leaves(record: dict[str, Any]) -> Iterator[tuple[tuple[str, ...], object]]:
     """Yield (keys, value) for every field of a record, custom fields and nesting flattened."""
     for key, value in record.items():
         if key == "Id":
@@ -348,7 +349,8 @@ def _leaves(record: dict) -> Iterator[tuple[tuple[str, ...], object]]:
             yield (key,), value
 
 
-def _nested_leaves(keys: tuple[str, ...], value: dict) -> Iterator[tuple[tuple[str, ...], object]]:
+def _nested_leaves(keys: tuple[str, ...], value: dict[str, Any]
+                   ) -> Iterator[tuple[tuple[str, ...], object]]:
     for key, child in value.items():
         child_keys = (*keys, key)
         if isinstance(child, dict) and child:
@@ -357,7 +359,7 @@ def _nested_leaves(keys: tuple[str, ...], value: dict) -> Iterator[tuple[tuple[s
             yield child_keys, child
 
 
-def _one_sided_rows(record: dict, kind: str) -> list[FieldChange]:
+def _one_sided_rows(record: dict[str, Any], kind: str) -> list[FieldChange]:
     """Build the ``set`` rows of a Create or the ``cleared`` rows of a Delete."""
     rows = []
     is_set = kind == "set"
@@ -366,8 +368,8 @@ def _one_sided_rows(record: dict, kind: str) -> list[FieldChange]:
             continue
         field = join_path(keys)
         tag_ids = _tag_ids(value) if keys == (TAGS,) else None
-        added: tuple = ()
-        removed: tuple = ()
+        added: tuple[Any, ...] = ()
+        removed: tuple[Any, ...] = ()
         shown = value
         if tag_ids is not None:
             shown = _sorted_ids(tag_ids)
@@ -450,7 +452,8 @@ def _compare_leaf(rows: list[FieldChange], keys: tuple[str, ...], old: object, n
     )
 
 
-def _compare(rows: list[FieldChange], keys: tuple[str, ...], old: object, new: dict) -> None:
+def _compare(rows: list[FieldChange], keys: tuple[str, ...], old: object,
+             new: dict[str, Any]) -> None:
     """Append a row for every field present in ``new`` that differs from ``old``."""
     top = not keys
     for key, new_value in new.items():
@@ -480,7 +483,8 @@ def _compare(rows: list[FieldChange], keys: tuple[str, ...], old: object, new: d
             _compare_leaf(rows, child_keys, old_value, new_value)
 
 
-def diff_record(action: str, old: dict | None, new: dict | None) -> list[FieldChange]:
+def diff_record(action: str, old: dict[str, Any] | None, new: dict[str, Any] | None
+                ) -> list[FieldChange]:
     """List the field changes one delivery made, following the module's rules."""
     old_record = old if isinstance(old, dict) else None
     new_record = new if isinstance(new, dict) else None
@@ -501,10 +505,11 @@ def _is_tag_row(change: FieldChange) -> bool:
     return change.kind == "tags" or (change.kind == "set" and bool(change.added))
 
 
-def _apply_tags(current: object, change: FieldChange) -> list[dict]:
+def _apply_tags(current: object, change: FieldChange) -> list[dict[str, Any]]:
     if change.kind == "set" or not change.old_known:
-        return [{"TagId": tag_id} for tag_id in (change.new_value or ())]
-    items = current if _tag_ids(current) is not None else []
+        new_ids = change.new_value if isinstance(change.new_value, list | tuple) else ()
+        return [{"TagId": tag_id} for tag_id in new_ids]
+    items = current if isinstance(current, list) and _tag_ids(current) is not None else []
     removed = set(change.removed)
     kept = [dict(item) for item in items if item["TagId"] not in removed]
     present = {item["TagId"] for item in kept}
@@ -512,7 +517,7 @@ def _apply_tags(current: object, change: FieldChange) -> list[dict]:
     return kept
 
 
-def _set_path(record: dict, keys: tuple[str, ...], value: object) -> None:
+def _set_path(record: dict[str, Any], keys: tuple[str, ...], value: object) -> None:
     container = record
     for key in keys[:-1]:
         child = container.get(key)
@@ -523,7 +528,7 @@ def _set_path(record: dict, keys: tuple[str, ...], value: object) -> None:
     container[keys[-1]] = value
 
 
-def _delete_path(record: dict, keys: tuple[str, ...]) -> None:
+def _delete_path(record: dict[str, Any], keys: tuple[str, ...]) -> None:
     container: object = record
     for key in keys[:-1]:
         container = container.get(key) if isinstance(container, dict) else None
@@ -531,7 +536,7 @@ def _delete_path(record: dict, keys: tuple[str, ...]) -> None:
         container.pop(keys[-1], None)
 
 
-def apply_changes(old: dict | None, changes: list[FieldChange]) -> dict:
+def apply_changes(old: dict[str, Any] | None, changes: list[FieldChange]) -> dict[str, Any]:
     """Return a copy of ``old`` with the changes applied (cleared fields are removed)."""
     record = copy.deepcopy(old) if isinstance(old, dict) else {}
     if OTHER_PROPERTIES in record and not isinstance(record[OTHER_PROPERTIES], dict):

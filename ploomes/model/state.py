@@ -7,6 +7,8 @@ bookkeeping reveals a continuity gap (lost deliveries, or an action nobody subsc
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from ploomes.model import diff as diffmod
@@ -17,7 +19,7 @@ from ploomes.model.vocabulary import NAME_KEYS, OTHER_PROPERTIES, TITLE_KEYS
 GAP_IGNORED = frozenset({"Id"})
 
 
-def merge_state(state: dict | None, record: dict | None) -> dict:
+def merge_state(state: dict[str, Any] | None, record: dict[str, Any] | None) -> dict[str, Any]:
     """Return `state` updated with the fields of `record` (custom fields merged by key)."""
     out = dict(state or {})
     for key, value in (record or {}).items():
@@ -32,17 +34,17 @@ def merge_state(state: dict | None, record: dict | None) -> dict:
 
 def _as_text(value: object) -> str:
     # what SQL's `->>` gives: a string as it is, anything else as its JSON text
-    return value if isinstance(value, str) else to_json(value)
+    return value if isinstance(value, str) else to_json(value) or "null"
 
 
-def record_names(state: dict) -> tuple[str | None, str | None]:
+def record_names(state: dict[str, Any]) -> tuple[str | None, str | None]:
     """Return a record's (title, searchable names: Name, LegalName, Title one per line)."""
     title = next((_as_text(state[k]) for k in TITLE_KEYS if state.get(k) is not None), None)
     names = "\n".join(_as_text(state[k]) for k in NAME_KEYS if state.get(k) is not None)
     return title, names or None
 
 
-def find_gap(state: dict, old: dict) -> list[dict]:
+def find_gap(state: dict[str, Any], old: dict[str, Any]) -> list[dict[str, Any]]:
     """Return the fields where a delivery's `Old` disagrees with the known state."""
     shared = [key for key in old if key in state]
     try:  # usually Old is exactly what we know: one C-speed comparison settles it
