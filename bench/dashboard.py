@@ -38,10 +38,10 @@ from common import (
     verdict,
 )
 
-from ploomes.demo import demo_count
 from ploomes.queries import events as qevents
 from ploomes.queries import records as qrecords
 from ploomes.queries import status as qstatus
+from ploomes.queries.status import demo_count
 from ploomes.queries import users as qusers
 from ploomes.store import Store, schema_version
 from views import PAGES as DASHBOARD_PAGES
@@ -162,9 +162,8 @@ def bench_queries(store: Store, repeat: int) -> None:
     """Print each page's query times against the target.
 
     Each query is timed twice: as the page runs it on a cache miss (`store.reader()` with
-    the dashboard's settings, which keep one read connection open between queries), and
-    on an already open connection (the SQL alone). Opening a DuckDB database costs tens of
-    milliseconds whatever its size; the kept connection pays it once per page render.
+    the dashboard's settings: the file is opened for the query and closed after it), and
+    on an already open connection (the SQL alone).
     """
     rows = []
     with store.reader() as con:
@@ -345,9 +344,8 @@ def main() -> None:
     args = parser.parse_args()
     built = ensure_data(args.events, args.data_dir, args.seed)
     print(f"\ndata dir: {built.data_dir} ({built.stored_events:,} events)")
-    # the dashboard opens the store with this memory limit (views.common._store)
-    # the dashboard's own store settings (views/common.py): one kept read connection
-    store = Store(built.settings, busy_timeout=10.0, memory_limit="256MB", keep_reader=0.5)
+    # the dashboard's own store settings (views/common.py)
+    store = Store(built.settings, busy_timeout=10.0, memory_limit="256MB")
     bench_queries(store, args.repeat)
     bench_apptest(built.data_dir)
     if args.no_browser:

@@ -1,9 +1,14 @@
-"""PloomesClient against a real sandbox on a loopback port."""
+"""PloomesClient against a real sandbox on a loopback port (and a tiny loopback API where
+the sandbox cannot play a part)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 import pytest
 
@@ -259,12 +264,57 @@ def test_user_key_never_leaks(caplog):
     assert mask_secret(KEY) in texts[0]
 
 
-def test_next_links_to_another_host_are_replayed_on_ours():
-    with PloomesClient("https://api2.ploomes.com", KEY) as client:
-        assert client._rebase("https://public-api2.ploomes.com/Users?$skip=300") == (
-            "https://api2.ploomes.com/Users?$skip=300")
-        assert client._rebase("https://api2.ploomes.com/Users?$skip=3") == (
-            "https://api2.ploomes.com/Users?$skip=3")
+NEXT_ELSEWHERE = "https://public-api2.ploomes.com/Users?$top=2&$skip=2"
+
+
+class PagedUsers:
+    """A loopback API whose first page of /Users links the next one on another host (as
+    Ploomes does, naming api2 or public-api2); it keeps each request's path and Host."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, str]] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = unquote(self.path)
+                api.requests.append((path, self.headers["Host"]))
+                if path == "/Users?$top=2&$skip=2":
+                    body = {"value": [{"Id": 3}]}
+                else:
+                    body = {"value": [{"Id": 1}, {"Id": 2}], "@odata.nextLink": NEXT_ELSEWHERE}
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> PagedUsers:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_next_links_to_another_host_are_followed_on_ours():
+    with PagedUsers() as api, PloomesClient(api.url, KEY, retry_total=0) as client:
+        users = client.list_users()
+    assert [u["Id"] for u in users] == [1, 2, 3]
+    # the link's path and query, asked of the configured host: the key went nowhere else
+    host = api.url.removeprefix("http://")
+    assert [seen for _, seen in api.requests] == [host, host]
+    assert api.requests[0][0].startswith("/Users?")
+    assert api.requests[1][0] == "/Users?$top=2&$skip=2"
 
 
 def test_error_message_from_body_shapes():

@@ -14,6 +14,7 @@ from ploomes.ingest.pipeline import Pipeline
 from ploomes.intake.keys import stored_keys
 from ploomes.queries.status import demo_count
 from ploomes.store import SCHEMA_VERSION, Store
+from views.common import format_bytes
 
 DASHBOARD = ROOT / "dashboard.py"
 PAGE_FILES = [p for p in ("views/overview.py", "views/events.py", "views/records.py",
@@ -224,3 +225,9 @@ def test_every_page_renders(store_state, request):
         assert at.title, f"{page} shows no title"
         if store_state == "empty" and page == "views/users.py":
             assert "No events yet" in texts(at)
+
+
+def test_format_bytes():
+    assert format_bytes(0) == "0 B"
+    assert format_bytes(2048) == "2.0 KB"
+    assert format_bytes(5.5 * 1024 ** 2) == "5.5 MB"

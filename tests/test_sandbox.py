@@ -8,12 +8,12 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
+from conftest import wait_for
 
 from ploomes.demo.sandbox import Sandbox, add_sandbox_parser, parse_filter
 from ploomes.model.vocabulary import ACTION_IDS, ENTITY_IDS
@@ -308,9 +308,7 @@ def test_background_activity_delivers_without_being_asked(collector):
     sandbox.subscribe_all(collector.url, "vk")
     sandbox.start(activity_rate=50)
     try:
-        deadline = time.monotonic() + 10
-        while len(collector.posts) < 5 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: len(collector.posts) >= 5, timeout=10)
     finally:
         sandbox.stop()
     assert len(collector.posts) >= 5
@@ -341,10 +339,7 @@ def test_cli_serves_and_delivers(collector):
         url = banner.split(" on ", 1)[1].split()[0]
         users = requests.get(url + "/Users", headers={"User-Key": KEY}, timeout=5)
         assert users.status_code == 200 and users.json()["value"]
-        deadline = time.monotonic() + 15
-        while not collector.posts and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert collector.posts
+        wait_for(lambda: collector.posts, timeout=15)
         assert set(collector.posts[0]["body"]) == BODY_KEYS
     finally:
         proc.terminate()

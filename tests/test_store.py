@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -10,12 +11,20 @@ import duckdb
 import pytest
 from conftest import example_payloads, make_settings, run_script
 
-from ploomes.demo.load import load_demo, remove_demo
+from ploomes.demo.load import ingest_pending, load_demo, remove_demo
 from ploomes.ingest.rebuild import RebuildError, rebuild
-from ploomes.intake.journal import Journal
+from ploomes.ingest.upgrade import UPGRADES
+from ploomes.intake.journal import Journal, prune_segments, segment_paths
 from ploomes.queries.status import demo_count
-from ploomes.store import SCHEMA_VERSION, Store, StoreError, fetch_one, migrate, schema_version
-from ploomes.store import db as store_module
+from ploomes.store import (
+    SCHEMA_VERSION,
+    Store,
+    StoreError,
+    fetch_one,
+    migrate,
+    schema,
+    schema_version,
+)
 
 DERIVED = ["events", "field_changes", "continuity_gaps", "record_state", "rejected_deliveries"]
 
@@ -32,8 +41,6 @@ def snapshot(store: Store) -> dict:
 
 def journal_deliveries(settings, bodies, start=None):
     """Append bodies to the journal at one-minute steps and ingest them like the worker."""
-    from ploomes.demo.load import ingest_pending
-
     start = start or datetime(2026, 11, 2, 12, tzinfo=UTC)
     journal = Journal(settings.journal_dir, settings.journal_segment_bytes)
     try:
@@ -70,8 +77,8 @@ def test_the_json_columns_of_a_new_or_rebuilt_store_are_kept_with_zstd(tmp_path,
     assert _json_compression(new) == zstd
     # a store created before: DuckDB's own choice, until a rebuild writes a new file
     older = make_settings(tmp_path / "older")
-    monkeypatch.setattr(store_module, "SCHEMA_V1",
-                        store_module.SCHEMA_V1.replace(" USING COMPRESSION zstd", ""))
+    monkeypatch.setattr(schema, "SCHEMA_V1",
+                        schema.SCHEMA_V1.replace(" USING COMPRESSION zstd", ""))
     journal_deliveries(older, bodies)
     assert all(kinds != ["ZSTD"] for kinds in _json_compression(older).values())
     monkeypatch.undo()
@@ -91,7 +98,10 @@ def test_v1_data_dir_is_migrated_forward_with_its_change_model(tmp_path):
             VALUES (1, now(), 'Update', 'Contacts', 57, 116, 2630362, ?, ?, ?, 'x')""",
                     [json.dumps(json.loads(raw)["Old"]), json.dumps(json.loads(raw)["New"]),
                      raw.decode()])
-    store = Store(settings)  # a newer program opens the old data dir
+    # the store alone cannot recompute the change model: it says what to do, file untouched
+    with pytest.raises(StoreError, match="older version.*rebuild"):
+        Store(settings).ensure_ready()
+    store = Store(settings, upgrades=UPGRADES)  # a newer program opens the old data dir
     with store.reader() as con:
         assert schema_version(con) == SCHEMA_VERSION
         fields = [r[0] for r in con.execute(
@@ -115,11 +125,11 @@ def test_a_closed_store_is_checkpointed_and_free_for_other_programs(settings):
     wal = store.path.with_name(store.path.name + ".wal")
     with store.writer() as con:
         con.execute("INSERT INTO auth_failures VALUES (now(), 'tester', 'á ç ã')")
-        # attached read-write: another program is kept out
+        # open read-write: another program is kept out
         assert _other_program_opens(store.path, "SELECT 1").startswith("refused:")
         temp = fetch_one(con, "SELECT current_setting('temp_directory')")[0]
     assert temp == str(store.path) + ".tmp"  # spills stay beside the file, as before
-    assert not wal.exists()  # detaching checkpointed it
+    assert not wal.exists()  # closing checkpointed it
     assert _other_program_opens(store.path, "SELECT reason FROM auth_failures") == \
         "[('á ç ã',)]"
 
@@ -163,49 +173,6 @@ def test_a_failed_writer_block_rolls_back_and_the_next_one_works(settings):
         assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 0
 
 
-def test_instances_of_files_nobody_uses_are_closed(tmp_path):
-    kept = Store(make_settings(tmp_path / "kept"))
-    others = [Store(make_settings(tmp_path / f"other{i}"))
-              for i in range(store_module.IDLE_ENGINES + 3)]
-    with kept.reader() as con:  # in use: never closed under it
-        for other in others:
-            with other.writer() as ocon:
-                ocon.execute("INSERT INTO auth_failures VALUES (now(), NULL, 'x')")
-        assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 0
-    ours = [k for k in store_module._ENGINES if k.is_relative_to(tmp_path.resolve())]
-    # the newest, the ones kept idle, and the one that was in use when others came
-    newest = others[-(store_module.IDLE_ENGINES + 1):]
-    assert sorted(ours) == sorted(s.path.resolve() for s in [kept, *newest])
-    for other in others:  # a closed instance is replaced by a new one when needed
-        with other.reader() as con:
-            assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 1
-
-
-def test_an_instance_closed_but_still_listed_is_replaced(settings):
-    # an interrupt between closing an idle instance and forgetting it must not leave the
-    # file unopenable (every open would find the closed one until busy_timeout)
-    store = Store(settings, busy_timeout=2)
-    with store.reader():
-        pass
-    store_module._ENGINES[settings.db_path.resolve()].close_if_idle()
-    with store.reader() as con:
-        assert fetch_one(con, "SELECT count(*) FROM events")[0] == 0
-
-
-def test_a_leftover_attachment_is_detached_before_the_next_open(settings):
-    # an interrupt between an ATTACH and counting its user leaves the file attached with
-    # nobody using it: the next open must still work (and see the file as it is now)
-    store = Store(settings, busy_timeout=2)
-    with store.writer() as con:
-        con.execute("INSERT INTO auth_failures VALUES (now(), NULL, 'kept')")
-    engine = store_module._ENGINES[settings.db_path.resolve()]
-    engine._db.execute(f"ATTACH '{settings.db_path}' AS store (READ_ONLY)")
-    with store.writer() as con:
-        con.execute("INSERT INTO auth_failures VALUES (now(), NULL, 'more')")
-    with store.reader() as con:
-        assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 2
-
-
 def test_a_checkpoint_that_fails_on_close_keeps_the_rows_and_the_next_writer_works(tmp_path):
     # As a connection's close did: the rows are committed (in the WAL), so closing says
     # nothing and the next open replays them. A file-size limit makes the checkpoint fail.
@@ -236,65 +203,23 @@ def test_a_checkpoint_that_fails_on_close_keeps_the_rows_and_the_next_writer_wor
         "closed; wal kept: True", "next writer sees 80000", "reader sees 80000"]
 
 
-def test_a_forked_child_exits_cleanly_after_the_parent_used_the_store(tmp_path):
-    code = """if True:
-        import os, sys
-        from pathlib import Path
-        from ploomes.config import load_settings
-        from ploomes.store import Store, fetch_one
-        settings = load_settings(env={}, data_dir=Path(sys.argv[1]), validation_keys=("k" * 24,))
-        store = Store(settings)
-        wal = settings.db_path.with_name("ploomes.duckdb.wal")
-        with store.writer() as con:
-            con.execute("INSERT INTO auth_failures VALUES (now(), NULL, 'committed')")
-            pid = os.fork()  # one child while the file is attached, one after
-            if pid == 0:
-                sys.exit(0)  # leaves the block: must not close or checkpoint the parent's
-            _, inside = os.waitpid(pid, 0)
-            print("parent's WAL kept:", wal.exists())
-        pid = os.fork()
-        if pid == 0:
-            with store.reader() as con:  # the child opens it on its own instance
-                sys.exit(fetch_one(con, "SELECT count(*) FROM events")[0])
-        _, after = os.waitpid(pid, 0)
-        # an idle instance the fork could not close (another thread was opening it)
-        from ploomes.store import db as store_module
-        with store.reader() as con:  # the last fork closed the idle one: a new one
-            pass
-        engine = store_module._ENGINES[settings.db_path.resolve()]
-        engine._mutex.acquire()
-        pid = os.fork()
-        if pid == 0:
-            sys.exit(0)
-        engine._mutex.release()
-        _, busy = os.waitpid(pid, 0)
-        print(inside, after, busy)
-        with store.reader() as con:  # and the parent's store still works, its row kept
-            print(fetch_one(con, "SELECT reason FROM auth_failures")[0])
-    """
-    assert run_script(code, str(tmp_path / "data")).splitlines() == [
-        "parent's WAL kept: True", "0 0 0", "committed"]
-
-
-def test_stores_of_one_file_with_other_settings_share_its_lock(settings):
+def test_stores_of_one_file_with_other_settings_read_at_once(settings):
     dashboard = Store(settings, memory_limit="256MB")
     plain = Store(settings)
     plain.ensure_ready()  # its first open migrates, as a writer
     with dashboard.reader() as con:
         with plain.reader() as con2:
             assert fetch_one(con2, "SELECT count(*) FROM events")[0] == 0
-        # the second reader left: the file is still attached for the first one
+        # the second reader left: the file is still open for the first one
         assert _other_program_opens(
             settings.db_path, "INSERT INTO auth_failures VALUES (now(), NULL, 'x')"
         ).startswith("refused:")
         assert fetch_one(con, "SELECT count(*) FROM auth_failures")[0] == 0
-    # each Store alone gets its own settings, on the one instance of the file
-    engine = store_module._ENGINES[settings.db_path.resolve()]
+    # each Store alone runs with its own settings
     for store, dashboards in ((plain, False), (dashboard, True), (plain, False)):
         with store.reader() as con:
             got = fetch_one(con, "SELECT current_setting('memory_limit')")[0]
         assert (got == "244.1 MiB") == dashboards, (store, got)  # 256MB as DuckDB shows it
-    assert store_module._ENGINES[settings.db_path.resolve()] is engine  # no new instance
 
 
 def test_newer_schema_is_refused(settings):
@@ -319,19 +244,23 @@ def test_rebuild_reproduces_live_ingestion(settings):
     assert snapshot(store) == before
 
 
-def test_rebuild_keeps_events_pruned_from_the_journal(settings):
+def test_rebuild_keeps_events_pruned_from_the_journal(tmp_path):
+    settings = make_settings(tmp_path / "data", journal_segment_bytes=4096)
     bodies = [json.loads(b) for b in example_payloads().values()]
     journal_deliveries(settings, bodies)
+    # a day later: the segment is full, the same bodies start the next one
+    journal_deliveries(settings, bodies, start=datetime(2026, 11, 3, 12, tzinfo=UTC))
+    first = segment_paths(settings.journal_dir)[0]
+    assert len(segment_paths(settings.journal_dir)) == 2
     store = Store(settings)
     before = snapshot(store)
-    # retention removed the only segment's records: simulate by rotating and deleting it
-    journal = Journal(settings.journal_dir, segment_bytes=4096)
-    journal._rotate(journal.written_seq + 1)
-    journal.close()
-    from ploomes.intake.journal import segment_paths
-    segment_paths(settings.journal_dir)[0].unlink()
+    assert len(before["events"]) == 2 * len(bodies)
+    # retention removes the first segment: ingested, and older than the retention period
+    week_ago = datetime.now(UTC).timestamp() - 7 * 86400
+    os.utime(first, (week_ago, week_ago))
+    assert prune_segments(settings.journal_dir, 2 * len(bodies), 86400) == [first]
     report = rebuild(settings)
-    assert report.kept_events == 4 and report.journal_records == 0
+    assert (report.kept_events, report.journal_records) == (len(bodies), len(bodies))
     assert snapshot(store) == before
 
 

@@ -5,6 +5,7 @@ delivery to a callback URL. Free of Streamlit.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -308,7 +309,8 @@ def example_delivery_body(webhook: dict) -> dict:
     action_id = _int_or_none(webhook.get("ActionId"))
     entity = ENTITY_NAMES.get(entity_id) or KNOWN_ENTITIES.get(entity_id) or "Contacts"
     action = ACTION_NAMES.get(action_id, "Update")
-    old, new = _TEST_SIDES[action]
+    # copies: a caller changing its body must not change the next one
+    old, new = copy.deepcopy(_TEST_SIDES[action])
     return {"Action": action, "Entity": entity, "SecondaryEntityId": None, "AccountId": None,
             "ActionUserId": _int_or_none(webhook.get("CreatorId")),
             "WebhookId": _int_or_none(webhook.get("Id")),

@@ -286,7 +286,6 @@ class Sandbox:
         self._outbox: queue.Queue[Delivery | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._fields = self._build_fields()
         server_class = _Server6 if ":" in host else _Server
         self._server = server_class((host, port), _handler_for(self))
 
@@ -330,7 +329,8 @@ class Sandbox:
 
     # -- account data ----------------------------------------------------------------
 
-    def _build_fields(self) -> list[dict]:
+    def fields(self) -> list[dict]:
+        """Return the account's fields as GET /Fields shows them (custom ones: Dynamic)."""
         fields = [{**f, "Dynamic": False} for f in SYSTEM_FIELDS]
         fields = [{"Id": 31040001 + i, **f} for i, f in enumerate(fields)]
         fields += [{**f, "Dynamic": True} for f in self.sim.fields]
@@ -665,7 +665,7 @@ class Sandbox:
             if name == "Users":
                 return name, self.users()
             if name == "Fields":
-                return name, [dict(f) for f in self._fields]
+                return name, self.fields()
             if name == "Fields@Entities":
                 return name, self.entities()
             if name == "Webhooks@Actions":

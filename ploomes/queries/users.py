@@ -3,7 +3,7 @@
 Counts leave out repeated deliveries of the same change (`duplicate_of`) unless asked
 to include them. Distinct records per user (and per user and field) come from the
 rollups stage 2 keeps (`user_records`, `user_fields`) when the range allows it exactly,
-otherwise from the raw tables; both give the same numbers (tests/test_user_rollups.py).
+otherwise from the raw tables; both give the same numbers (tests/test_rollups.py).
 """
 
 from __future__ import annotations

@@ -52,11 +52,25 @@ class Store:
 
     def _connect(self, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
         """Open the file (the caller holds the lock), retrying while another program has it."""
+        con = self._connect_file(read_only, deadline)
+        # Settings go in by SET, not connect(config=…): DuckDB shares one instance per file
+        # within a process and refuses a connect with another config while it is open, so
+        # two Stores of one file (the dashboard's, a plain one) could not read at once.
+        # While several are open, the last one's settings apply to all.
+        try:
+            for name, value in self._config.items():  # names from __init__, never input
+                quoted = str(value).replace("'", "''")
+                con.execute(f"SET GLOBAL {name} = '{quoted}'")
+        except duckdb.Error as exc:
+            con.close()
+            raise StoreError(f"cannot configure {self.path.name}: {exc}") from exc
+        return con
+
+    def _connect_file(self, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
         delay = 0.01
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only,
-                                      config=dict(self._config))
+                return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.IOException as exc:
                 if not _is_lock_error(exc):
                     raise StoreError(f"cannot open {self.path.name}: {exc}") from exc

@@ -1,9 +1,11 @@
-"""The Users page's rollups (`user_records`, `user_fields`) give exactly the raw numbers.
+"""The rows ingest stage 2 keeps for the pages give exactly what recomputing them gives.
 
-Every scenario compares the rollup-backed query functions with the same functions counting
-on `events` / `field_changes` (`rollups=False`), across ranges and the duplicates toggle,
-and compares the rollup tables stage 2 keeps event by event with a recomputation from
-scratch (`refill_user_rollups`).
+The Users page's rollups (`user_records`, `user_fields`, ploomes.ingest.rollups): every
+scenario compares the rollup-backed query functions with the same functions counting on
+`events` / `field_changes` (`rollups=False`), across ranges and the duplicates toggle, and
+compares the rollup tables stage 2 keeps event by event with a recomputation from scratch
+(`refill_user_rollups`). The Records page's latest state (`record_state`) is compared with
+folding the record's events.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from ploomes.demo.load import load_demo, remove_demo
 from ploomes.ingest.pipeline import Pipeline
 from ploomes.ingest.rebuild import rebuild
 from ploomes.ingest.rollups import refill_user_rollups
-from ploomes.intake.journal import FLAG_DEMO, Journal, iter_records
+from ploomes.ingest.upgrade import UPGRADES
+from ploomes.intake.journal import Journal, iter_records
 from ploomes.queries import records as qrecords
 from ploomes.queries import users as qusers
 from ploomes.store import SCHEMA_VERSION, Store, fetch_one, schema_version, transaction
@@ -58,17 +61,18 @@ def real_deliveries() -> list[tuple[datetime, dict]]:
     return sorted(out, key=lambda pair: pair[0])
 
 
-def ingest(settings, deliveries, demo: bool = False, batch: int = 97,
-           derive_step: int | None = 61) -> None:
-    """Journal deliveries and store them in small batches, as the worker does.
+def ingest(settings, deliveries, batch: int = 97, derive_step: int | None = 61) -> None:
+    """Journal (real, not demo) deliveries and store them in small batches, as the worker does.
 
     Stage 2 runs `derive_step` events after each batch and to the end; None leaves every
     new event for later (a derive backlog).
     """
-    payloads, stamps = demo_records(sorted(deliveries, key=lambda pair: pair[0]))
+    ordered = sorted(deliveries, key=lambda pair: pair[0])
     journal = Journal(settings.journal_dir, settings.journal_segment_bytes)
     try:
-        journal.append_many(payloads, flags=FLAG_DEMO if demo else 0, received_ns=stamps)
+        journal.append_many([json.dumps(body, ensure_ascii=False).encode("utf-8")
+                             for _, body in ordered],
+                            received_ns=[int(at.timestamp() * 1e9) for at, _ in ordered])
     finally:
         journal.close()
     with Store(settings).writer() as con:
@@ -270,7 +274,7 @@ def test_v3_store_gets_its_rollups_on_migration(settings):
         con.execute("DROP TABLE user_records")
         con.execute("DROP TABLE user_fields")
         con.execute("UPDATE schema_meta SET value = '3' WHERE key = 'version'")
-    upgraded = Store(settings)  # a newer program opens the data dir
+    upgraded = Store(settings, upgrades=UPGRADES)  # a newer program opens the data dir
     with upgraded.reader() as con:
         assert schema_version(con) == SCHEMA_VERSION == 4
         assert rollup_rows(con) == expected and expected["user_records"]
@@ -291,7 +295,7 @@ def test_store_from_before_two_stage_ingest_counts_as_derived(settings):
         con.execute("DROP TABLE user_fields")
         con.execute("DELETE FROM ingest_state WHERE name = 'derive'")
         con.execute("UPDATE schema_meta SET value = '3' WHERE key = 'version'")
-    upgraded = Store(settings)
+    upgraded = Store(settings, upgrades=UPGRADES)
     with upgraded.reader() as con:
         assert fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = 'derive'")[0] == last
         assert rollup_rows(con) == expected
@@ -310,25 +314,30 @@ def test_an_empty_store_is_migrated_without_a_derive_position(settings):
 
 
 def _states_agree(store: Store) -> tuple[int, int]:
-    """Compare qrecords.state_at's record_state shortcut with the fold, for every record.
+    """Compare qrecords.state_at's latest state with the fold, for every record.
 
-    Returns (records compared, records the shortcut answered).
+    Returns (records compared, records whose latest state was read from `record_state`):
+    those are told apart by marking every `record_state` row in a transaction that is
+    then rolled back.
     """
-
-    answered = 0
     with store.reader() as con:
         keys = con.execute("SELECT DISTINCT entity, record_id FROM events "
                            "WHERE record_id IS NOT NULL ORDER BY 1, 2").fetchall()
         for i, (entity, record_id) in enumerate(keys):
-            fast = qrecords.state_at(con, entity, record_id)
-            assert fast == qrecords.state_at(con, entity, record_id, latest=False), \
+            latest = qrecords.state_at(con, entity, record_id)
+            assert latest == qrecords.state_at(con, entity, record_id, latest=False), \
                 (entity, record_id)
-            if fast.event_id is not None and i % 10 == 0:  # as the Records page asks
-                for upto in (fast.event_id, fast.event_id - 1, 2**62):
+            if latest.event_id is not None and i % 10 == 0:  # as the Records page asks
+                for upto in (latest.event_id, latest.event_id - 1, 2**62):
                     assert qrecords.state_at(con, entity, record_id, event_id=upto) == \
                         qrecords.state_at(con, entity, record_id, event_id=upto,
-                                         latest=False), (entity, record_id, upto)
-            answered += qrecords._latest_state(con, entity, record_id) is not None
+                                          latest=False), (entity, record_id, upto)
+    marked = {"marked by the test": True}
+    with store.writer() as con, pytest.raises(_Rollback), transaction(con):
+        con.execute("UPDATE record_state SET state = ?", [json.dumps(marked)])
+        answered = sum(qrecords.state_at(con, entity, record_id).state == marked
+                       for entity, record_id in keys)
+        raise _Rollback
     return len(keys), answered
 
 
