@@ -6,7 +6,7 @@ Prints, in one run on the seeded deliveries of `bench/common.py`:
      records, each into a fresh store, and their ratio;
   2. the time of `rebuild(settings)` (what `python -m ploomes rebuild` runs) on the whole
      journal of `--events` records;
-  3. the median of several runs of each query function of `ploomes.history` on that
+  3. the median of several runs of each query function of `ploomes.queries` on that
      store, against the 100 ms target.
 Asserts nothing.
 
@@ -114,7 +114,6 @@ def pick_parameters(con) -> dict:
 def query_cases(p: dict) -> list[tuple[str, object]]:
     """Return (label, call) for each query function, as the pages and tests use them."""
     week_ago = p["newest"] - timedelta(days=7)
-    h = history
     flt = qevents.EventFilter
     return [
         ("field_changes_of('StageId')",
@@ -167,7 +166,7 @@ def query_cases(p: dict) -> list[tuple[str, object]]:
 
 
 def bench_queries(settings, repeat: int) -> None:
-    """Print the median time of each history query function on the store."""
+    """Print the median time of each query function on the store."""
     store = Store(settings)
     rows = []
     with store.reader() as con:
@@ -176,7 +175,7 @@ def bench_queries(settings, repeat: int) -> None:
             median, runs = median_ms(lambda call=call: call(con), repeat=repeat)
             rows.append([label, f"{median:.1f}", f"{max(runs):.1f}", f"{QUERY_TARGET_MS:.0f}",
                          verdict(median, QUERY_TARGET_MS)])
-    print_table(f"Query functions of ploomes.history on {store_counts(settings)['events']:,} "
+    print_table(f"Query functions of ploomes.queries on {store_counts(settings)['events']:,} "
                 f"events (median of {repeat} runs after one warm-up, one open connection)",
                 ["query", "median ms", "max ms", "target ms", "result"], rows)
     missed = sum(1 for r in rows if r[-1] == "MISS")

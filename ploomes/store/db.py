@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import duckdb
@@ -34,8 +34,16 @@ class Store:
     def __init__(self, settings: Settings, busy_timeout: float = 30.0,
                  memory_limit: str | None = None, schema_target: int = SCHEMA_VERSION,
                  path: Path | None = None, threads: int | None = None,
-                 upgrades: Upgrades | None = None):
+                 upgrades: Upgrades | None = None, keep_reader: float = 0.0):
         self.settings = settings
+        # keep_reader > 0 (the dashboard): keep the file open read-only between queries
+        # for that many idle seconds and hand out a cursor per query, so the queries of
+        # one page share one open; it is closed as soon as a writer waits.
+        self._keep_reader = keep_reader
+        self._kept: tuple[AbstractContextManager[None], duckdb.DuckDBPyConnection] | None = None
+        self._kept_users = 0
+        self._kept_used = 0.0
+        self._kept_cond = threading.Condition()
         self.path: Path = path or settings.db_path
         self.busy_timeout = busy_timeout
         # A store at another path (a rebuild's new file) is locked on its own.
@@ -121,8 +129,65 @@ class Store:
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open the store read-only, shared with other readers, for one or more queries."""
         self.ensure_ready()
-        with self._open(read_only=True) as con:
-            yield con
+        if self._keep_reader <= 0:
+            with self._open(read_only=True) as con:
+                yield con
+            return
+        with self._kept_cond:
+            if self._kept is not None and self.lock.writer_waiting():
+                # let the writer in: no new user of the kept connection; close it once
+                # the current ones are done, then queue behind the writer like anyone
+                while self._kept_users:
+                    self._kept_cond.wait()
+                self._close_kept()
+            if self._kept is None:
+                self._kept = self._open_kept()
+                threading.Thread(target=self._watch_kept, name="store-kept-reader",
+                                 daemon=True).start()
+            self._kept_users += 1
+            cursor = self._kept[1].cursor()  # one per use: threads never share a cursor
+        try:
+            yield cursor
+        finally:
+            cursor.close()
+            with self._kept_cond:
+                self._kept_users -= 1
+                self._kept_used = time.monotonic()
+                self._kept_cond.notify_all()
+
+    def _open_kept(self) -> tuple[AbstractContextManager[None], duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.busy_timeout
+        held = self.lock.shared(self.busy_timeout)
+        try:
+            held.__enter__()
+        except LockTimeout as exc:
+            raise StoreBusy("the data store stayed busy; try again in a moment") from exc
+        try:
+            return held, self._connect(True, deadline)
+        except BaseException:
+            held.__exit__(None, None, None)
+            raise
+
+    def _close_kept(self) -> None:
+        # called with _kept_cond held and nobody using the kept connection
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            try:
+                kept[1].close()
+            finally:
+                kept[0].__exit__(None, None, None)
+
+    def _watch_kept(self) -> None:
+        """Close the kept connection once idle, or as soon as a writer waits."""
+        while True:
+            time.sleep(0.05)
+            with self._kept_cond:
+                if self._kept is None:
+                    return
+                idle = time.monotonic() - self._kept_used > self._keep_reader
+                if not self._kept_users and (idle or self.lock.writer_waiting()):
+                    self._close_kept()
+                    return
 
     def size_bytes(self) -> int:
         """Return the size of the DuckDB file (and its WAL) on disk."""
