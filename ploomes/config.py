@@ -32,7 +32,7 @@ class Settings:
     duplicate_window_seconds: float = 120.0
     timezone: str = DEFAULT_TIMEZONE
     journal_retention_days: float = 0.0  # 0 keeps the journal forever
-    journal_segment_bytes: int = 16 * 1024 * 1024  # preallocated: ~10k deliveries
+    journal_segment_bytes: int = 16 * 1024 * 1024  # a segment file: ~10k deliveries
     receiver_url: str = "http://127.0.0.1:8000"
     callback_url: str | None = None
     api_url: str = DEFAULT_API_URL

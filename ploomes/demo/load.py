@@ -118,8 +118,3 @@ def _store_names(settings: Settings, users: list[dict], fields: list[dict]) -> N
             "(SELECT 1 FROM fields WHERE key = ?)",
             [(f["Key"], f.get("EntityId"), f["Name"], f.get("TypeId"), f["Key"])
              for f in fields])
-
-
-def demo_count(con) -> int:
-    """Return how many demo events the store holds."""
-    return fetch_one(con, "SELECT count(*) FROM events WHERE is_demo")[0]

@@ -64,9 +64,10 @@ def utc(value: datetime | pd.Timestamp | None) -> datetime | None:
     return stamp.to_pydatetime()
 
 
-def frame(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> pd.DataFrame:
+def frame(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None
+          ) -> pd.DataFrame:
     """Run a query into a DataFrame: timestamps tz-aware UTC, SQL NULL text as None."""
-    return normalized(con.execute(sql, params).df())
+    return normalized(con.execute(sql, params or []).df())
 
 
 def normalized(df: pd.DataFrame) -> pd.DataFrame:

@@ -396,11 +396,11 @@ def export_events(con: duckdb.DuckDBPyConnection, flt: EventFilter,
     columns = EXPORT_COLUMNS + (", CAST(e.payload AS VARCHAR) AS payload"
                                 if include_payload else "")
     # the filter runs on `events` alone before the join
-    frame = con.execute(
-        f"SELECT {columns} FROM (SELECT * FROM events e WHERE {where} "
+    rows = frame(
+        con, f"SELECT {columns} FROM (SELECT * FROM events e WHERE {where} "
         "ORDER BY received_at DESC, id DESC LIMIT ?) e "
         "LEFT JOIN users u ON u.id = e.action_user_id ORDER BY e.received_at DESC, e.id DESC",
-        [*params, int(limit)]).fetchdf()
-    if tz and not frame.empty:
-        frame["received_at"] = pd.to_datetime(frame["received_at"], utc=True).dt.tz_convert(tz)
-    return frame
+        [*params, int(limit)])
+    if tz and not rows.empty:
+        rows["received_at"] = rows["received_at"].dt.tz_convert(tz)
+    return rows

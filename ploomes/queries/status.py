@@ -9,7 +9,7 @@ import duckdb
 import pandas as pd
 
 from ploomes.config import DEFAULT_TIMEZONE
-from ploomes.queries.base import aware_now, dup_clause
+from ploomes.queries.base import aware_now, dup_clause, frame
 
 BUCKETS = ("hour", "day", "week")
 TIMELINE_GROUPS = {"entity": "entity", "action": "action"}
@@ -71,8 +71,8 @@ def table_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 def ingest_positions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Return how far ingest got in each journal (columns: name, last_seq, updated_at)."""
-    return con.execute(
-        "SELECT name, last_seq, updated_at FROM ingest_state ORDER BY name").fetchdf()
+    return frame(
+        con, "SELECT name, last_seq, updated_at FROM ingest_state ORDER BY name")
 
 
 def bucket_for(start: datetime, end: datetime) -> str:
@@ -99,11 +99,11 @@ def timeline(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime,
     if bucket not in BUCKETS:
         raise ValueError(f"bucket must be one of {BUCKETS}, got {bucket!r}")
     column = TIMELINE_GROUPS[by]
-    return con.execute(
-        f"SELECT date_trunc(?, timezone(?, received_at)) AS bucket, {column} AS \"group\", "
+    return frame(
+        con, f"SELECT date_trunc(?, timezone(?, received_at)) AS bucket, {column} AS \"group\", "
         "count(*) AS events FROM events WHERE received_at >= ? AND received_at < ?"
         + dup_clause(include_duplicates) + " GROUP BY ALL ORDER BY bucket, \"group\"",
-        [bucket, tz, start, end]).fetchdf()
+        [bucket, tz, start, end])
 
 
 def last_synced_at(con: duckdb.DuckDBPyConnection) -> datetime | None:
@@ -121,8 +121,8 @@ def webhook_stats(con: duckdb.DuckDBPyConnection, now: datetime | None = None,
     day_ago = now - timedelta(hours=24)
     history_start = now - timedelta(days=history_days)
     demo = None if include_demo else False
-    totals = con.execute(
-        """
+    totals = frame(
+        con, """
         SELECT webhook_id,
                count(*) FILTER (WHERE received_at > ?) AS deliveries_24h,
                count(*) FILTER (WHERE received_at > ?) AS deliveries_30d,
@@ -131,12 +131,12 @@ def webhook_stats(con: duckdb.DuckDBPyConnection, now: datetime | None = None,
         WHERE webhook_id IS NOT NULL AND received_at <= ?
           AND (?::BOOLEAN IS NULL OR is_demo = ?::BOOLEAN)
         GROUP BY webhook_id
-        """, [day_ago, history_start, now, demo, demo]).df()
+        """, [day_ago, history_start, now, demo, demo])
     # A repeat of a delivery to the same subscription is not a new arrival: leaving it in
     # would put near-zero gaps into the median. A repeat seen through another
     # subscription is that subscription's own delivery and stays.
-    gaps = con.execute(
-        """
+    gaps = frame(
+        con, """
         WITH arrivals AS (
             SELECT e.webhook_id, e.received_at
             FROM events e LEFT JOIN events d ON d.id = e.duplicate_of
@@ -151,7 +151,7 @@ def webhook_stats(con: duckdb.DuckDBPyConnection, now: datetime | None = None,
         )
         SELECT webhook_id, median(gap) AS median_gap_seconds, count(gap) AS gaps_30d
         FROM spaced WHERE gap IS NOT NULL GROUP BY webhook_id
-        """, [history_start, now, demo, demo]).df()
+        """, [history_start, now, demo, demo])
     stats = totals.merge(gaps, on="webhook_id", how="left")
     stats["gaps_30d"] = stats["gaps_30d"].fillna(0).astype("int64")
     for column in ("webhook_id", "deliveries_24h", "deliveries_30d"):

@@ -20,6 +20,7 @@ from ploomes.queries.base import (
     change_filters,
     changes_frame,
     dup_clause,
+    frame,
     range_clause,
     time_range,
     user_clause,
@@ -80,15 +81,15 @@ def users_summary(con: duckdb.DuckDBPyConnection, since: datetime | None = None,
         touched_params += params
     else:
         touched, touched_params = "touched AS (" + _records_raw(where, dup) + ")", params
-    return con.execute(
-        "WITH per_user AS (SELECT e.action_user_id, count(*) AS events, "
+    return frame(
+        con, "WITH per_user AS (SELECT e.action_user_id, count(*) AS events, "
         "min(e.received_at) AS first_at, max(e.received_at) AS last_at FROM events e "
         "WHERE TRUE" + where + dup + " GROUP BY 1), " + touched + " "
         f"SELECT e.action_user_id, {_USER_NAME} AS user, e.events, "
         "coalesce(t.records, 0) AS records, e.first_at, e.last_at FROM per_user e "
         "LEFT JOIN touched t ON t.action_user_id IS NOT DISTINCT FROM e.action_user_id "
         "LEFT JOIN users u ON u.id = e.action_user_id ORDER BY e.events DESC, e.action_user_id",
-        [*params, *touched_params]).fetchdf()
+        [*params, *touched_params])
 
 
 def user_entity_actions(con: duckdb.DuckDBPyConnection, since: datetime | None = None,
@@ -100,12 +101,12 @@ def user_entity_actions(con: duckdb.DuckDBPyConnection, since: datetime | None =
     """
     where, params = range_clause(since, until, "e.received_at")
     # count first, name the few groups after
-    return con.execute(
-        "WITH counts AS (SELECT e.action_user_id, e.entity, e.action, count(*) AS events "
+    return frame(
+        con, "WITH counts AS (SELECT e.action_user_id, e.entity, e.action, count(*) AS events "
         "FROM events e WHERE TRUE" + where + dup_clause(include_duplicates, "e.duplicate_of")
         + f" GROUP BY ALL) SELECT e.action_user_id, {_USER_NAME} AS user, e.entity, e.action, "
         "e.events FROM counts e LEFT JOIN users u ON u.id = e.action_user_id "
-        "ORDER BY e.action_user_id, e.entity, e.action", params).fetchdf()
+        "ORDER BY e.action_user_id, e.entity, e.action", params)
 
 
 def user_heatmap(con: duckdb.DuckDBPyConnection, user_id: int | None,
@@ -152,12 +153,12 @@ def user_top_fields(con: duckdb.DuckDBPyConnection, user_id: int | None, limit: 
                "WHERE NOT c.bookkeeping AND NOT c.is_duplicate" + user_sql + where
                + " GROUP BY c.entity, c.field")
     # count first, label the few groups after
-    return con.execute(
-        f"WITH agg AS ({agg}) "
+    return frame(
+        con, f"WITH agg AS ({agg}) "
         "SELECT a.entity, a.field, COALESCE(f.name, a.field) AS label, a.changes, a.records "
         "FROM agg a LEFT JOIN fields f ON starts_with(a.field, ?) AND f.key = substr(a.field, ?) "
         "ORDER BY a.changes DESC, a.entity, a.field LIMIT ?",
-        [*params, OTHER_PREFIX, len(OTHER_PREFIX) + 1, int(limit)]).fetchdf()
+        [*params, OTHER_PREFIX, len(OTHER_PREFIX) + 1, int(limit)])
 
 
 def user_changes(con: duckdb.DuckDBPyConnection, action_user_id: int, *,
