@@ -89,7 +89,9 @@ class GroupCommit:
     Each request queues its records and waits; one writer greenlet takes everything
     queued and appends it with one journal call (one write, one fdatasync) on gevent's
     thread pool, so the loop serves the other requests while the disk works, and records
-    queued during a sync form the next group. Create it on the event loop's thread.
+    queued during a sync form the next group. Once the writer ends (closed, or ended by
+    an exception) waiting and later requests get JournalWriteError, never a hang. Create
+    it on the event loop's thread.
     """
 
     def __init__(self, journal: Journal):
@@ -99,37 +101,53 @@ class GroupCommit:
         self.journal = journal
         self._queue: list[tuple[Sequence[Entry], object]] = []
         self._wake = Event()
-        self._closing = False
+        self._refusal: str | None = None  # set once no more records are taken
         self._writer = gevent.spawn(self._run)
 
     def append_entries(self, entries: Sequence[Entry]) -> list[int]:
         """Queue records for the next group; return their sequence numbers once durable."""
         from gevent.event import AsyncResult
 
-        if self._closing:
-            raise JournalWriteError("the receiver is stopping")
+        if self._refusal:
+            raise JournalWriteError(self._refusal)
         result: AsyncResult = AsyncResult()
         self._queue.append((entries, result))
         self._wake.set()
         return result.get()
 
     def _run(self) -> None:
-        while not (self._closing and not self._queue):
-            self._wake.wait()
-            self._wake.clear()
+        try:
+            while not (self._refusal and not self._queue):
+                self._wake.wait()
+                self._wake.clear()
+                group, self._queue = self._queue, []
+                if group:
+                    self._write(group)
+        finally:
+            # closed, or ended by an exception: no request may wait for it any more
+            self._refusal = self._refusal or "the journal writer stopped"
             group, self._queue = self._queue, []
-            if group:
-                self._write(group)
+            self._fail(group, self._refusal)
+
+    @staticmethod
+    def _fail(group: list, reason: str, cause: BaseException | None = None) -> None:
+        # one exception per request: a shared one would carry the traceback of
+        # whichever request raised it last
+        for _, result in group:
+            error = JournalWriteError(reason)
+            error.__cause__ = cause
+            result.set_exception(error)
 
     def _write(self, group: list) -> None:
         entries = [entry for batch, _ in group for entry in batch]
         try:
             seqs = offload(self.journal.append_entries, entries)
-        except Exception as exc:  # noqa: BLE001 - every request of the group is told
-            error = exc if isinstance(exc, JournalWriteError) else JournalWriteError(
-                f"journal write failed: {exc!r}")
-            for _, result in group:
-                result.set_exception(error)
+        except BaseException as exc:  # every request of the group is told
+            if not isinstance(exc, Exception):  # the writer itself is ending (killed)
+                self._fail(group, "the journal writer stopped during a group", exc)
+                raise
+            self._fail(group, str(exc) if isinstance(exc, JournalWriteError)
+                       else f"journal write failed: {exc!r}", exc)
             return
         start = 0
         for batch, result in group:
@@ -138,7 +156,7 @@ class GroupCommit:
 
     def close(self) -> None:
         """Write what is queued, then stop the writer greenlet."""
-        self._closing = True
+        self._refusal = self._refusal or "the receiver is stopping"
         self._wake.set()
         self._writer.join()
 

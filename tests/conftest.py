@@ -137,7 +137,8 @@ class ReceiverProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PLOOMES_")}
         if self.key:
             env["PLOOMES_VALIDATION_KEYS"] = self.key
-        env.setdefault("PLOOMES_JOURNAL_SEGMENT_BYTES", str(1024 * 1024))  # small test dirs
+        # 1 MiB segments (the default is 16 MiB); a test may ask for smaller ones
+        env.setdefault("PLOOMES_JOURNAL_SEGMENT_BYTES", str(1024 * 1024))
         env.update(self.extra_env)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")

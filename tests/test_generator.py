@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -404,15 +403,3 @@ def test_demo_options():
     assert len(gaps(demo_deliveries(seed=3, days=10, end=end))) == 1
     with pytest.raises(ValueError):
         demo_deliveries(end=datetime(2026, 6, 15))
-
-
-def test_throughput_is_reported_not_asserted():
-    sim = Simulation(seed=0, mean_gap_seconds=30.0)
-    started = time.perf_counter()
-    count = 0
-    for change in sim.steps(20_000):
-        body_of(change)
-        count += 1
-    elapsed = time.perf_counter() - started
-    print(f"generator: {count / elapsed:,.0f} changes/s with bodies")
-    assert count == 20_000

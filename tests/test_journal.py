@@ -1,14 +1,14 @@
-"""The journal on its own: recovery from torn writes, segments, readers, group commit."""
+"""The journal on its own: recovery from torn writes, segments, readers, failures."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 
 import pytest
 
 from ploomes.intake.journal import (
-    HEADER,
     KIND_DELIVERY,
     Journal,
     JournalBusy,
@@ -46,20 +46,11 @@ def test_torn_tail_is_cleared_on_reopen(tmp_path):
         fh.seek(end)
         fh.write(b"PJ\x01\x00\x40\x00\x00\x00garbage, then the crash")
     journal = Journal(tmp_path / "j", segment_bytes=64 * 1024)
-    assert journal.written_seq == 2
-    assert segment.read_bytes()[end:].strip(b"\0") == b""  # the torn bytes are gone
-    assert journal.append(b"3") == 3  # shorter than the garbage it overwrites
+    assert journal.synced_seq == 2
+    assert segment.stat().st_size == end  # the torn bytes are cut off
+    assert journal.append(b"3") == 3  # shorter than the garbage it replaces
     journal.close()
     assert [r.payload for r in iter_records(tmp_path / "j")] == [b"one", b"two", b"3"]
-
-
-def test_segments_are_preallocated_and_readers_stop_at_the_zeros(tmp_path):
-    journal = Journal(tmp_path / "j", segment_bytes=256 * 1024)
-    journal.append(b"x" * 100)
-    segment = segment_paths(tmp_path / "j")[-1]
-    assert segment.stat().st_size == 256 * 1024
-    assert [r.payload for r in iter_records(tmp_path / "j")] == [b"x" * 100]
-    journal.close()
 
 
 def test_corrupt_record_stops_reading(tmp_path):
@@ -92,7 +83,7 @@ def test_segments_rotate_and_readers_cross_them(tmp_path):
     assert first_seq(tmp_path / "j") == 1
     journal.close()
     reopened = Journal(tmp_path / "j", segment_bytes=4096)
-    assert reopened.written_seq == 200
+    assert reopened.synced_seq == 200
     reopened.close()
 
 
@@ -143,87 +134,148 @@ def test_concurrent_appends_are_dense_and_durable(tmp_path):
     assert len(list(iter_records(tmp_path / "j"))) == 800
 
 
-def test_rotations_faster_than_the_spare_never_zero_acknowledged_records(tmp_path, monkeypatch):
-    """Segments that fill faster than the next one is zero-filled in the background: a
-    rotation must never adopt a spare file some thread is still writing zeros into."""
-    import os
-    import time
 
-    from ploomes.intake import journal as journal_module
-
-    real = journal_module._preallocate
-    spares = []
-
-    def slow_spares(path, size):
-        if not path.name.startswith(journal_module.SPARE_NAME):
-            return real(path, size)
-        spares.append(path)
-        if len(spares) == 1:  # the first spare is done, but says so late
-            real(path, size)
-            time.sleep(0.6)
-        elif len(spares) == 2:  # the second writes its zeros slowly
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                for offset in range(0, size, 1024):
-                    time.sleep(1.0 if offset == 0 else 0.05)
-                    os.pwrite(fd, bytes(1024), offset)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        else:
-            real(path, size)
-
-    monkeypatch.setattr(journal_module, "_preallocate", slow_spares)
-    journal = Journal(tmp_path / "j", segment_bytes=4096)  # 4 records per segment
-    payload = b'{"x": "' + b"a" * 900 + b'"}'
-    acknowledged = [journal.append(payload) for _ in range(5)]  # rotates before spare 1 says
-    time.sleep(0.7)  # spare 1 has said it is ready; spare 2 is still zero-filling
-    acknowledged += [journal.append(payload) for _ in range(5)]  # the next rotation
-    time.sleep(1.5)  # every spare thread has finished
-    journal.close()
-    assert [r.seq for r in iter_records(tmp_path / "j")] == acknowledged
+# Faults come from the OS calls the journal makes: os.pwrite, os.fdatasync, os.fsync,
+# os.open and os.ftruncate are replaced for one test, the way a full or failing disk
+# would answer them.
 
 
-def test_an_unexpected_error_while_writing_fails_the_appenders_never_acknowledges(tmp_path):
+def _fail_after_half(real_pwrite, error: int | None):
+    """A pwrite that writes the first half of its data, then fails or stops short."""
+
+    def pwrite(fd, data, offset):
+        written = real_pwrite(fd, data[:len(data) // 2], offset)
+        if error is not None:
+            raise OSError(error, os.strerror(error))
+        return written
+
+    return pwrite
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EFBIG, None],
+                         ids=["no space", "file too large", "short write"])
+def test_a_failed_write_is_cut_back_and_the_journal_goes_on(tmp_path, monkeypatch, error):
     journal = Journal(tmp_path / "j")
-    journal.append(b'{"n": 1}')
-    real = journal._write_batch
-
-    def explode(batch):
-        raise RuntimeError("can't start new thread")
-
-    journal._write_batch = explode
-    with pytest.raises(RuntimeError):
-        journal.append(b'{"n": 2}')
-    journal._write_batch = real
-    with pytest.raises(JournalWriteError, match="can't start new thread"):
-        journal.append(b'{"n": 3}')  # broken: nothing more is promised until a restart
+    assert journal.append(b"one") == 1
+    segment = segment_paths(tmp_path / "j")[-1]
+    size = segment.stat().st_size
+    real = os.pwrite
+    monkeypatch.setattr(os, "pwrite", _fail_after_half(real, error))
+    with pytest.raises(JournalWriteError, match="cannot write the journal"):
+        journal.append_many([b"two" * 100, b"three" * 100])
+    assert segment.stat().st_size == size  # no half record stays behind
+    assert journal.synced_seq == 1 and not journal.broken
+    monkeypatch.setattr(os, "pwrite", real)
+    assert journal.append(b"four") == 2  # nothing was acknowledged: no number is lost
     journal.close()
-    assert [r.seq for r in iter_records(tmp_path / "j")] == [1]
+    assert [(r.seq, r.payload) for r in iter_records(tmp_path / "j")] == [
+        (1, b"one"), (2, b"four")]
 
 
-def test_a_failed_sync_when_a_segment_fills_stops_the_journal(tmp_path):
-    """Records of the full segment were answered already: a failed last sync of it may
-    mean their pages are gone, so nothing more is accepted (not one refusal, then on)."""
-    journal = Journal(tmp_path / "j", segment_bytes=200)
-    calls = []
+def test_a_failed_write_that_cannot_be_cut_back_stops_the_journal(tmp_path, monkeypatch):
+    journal = Journal(tmp_path / "j")
+    journal.append(b"one")
+    monkeypatch.setattr(os, "pwrite", _fail_after_half(os.pwrite, errno.EIO))
 
-    def datasync(fd, path, start, end):
-        calls.append((path.name, start, end))
-        if len(calls) == 2:  # the full segment's sync before the rotation
-            raise OSError(5, "Input/output error")
-        os.fdatasync(fd)
+    def ftruncate(fd, length):
+        raise OSError(errno.EIO, "Input/output error")
 
-    journal.sync_elsewhere(datasync)
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    with pytest.raises(JournalWriteError, match="could not be undone"):
+        journal.append(b"two" * 100)
+    monkeypatch.undo()
+    assert journal.broken
+    with pytest.raises(JournalWriteError, match="could not be undone"):
+        journal.append(b"three")  # the file may hold half a record: nothing more goes in
+    journal.close()
+    reopened = Journal(tmp_path / "j")  # a restart cuts the half record off
+    assert reopened.synced_seq == 1 and reopened.append(b"four") == 2
+    reopened.close()
+    assert [r.payload for r in iter_records(tmp_path / "j")] == [b"one", b"four"]
+
+
+def test_a_failed_sync_stops_the_journal(tmp_path, monkeypatch):
+    """After a failed fdatasync the kernel may have dropped the file's dirty pages: no
+    later sync can vouch for them, so nothing more is accepted until a restart."""
+    journal = Journal(tmp_path / "j", segment_bytes=4096)
     assert journal.append(b"x" * 80) == 1
+
+    def fdatasync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     with pytest.raises(JournalWriteError, match="cannot sync the journal"):
         journal.append(b"y" * 80)
-    assert journal.broken
-    # each sync is told where the bytes it covers were written: the first record, then
-    # nothing new (the full segment's last check)
-    size, name = HEADER.size + 80, segment_paths(tmp_path / "j")[0].name
-    assert calls == [(name, 0, size), (name, size, size)]
-    with pytest.raises(JournalWriteError):
+    monkeypatch.undo()
+    assert journal.broken and journal.synced_seq == 1
+    with pytest.raises(JournalWriteError, match="cannot sync the journal"):
         journal.append(b"z")
+    with pytest.raises(JournalWriteError):
+        journal.append(b"w" * 5000)  # not in a new segment either
     journal.close()
-    assert [r.payload for r in iter_records(tmp_path / "j")] == [b"x" * 80]
+    assert len(segment_paths(tmp_path / "j")) == 1
+    # the acknowledged record is kept; the unacknowledged one may or may not be
+    reopened = Journal(tmp_path / "j", segment_bytes=4096)
+    payloads = [r.payload for r in iter_records(tmp_path / "j")]
+    assert payloads[0] == b"x" * 80 and reopened.synced_seq == len(payloads)
+    assert reopened.append(b"v") == len(payloads) + 1
+    reopened.close()
+
+
+def _fail_segment_creation(monkeypatch, journal_dir):
+    """Make os.open fail (too many open files) for a new segment of journal_dir."""
+    real = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        if (str(path).startswith(str(journal_dir)) and str(path).endswith(".seg")
+                and flags & os.O_CREAT):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+
+
+def test_a_segment_that_cannot_be_started_is_tried_again(tmp_path, monkeypatch):
+    journal = Journal(tmp_path / "j", segment_bytes=4096)
+    assert journal.append(b"a" * 3000) == 1
+    _fail_segment_creation(monkeypatch, tmp_path / "j")
+    with pytest.raises(JournalWriteError, match="cannot start a new journal segment"):
+        journal.append(b"b" * 3000)  # does not fit: needs a new segment
+    assert not journal.broken
+    assert journal.append(b"c" * 100) == 2  # fits in the current one
+    monkeypatch.undo()
+    assert journal.append(b"d" * 3000) == 3  # the new segment now
+    assert len(segment_paths(tmp_path / "j")) == 2
+    reader = JournalReader(tmp_path / "j", after_seq=0)
+    assert [r.seq for r in reader.read(10, journal.synced_seq)] == [1, 2, 3]
+    assert [r.seq for r in JournalReader(tmp_path / "j", after_seq=1).read(10, 3)] == [2, 3]
+    journal.close()
+    reopened = Journal(tmp_path / "j", segment_bytes=4096)
+    assert reopened.synced_seq == 3
+    reopened.close()
+
+
+def test_a_new_segment_that_may_not_survive_a_crash_stops_the_journal(tmp_path, monkeypatch):
+    """The new file exists, but syncing its folder failed: readers already take it for
+    the current segment, so records may no longer go to the full one (a reader would
+    skip them, and a restart would number the next ones again)."""
+    journal = Journal(tmp_path / "j", segment_bytes=4096)
+    assert journal.append(b"a" * 3000) == 1
+
+    def fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(JournalWriteError, match="cannot start a new journal segment"):
+        journal.append(b"b" * 3000)
+    monkeypatch.undo()
+    assert journal.broken
+    with pytest.raises(JournalWriteError):
+        journal.append(b"c" * 100)  # would fit in the full segment: still refused
+    journal.close()
+    reopened = Journal(tmp_path / "j", segment_bytes=4096)
+    assert reopened.synced_seq == 1
+    assert reopened.append(b"d" * 100) == 2
+    reopened.close()
+    assert [r.seq for r in JournalReader(tmp_path / "j", after_seq=1).read(10, 2)] == [2]
+    assert [r.seq for r in iter_records(tmp_path / "j")] == [1, 2]

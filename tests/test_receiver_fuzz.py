@@ -29,7 +29,7 @@ deliveries = st.fixed_dictionaries(
               "Old": records, "New": records, "Extra": json_values},
 )
 # well-formed deliveries with generated contents: without them a run may hold none at
-# all (the strategies above make one in ~150), and a mixed group would go untested
+# all (the strategies above make one in ~150), and the accepted path would go untested
 int64_ids = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1))
 valid_deliveries = st.fixed_dictionaries(
     {"Action": st.sampled_from(["Create", "Update", "Delete", "Win", "Lose"]),

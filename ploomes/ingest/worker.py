@@ -178,7 +178,9 @@ class IngestWorker:
         synced = self.shared.synced_seq.value
         waiting = synced - self._reader.last_seq
         failures = self._take_failures()
-        due = waiting >= self.batch_size or time.monotonic() >= self._next_batch_at
+        stopping = self.shared.stop.value  # draining: no gathering, no share for stage 2
+        due = (stopping or waiting >= self.batch_size
+               or time.monotonic() >= self._next_batch_at)
         if (waiting > 0 and due) or failures:
             records = self._reader.read(self.batch_size, synced) if waiting > 0 and due else []
             if records:
@@ -186,7 +188,7 @@ class IngestWorker:
             self._store_batch(records, failures)
             return True
         started = time.monotonic()
-        flowing = waiting > 0 or started < self._next_batch_at
+        flowing = not stopping and (waiting > 0 or started < self._next_batch_at)
         if (not flowing or started >= self._derive_after) and self._derive_some(
                 self.DERIVE_STEP):
             took = time.monotonic() - started

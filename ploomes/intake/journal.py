@@ -341,8 +341,13 @@ class Journal:
         try:
             self._open_segment(first)
         except OSError as exc:
-            self._fd = full  # still the current segment: the next append tries again
-            raise JournalWriteError(f"cannot start a new journal segment: {exc}") from exc
+            self._fd = full  # still the current segment: the next append tries again ...
+            reason = f"cannot start a new journal segment: {exc}"
+            if (self.dir / _segment_name(first)).exists():
+                # ... unless the new file is there: readers, and the next start, take it
+                # for the current segment, so no record may go to the full one any more
+                self._broken = reason
+            raise JournalWriteError(reason) from exc
         os.close(full)
 
     def close(self) -> None:

@@ -59,10 +59,21 @@ class Outcome(NamedTuple):
     body: dict[str, object]
 
 
+DEMO_NS_MAX = 2**62  # received_at of demo data: from 1970 to 2116
+
+
 def demo_entries(deliveries: Sequence[tuple[datetime, dict]]) -> list[Entry]:
     """Encode (received_at, body) pairs as demo journal entries."""
-    return [(json.dumps(body, ensure_ascii=False).encode("utf-8"), KIND_DELIVERY, FLAG_DEMO,
-             int(at.timestamp() * 1e9)) for at, body in deliveries]
+    entries: list[Entry] = []
+    for at, body in deliveries:
+        ns = int(at.timestamp() * 1e9)
+        if not 0 < ns < DEMO_NS_MAX:
+            # A journal stamp is 64 bits, and DuckDB's nanosecond timestamps stop short
+            # of that: one such entry would fail the group it was written with.
+            raise ValueError(f"received_at {at.isoformat()} is out of range")
+        entries.append((json.dumps(body, ensure_ascii=False).encode("utf-8"), KIND_DELIVERY,
+                        FLAG_DEMO, ns))
+    return entries
 
 
 class _SharedCollector:
