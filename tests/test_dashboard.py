@@ -231,3 +231,14 @@ def test_format_bytes():
     assert format_bytes(0) == "0 B"
     assert format_bytes(2048) == "2.0 KB"
     assert format_bytes(5.5 * 1024 ** 2) == "5.5 MB"
+
+
+def test_a_query_that_duckdb_refuses_is_a_message_not_a_traceback(seeded, data_dir):
+    # a table a page reads is gone (a user's own SQL dropped it): the query itself fails
+    with Store(make_settings(data_dir)).writer() as con:
+        con.execute("DROP TABLE users")
+    at = AppTest.from_file(str(DASHBOARD), default_timeout=60)
+    at.switch_page("views/events.py")
+    at.run()
+    assert not at.exception
+    assert any("cannot be read" in e.value and "rebuild" in e.value for e in at.error)

@@ -258,15 +258,16 @@ def _register_section(client: PloomesClient, webhooks: list[dict],
         return
     if not key:
         key = generate_key()
-        add_key(cfg, key)
+        try:
+            add_key(cfg, key)
+        except OSError as exc:
+            st.error(f"A validation key could not be stored in the data dir: {exc}")
+            return
         st.session_state[CHOSEN_KEY] = key
     try:
         created = subscriptions.register_subscriptions(client, webhooks, entity_id, chosen, url,
                                                    key, catalog)
-    except subscriptions.DuplicateSubscription as exc:
-        st.error(f"Refused: {exc}.")
-        return
-    except ValueError as exc:
+    except ValueError as exc:  # DuplicateSubscription too: a bad URL, no action, a duplicate
         st.error(f"Refused: {exc}.")
         return
     except PloomesError as exc:

@@ -28,6 +28,19 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text.lower() and ("Could not set lock" in text or "Conflicting lock" in text)
 
 
+@contextmanager
+def _named_errors(path: Path) -> Iterator[None]:
+    """Turn a DuckDB error raised by work on an open store into the project's StoreError.
+
+    Callers above the store (pages, commands) then handle one error type with a message;
+    errors of their own (a ValueError of a bad argument…) pass through unchanged.
+    """
+    try:
+        yield
+    except duckdb.Error as exc:
+        raise StoreError(f"a query on {path.name} failed: {exc}") from exc
+
+
 class Store:
     """The DuckDB event store of one data dir."""
 
@@ -112,7 +125,8 @@ class Store:
             with hold(self.busy_timeout):
                 con = self._connect(read_only, deadline)
                 try:
-                    yield con
+                    with _named_errors(self.path):
+                        yield con
                 finally:
                     con.close()
         except LockTimeout as exc:
@@ -147,7 +161,8 @@ class Store:
             self._kept_users += 1
             cursor = self._kept[1].cursor()  # one per use: threads never share a cursor
         try:
-            yield cursor
+            with _named_errors(self.path):
+                yield cursor
         finally:
             cursor.close()
             with self._kept_cond:
