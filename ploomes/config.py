@@ -10,6 +10,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +92,7 @@ def _read_secrets(path: Path) -> dict:
 
 
 def load_settings(env: dict[str, str] | None = None, secrets_path: Path | None = None,
-                  **overrides) -> Settings:
+                  **overrides: Any) -> Settings:
     """Resolve settings from defaults, secrets.toml, the environment and overrides."""
     env = dict(os.environ if env is None else env)
     values: dict = {}

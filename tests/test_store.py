@@ -7,7 +7,6 @@ import os
 import threading
 from datetime import UTC, datetime, timedelta
 
-import duckdb
 import pytest
 from conftest import example_payloads, make_settings, run_script
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -23,6 +23,7 @@ from ploomes.crm.api import KNOWN_ACTIONS, PloomesClient, PloomesNotFound, valid
 from ploomes.model.vocabulary import ACTION_NAMES, ENTITY_NAMES, VALIDATION_HEADER, WEBHOOK_PATH
 
 log = logging.getLogger(__name__)
+_V = TypeVar("_V")
 
 # Used when GET /Fields@Entities fails with 404 [DOC names and ids].
 KNOWN_ENTITIES: dict[int, str] = {
@@ -47,6 +48,11 @@ def _int_or_none(value: Any) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def _get(mapping: Mapping[int, _V], key: int | None) -> _V | None:
+    """`mapping.get(key)` for an id a subscription may lack (None is never a key)."""
+    return None if key is None else mapping.get(key)
 
 
 def silence_warnings(subscription_ids: Iterable[int], stats: pd.DataFrame,
@@ -74,7 +80,7 @@ def silence_warnings(subscription_ids: Iterable[int], stats: pd.DataFrame,
             other != webhook_id and other in by_id
             and (t := _timestamp(by_id[other].last_delivery)) is not None and now - t < quiet
             for other in ids)
-        if last is None:
+        if row is None or last is None:
             made = created.get(webhook_id)
             if others_receive and made is not None and now - made >= quiet:
                 warnings[webhook_id] = (f"no delivery since it was created {_days(now - made)} "
@@ -199,7 +205,7 @@ def subscriptions_frame(webhooks: list[dict], catalog: Catalog, users: Mapping[i
     rows = []
     for hook in sorted(webhooks, key=lambda w: (_int_or_none(w.get("Id")) or 0)):
         webhook_id = _int_or_none(hook.get("Id"))
-        seen = by_id.get(webhook_id)
+        seen = _get(by_id, webhook_id)
         creator = _int_or_none(hook.get("CreatorId"))
         key = hook.get("ValidationKey")
         # Ploomes may not return the key [PROD]: then whether it matches is unknown.
@@ -212,11 +218,11 @@ def subscriptions_frame(webhooks: list[dict], catalog: Catalog, users: Mapping[i
             "Active": bool(hook.get("Active", True)),
             "Validation key": mask_secret(key),
             "Key accepted here": matches,
-            "Creator": users.get(creator) or (str(creator) if creator is not None else "—"),
+            "Creator": _get(users, creator) or (str(creator) if creator is not None else "—"),
             "Created": parse_ploomes_time(hook.get("CreateDate"), tz),
             "Deliveries 24 h": int(seen.deliveries_24h) if seen is not None else 0,
             "Last delivery": _timestamp(seen.last_delivery) if seen is not None else None,
-            "Warning": warnings.get(webhook_id, ""),
+            "Warning": _get(warnings, webhook_id) or "",
         })
     # what people look for first: what it is and whether it delivers, then the details
     columns = ["Id", "Entity", "Action", "Deliveries 24 h", "Last delivery", "Active",
@@ -230,8 +236,8 @@ def coverage_grid(webhooks: list[dict], callback_url: str | None,
     """Return an entity × action grid: '✓' subscribed (active), 'paused' (inactive), ''."""
     mine = [w for w in webhooks if same_callback(w.get("CallbackUrl"), callback_url)]
     entity_ids = list(GRID_ENTITIES)
-    entity_ids += sorted({_int_or_none(w.get("EntityId")) for w in mine} - set(entity_ids)
-                         - {None})
+    entity_ids += sorted({e for w in mine if (e := _int_or_none(w.get("EntityId"))) is not None}
+                         - set(entity_ids))
     action_ids = sorted(catalog.actions) or [int(a["Id"]) for a in KNOWN_ACTIONS]
     grid = pd.DataFrame("", index=[catalog.entity(e) for e in entity_ids],
                         columns=[catalog.action(a) for a in action_ids])
@@ -291,11 +297,12 @@ def register_subscriptions(client: PloomesClient, existing: list[dict], entity_i
 
 
 # A test record: what each action looks like, with values nobody would take for real data.
-_TEST_RECORD = {"Id": 0, "Name": "Teste de entrega (Ploomes webhook monitor)"}
+_TEST_NAME = "Teste de entrega (Ploomes webhook monitor)"
+_TEST_RECORD = {"Id": 0, "Name": _TEST_NAME}
 _TEST_SIDES: dict[str, tuple[dict | None, dict | None]] = {
     "Create": (None, {**_TEST_RECORD, "StatusId": 1}),
     "Update": ({**_TEST_RECORD, "StatusId": 1}, {**_TEST_RECORD, "StatusId": 1,
-                                                 "Name": _TEST_RECORD["Name"] + " ✓"}),
+                                                 "Name": _TEST_NAME + " ✓"}),
     "Delete": ({**_TEST_RECORD, "StatusId": 1}, None),
     "Win": ({**_TEST_RECORD, "StatusId": 1}, {**_TEST_RECORD, "StatusId": 2}),
     "Lose": ({**_TEST_RECORD, "StatusId": 1}, {**_TEST_RECORD, "StatusId": 3}),
@@ -307,8 +314,8 @@ def example_delivery_body(webhook: dict) -> dict:
     """Return a test delivery for a subscription, shaped as Ploomes sends its action."""
     entity_id = _int_or_none(webhook.get("EntityId"))
     action_id = _int_or_none(webhook.get("ActionId"))
-    entity = ENTITY_NAMES.get(entity_id) or KNOWN_ENTITIES.get(entity_id) or "Contacts"
-    action = ACTION_NAMES.get(action_id, "Update")
+    entity = _get(ENTITY_NAMES, entity_id) or _get(KNOWN_ENTITIES, entity_id) or "Contacts"
+    action = _get(ACTION_NAMES, action_id) or "Update"
     # copies: a caller changing its body must not change the next one
     old, new = copy.deepcopy(_TEST_SIDES[action])
     return {"Action": action, "Entity": entity, "SecondaryEntityId": None, "AccountId": None,

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from ploomes.model.vocabulary import ACTION_IDS
@@ -330,7 +331,8 @@ class Simulation:
         self._prefix = prefix = (account_id // 1000) * 10000
         company = rng.choice(_COMPANY_NAMES)
         self.domain = _ascii_slug(company, "") + ".com.br"
-        self.users = [
+        # Ploomes' JSON objects: values of mixed types, looked up by key
+        self.users: list[dict[str, Any]] = [
             {
                 "Id": prefix + 7700 + 11 * i + rng.randint(0, 9),
                 "Name": name,
@@ -367,7 +369,7 @@ class Simulation:
             (self._deal_installments, "Número de parcelas", 2, 4),
             (self._task_priority, "Prioridade", 12, 4),
         )
-        self.fields = [
+        self.fields: list[dict[str, Any]] = [
             {
                 "Id": prefix + 9100 + i,
                 "Key": key,
@@ -377,7 +379,7 @@ class Simulation:
             }
             for i, (key, name, entity, type_id) in enumerate(field_specs)
         ]
-        self.tags = [
+        self.tags: list[dict[str, Any]] = [
             {
                 "Id": prefix + 4400 + i,
                 "Name": name,
@@ -388,8 +390,8 @@ class Simulation:
         ]
         self._contact_tags = [tag["Id"] for tag in self.tags if tag["EntityId"] == 1]
         self._deal_tags = [tag["Id"] for tag in self.tags if tag["EntityId"] == 2]
-        self.pipelines = []
-        self.stages = []
+        self.pipelines: list[dict[str, Any]] = []
+        self.stages: list[dict[str, Any]] = []
         self._pipeline_stages: dict[int, list[int]] = {}
         for p, (pipeline_name, stage_names) in enumerate(_PIPELINES):
             pipeline_id = prefix + 20011 + p
@@ -826,12 +828,12 @@ class Simulation:
         is_open = record.get("StatusId") == STATUS_OPEN
         what = rng.randrange(7) if is_open else rng.randrange(2, 6)
         if what <= 1:
-            stages = self._pipeline_stages.get(record.get("PipelineId"), [])
-            current = stages.index(record["StageId"]) if record.get("StageId") in stages else -1
-            if current + 1 < len(stages) and (current <= 0 or rng.random() < 0.85):
-                target = stages[current + 1]
-            elif current > 0:
-                target = stages[current - 1]
+            stages = self._pipeline_stages.get(record["PipelineId"], [])  # every deal has one
+            position = stages.index(record["StageId"]) if record.get("StageId") in stages else -1
+            if position + 1 < len(stages) and (position <= 0 or rng.random() < 0.85):
+                target = stages[position + 1]
+            elif position > 0:
+                target = stages[position - 1]
             else:
                 record["Amount"] = float(rng.randint(4, 400) * 250)
                 return

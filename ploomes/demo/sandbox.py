@@ -25,10 +25,12 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
@@ -294,7 +296,8 @@ class Sandbox:
     @property
     def url(self) -> str:
         """Return the base URL of the API, e.g. http://127.0.0.1:8765."""
-        host, port = self._server.server_address[:2]
+        # after bind it is getsockname()'s (str, int, ...); typeshed also allows bytes hosts
+        host, port = cast(tuple[str, int], self._server.server_address[:2])
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
     def start(self, activity_rate: float = 0.0) -> Sandbox:
@@ -322,7 +325,7 @@ class Sandbox:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _spawn(self, target, name: str) -> None:
+    def _spawn(self, target: Callable[[], object], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -424,7 +427,7 @@ class Sandbox:
                                     f"and this CallbackUrl already exists (Id {other['Id']}).")
 
     def subscribe_all(self, callback_url: str, validation_key: str | None,
-                      pairs=DEFAULT_SUBSCRIPTIONS) -> list[dict]:
+                      pairs: Iterable[tuple[str, str]] = DEFAULT_SUBSCRIPTIONS) -> list[dict]:
         """Subscribe callback_url to each (entity, action) pair; return the subscriptions."""
         made = []
         for entity, action in pairs:
@@ -597,7 +600,7 @@ class Sandbox:
 
     # -- HTTP ------------------------------------------------------------------------
 
-    def handle(self, method: str, target: str, headers, body: bytes, host: str
+    def handle(self, method: str, target: str, headers: Message, body: bytes, host: str
                ) -> tuple[int, Any, dict]:
         """Answer one HTTP request: (status, JSON body or None, extra headers)."""
         parts = urlsplit(target)
@@ -760,7 +763,8 @@ def _handler_for(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
 
 # -- command line ------------------------------------------------------------------------
 
-def add_sandbox_parser(subparsers) -> argparse.ArgumentParser:
+def add_sandbox_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
+                       ) -> argparse.ArgumentParser:
     """Add the `sandbox` command to the `python -m ploomes` dispatcher."""
     parser = subparsers.add_parser(
         "sandbox", help="serve a local stand-in for the Ploomes API",

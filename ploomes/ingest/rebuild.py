@@ -12,7 +12,7 @@ from ploomes.config import Settings
 from ploomes.ingest.pipeline import Pipeline, set_position
 from ploomes.ingest.upgrade import UPGRADES
 from ploomes.intake.journal import Journal, JournalBusy, first_seq, iter_records
-from ploomes.store import Store, StoreError, fetch_one, transaction
+from ploomes.store import Store, StoreError, fetch_row, transaction
 
 # Rows the journal does not carry, kept from the old file across a rebuild.
 KEPT_TABLES = ("users", "fields", "auth_failures")
@@ -77,7 +77,7 @@ def _rebuild(settings: Settings, journal: Journal, batch_size: int) -> RebuildRe
         while pipeline.derive_pending(con, batch_size) is not None:
             pass  # stage 2, in id order: the same result as live ingestion
         con.execute("CHECKPOINT")
-        counts = fetch_one(con,
+        counts = fetch_row(con,
             "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM field_changes), "
             "(SELECT count(*) FROM events WHERE duplicate_of IS NOT NULL), "
             "(SELECT count(*) FROM continuity_gaps)")
@@ -105,7 +105,7 @@ def _carry_over(old: Store, con: duckdb.DuckDBPyConnection, tmp: Path, start: in
             con.execute("INSERT INTO events SELECT * FROM previous.events WHERE id < ?", [start])
             con.execute("INSERT INTO rejected_deliveries SELECT * FROM "
                         "previous.rejected_deliveries WHERE id < ?", [start])
-            kept = fetch_one(con, "SELECT count(*) FROM events")[0]
+            kept = fetch_row(con, "SELECT count(*) FROM events")[0]
             if kept:
                 set_position(con, "main", start - 1)
         finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import multiprocessing
-from collections.abc import MutableSequence
+from typing import Protocol
 
 # Spawned, never forked: the receiver runs threads (gevent's pool, the watcher).
 CONTEXT = multiprocessing.get_context("spawn")
@@ -18,8 +18,15 @@ AUTH_SAMPLE = 1000  # unauthenticated attempts kept (time, source, reason), neve
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 
 
-def observe(histogram: MutableSequence[float], bounds: tuple[float, ...],
-            value: float) -> None:
+class Histogram(Protocol):
+    """What `observe` counts into: a list, or a ctypes array in shared memory (which is
+    no MutableSequence)."""
+
+    def __getitem__(self, index: int, /) -> float: ...
+    def __setitem__(self, index: int, value: float, /) -> None: ...
+
+
+def observe(histogram: Histogram, bounds: tuple[float, ...], value: float) -> None:
     """Count value in a histogram kept as one count per bucket, then +Inf, then the sum."""
     histogram[bisect.bisect_left(bounds, value)] += 1  # the first bound >= value
     histogram[len(bounds) + 1] += value
@@ -29,16 +36,18 @@ class SharedState:
     """What the receiver and its ingest process tell each other (no pickling per use)."""
 
     def __init__(self) -> None:
-        self.synced_seq = CONTEXT.Value(ctypes.c_int64, 0, lock=False)  # by the receiver
-        self.ingested_seq = CONTEXT.Value(ctypes.c_int64, 0, lock=False)  # by the ingest
-        self.derived_seq = CONTEXT.Value(ctypes.c_int64, 0, lock=False)  # change model
-        self.oldest_pending_ns = CONTEXT.Value(ctypes.c_int64, 0, lock=False)
-        self.ingest_errors = CONTEXT.Value(ctypes.c_int64, 0, lock=False)
-        self.error = CONTEXT.Array(ctypes.c_char, 400, lock=False)
-        self.stop = CONTEXT.Value(ctypes.c_bool, False, lock=False)
-        self.ready = CONTEXT.Value(ctypes.c_bool, False, lock=False)  # the ingest started
+        # RawValue/RawArray are what Value/Array(lock=False) return, typed as the ctypes
+        # objects they are (typeshed types Value/Array as their locked wrappers)
+        self.synced_seq = CONTEXT.RawValue(ctypes.c_int64, 0)  # by the receiver
+        self.ingested_seq = CONTEXT.RawValue(ctypes.c_int64, 0)  # by the ingest
+        self.derived_seq = CONTEXT.RawValue(ctypes.c_int64, 0)  # change model
+        self.oldest_pending_ns = CONTEXT.RawValue(ctypes.c_int64, 0)
+        self.ingest_errors = CONTEXT.RawValue(ctypes.c_int64, 0)
+        self.error = CONTEXT.RawArray(ctypes.c_char, 400)
+        self.stop = CONTEXT.RawValue(ctypes.c_bool, False)
+        self.ready = CONTEXT.RawValue(ctypes.c_bool, False)  # the ingest started
         # lag histogram: one count per bucket, then +Inf, then the sum
-        self.lag = CONTEXT.Array(ctypes.c_double, len(LAG_BUCKETS) + 2, lock=False)
+        self.lag = CONTEXT.RawArray(ctypes.c_double, len(LAG_BUCKETS) + 2)
         self.failures = CONTEXT.Queue(maxsize=AUTH_SAMPLE)
 
     def set_error(self, text: str | None) -> None:

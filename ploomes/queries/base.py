@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import overload
 
 import duckdb
 import pandas as pd
@@ -55,6 +56,10 @@ CHANGE_FROM = f"""
 """
 
 
+@overload
+def utc(value: datetime | pd.Timestamp) -> datetime: ...
+@overload
+def utc(value: None) -> None: ...
 def utc(value: datetime | pd.Timestamp | None) -> datetime | None:
     """Return an aware UTC datetime; a naive one is taken as UTC already."""
     if value is None:
@@ -107,7 +112,8 @@ def clamp_limit(value: int, ceiling: int = 100_000) -> int:
     return max(0, min(int(value), ceiling))
 
 
-def time_range(where: list[str], params: list, column: str, start, end) -> None:
+def time_range(where: list[str], params: list, column: str, start: datetime | None,
+               end: datetime | None) -> None:
     if start is not None:
         where.append(f"{column} >= ?")
         params.append(utc(start))
@@ -250,8 +256,8 @@ def change_filters(include_duplicates: bool, include_bookkeeping: bool) -> list[
     return where
 
 
-def changes_frame(con, where: list[str], params: list, limit: int, newest_first: bool = True
-             ) -> pd.DataFrame:
+def changes_frame(con: duckdb.DuckDBPyConnection, where: list[str], params: list, limit: int,
+                  newest_first: bool = True) -> pd.DataFrame:
     order = "DESC" if newest_first else "ASC"
     # sort and cut on narrow columns first; only the kept rows' values and labels are read
     sql = f"""

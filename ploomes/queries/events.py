@@ -38,6 +38,7 @@ from ploomes.queries.base import (
     utc,
 )
 from ploomes.queries.records import continuity_gaps
+from ploomes.store import fetch_row
 
 EXPORT_LIMIT = 100_000  # rows in one CSV/Parquet export
 
@@ -77,10 +78,10 @@ def _conditions(f: EventFilter, table: str = "events") -> tuple[str, list]:
         if value:
             where.append(f"{a}.{column} = ?")
             params.append(value)
-    for column, value in (("action_user_id", f.action_user_id), ("record_id", f.record_id)):
-        if value is not None:
+    for column, number in (("action_user_id", f.action_user_id), ("record_id", f.record_id)):
+        if number is not None:
             where.append(f"{a}.{column} = ?")
-            params.append(int(value))
+            params.append(int(number))
     if on_events and f.field:
         # the same filter on field_changes, whose scan then prunes by time and entity too
         sub, sub_params = _conditions(f, "field_changes")
@@ -108,8 +109,7 @@ def _keys(f: EventFilter) -> tuple[str, str, list]:
 def count_events(con: duckdb.DuckDBPyConnection, f: EventFilter) -> int:
     """Count the events a filter selects."""
     source, where, params = _keys(f)
-    return int(con.execute(f"SELECT count(*) FROM {source} WHERE {where}",
-                           params).fetchone()[0])
+    return int(fetch_row(con, f"SELECT count(*) FROM {source} WHERE {where}", params)[0])
 
 
 def list_events(con: duckdb.DuckDBPyConnection, f: EventFilter, *, limit: int = 50,

@@ -31,6 +31,7 @@ from ploomes.queries.base import (
     time_range,
     utc,
 )
+from ploomes.store import fetch_row
 
 
 def field_changes_of(con: duckdb.DuckDBPyConnection, field_path: str, *,
@@ -178,10 +179,10 @@ def _latest_state(con: duckdb.DuckDBPyConnection, entity: str, record_id: int,
     """The state after a record's last event from `record_state`; None unless that is
     what was asked (`upto_event` before the last event) and what it holds (stage 2
     behind, or an event it could not derive)."""
-    count, last_id, last_action, last_at = con.execute(
-        "SELECT count(*), max(id), arg_max(action, id), arg_max(received_at, id) "
+    count, last_id, last_action, last_at = fetch_row(
+        con, "SELECT count(*), max(id), arg_max(action, id), arg_max(received_at, id) "
         "FROM events WHERE entity = ? AND record_id = ? AND duplicate_of IS NULL",
-        [entity, record_id]).fetchone()
+        [entity, record_id])
     if not count or (upto_event is not None and upto_event < last_id):
         return None
     kept = con.execute(
@@ -239,7 +240,8 @@ def find_records(con: duckdb.DuckDBPyConnection, *, entity: str | None = None,
                  record_id: int | None = None, text: str | None = None,
                  include_deleted: bool = True, limit: int = 50) -> pd.DataFrame:
     """Find records by entity and id, or by text in their Name/LegalName/Title."""
-    where, params = [], []
+    where: list[str] = []
+    params: list = []
     if entity:
         where.append("s.entity = ?")
         params.append(entity)
@@ -290,7 +292,8 @@ def continuity_gaps(con: duckdb.DuckDBPyConnection, entity: str | None = None,
                     start: datetime | None = None, end: datetime | None = None,
                     include_demo: bool = True, limit: int = DEFAULT_LIMIT) -> pd.DataFrame:
     """List continuity gaps (of one record, one event, or all), newest first, explained."""
-    where, params = [], []
+    where: list[str] = []
+    params: list = []
     if entity:
         where.append("g.entity = ?")
         params.append(entity)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ploomes.config import DEFAULT_TIMEZONE
 from ploomes.queries.base import aware_now, dup_clause, frame
+from ploomes.store import fetch_row
 
 BUCKETS = ("hour", "day", "week")
 TIMELINE_GROUPS = {"entity": "entity", "action": "action"}
@@ -19,12 +20,12 @@ STATS_COLUMNS = ["webhook_id", "deliveries_24h", "deliveries_30d", "last_deliver
 
 def event_count(con: duckdb.DuckDBPyConnection) -> int:
     """Return how many events the store holds (duplicates and demo rows included)."""
-    return int(con.execute("SELECT count(*) FROM events").fetchone()[0])
+    return int(fetch_row(con, "SELECT count(*) FROM events")[0])
 
 
 def last_delivery_at(con: duckdb.DuckDBPyConnection) -> datetime | None:
     """Return when the newest delivery was received, or None if there is none."""
-    return con.execute("SELECT max(received_at) FROM events").fetchone()[0]
+    return fetch_row(con, "SELECT max(received_at) FROM events")[0]
 
 
 def overview_summary(con: duckdb.DuckDBPyConnection, now: datetime | None = None,
@@ -39,19 +40,19 @@ def overview_summary(con: duckdb.DuckDBPyConnection, now: datetime | None = None
     for label, span in (("24 h", timedelta(hours=24)), ("7 d", timedelta(days=7))):
         since = now - span
         dup = dup_clause(include_duplicates)
-        deliveries, records, users, duplicates = con.execute(
-            "SELECT count(*) FILTER (WHERE TRUE" + dup + "), "
+        deliveries, records, users, duplicates = fetch_row(
+            con, "SELECT count(*) FILTER (WHERE TRUE" + dup + "), "
             "count(DISTINCT (entity, record_id)) FILTER (WHERE record_id IS NOT NULL" + dup
             + "), count(DISTINCT action_user_id) FILTER (WHERE TRUE" + dup + "), "
             "count(*) FILTER (WHERE duplicate_of IS NOT NULL) "
             "FROM events WHERE received_at >= ? AND received_at <= ?",
-            [since, now]).fetchone()
-        refused = con.execute(
-            "SELECT (SELECT count(*) FROM rejected_deliveries "
+            [since, now])
+        refused = fetch_row(
+            con, "SELECT (SELECT count(*) FROM rejected_deliveries "
             "        WHERE received_at >= ? AND received_at <= ?) + "
             "       (SELECT count(*) FROM auth_failures "
             "        WHERE received_at >= ? AND received_at <= ?)",
-            [since, now, since, now]).fetchone()[0]
+            [since, now, since, now])[0]
         rows.append({"window": label, "since": since, "deliveries": int(deliveries),
                      "records_changed": int(records), "active_users": int(users),
                      "duplicates": int(duplicates), "refused": int(refused)})
@@ -65,7 +66,7 @@ def table_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     rows = []
     for table in tables:  # fixed names from the tuple above, never user input
         rows.append({"table": table,
-                     "rows": int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])})
+                     "rows": int(fetch_row(con, f"SELECT count(*) FROM {table}")[0])})
     return pd.DataFrame(rows)
 
 

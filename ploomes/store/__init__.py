@@ -10,10 +10,11 @@ from ploomes.store.schema import (
     StoreError,
     Upgrades,
     fetch_one,
+    fetch_row,
     migrate,
     schema_version,
     transaction,
 )
 
 __all__ = ["SCHEMA_VERSION", "Store", "StoreBusy", "StoreError", "Upgrades", "fetch_one",
-           "migrate", "schema_version", "transaction"]
+           "fetch_row", "migrate", "schema_version", "transaction"]

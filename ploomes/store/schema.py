@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 
@@ -235,7 +236,8 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         raise
 
 
-def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> tuple | None:
+def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: object = None
+              ) -> tuple[Any, ...] | None:
     """Run a query and return its first row (the result is read to its end).
 
     DuckDB 2 keeps a result open after `fetchone()`, and the connection refuses the next
@@ -243,6 +245,16 @@ def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> tuple | 
     """
     rows = con.execute(sql, params or []).fetchall()
     return rows[0] if rows else None
+
+
+def fetch_row(con: duckdb.DuckDBPyConnection, sql: str, params: object = None
+              ) -> tuple[Any, ...]:
+    """Like `fetch_one`, for a query that always yields a row (an aggregate without GROUP
+    BY, a count of changed rows)."""
+    row = fetch_one(con, sql, params)
+    if row is None:
+        raise StoreError(f"no row from a query that always has one: {sql}")
+    return row
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
