@@ -34,7 +34,7 @@ def settings() -> Settings:
 @st.cache_resource(show_spinner=False)
 def _store(data_dir: str) -> Store:
     # one Store per data dir and process; the queries of a page share one open of the
-    # file (kept 0.5 s, closed at once when the ingest waits): an open costs ~20 ms
+    # file (kept 0.5 s, closed at once when the ingest waits): opening it is the slow part
     return Store(load_settings(data_dir=data_dir), busy_timeout=10.0, memory_limit="256MB",
                  upgrades=UPGRADES, keep_reader=0.5)
 

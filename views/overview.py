@@ -92,7 +92,7 @@ def _timeline(include_duplicates: bool) -> None:
     # the axis spans the chosen range (same local-as-UTC tagging as the bars)
     local = pd.Timestamp(start).tz_convert(settings().timezone).tz_localize(None)
     domain = [local.tz_localize("UTC"), (local + RANGES[choice or "7 d"]).tz_localize("UTC")]
-    # a plain Vega-Lite spec: importing altair would add ~0.45 s to the first render
+    # a plain Vega-Lite spec: importing altair would slow the first render
     spec = {
         "mark": {"type": "bar"},
         "encoding": {

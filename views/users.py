@@ -63,7 +63,7 @@ def _heatmap(user_id: int | None, since: datetime | None, include: bool) -> None
     tz = settings().timezone
     grid = cached_query(user_heatmap, user_id, tz=tz, since=since, include_duplicates=include)
     st.markdown(f"**When they work** (hour × weekday, {tz})")
-    # a plain Vega-Lite spec: importing altair would add ~0.5 s to the page's first render
+    # a plain Vega-Lite spec: importing altair would slow the page's first render
     spec = {
         "mark": {"type": "rect"},
         "height": 7 * 28,  # one readable row per weekday

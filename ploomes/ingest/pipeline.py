@@ -127,8 +127,8 @@ def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
 def warm_up() -> None:
     """Load what the first batch would load: pyarrow imports pandas on first use.
 
-    That import costs ~0.3-0.5 s of CPU; in the ingest process it used to land in the
-    first batch of deliveries, while the receiver was answering them.
+    Done before the ingest says it is ready, so the import's CPU does not land in the
+    first batch of deliveries, while the receiver is answering them.
     """
     _table([], EVENT_SCHEMA)
 
@@ -170,8 +170,7 @@ def _rows_of_wanted(con: duckdb.DuckDBPyConnection, select: str) -> list[tuple]:
 def set_position(con: duckdb.DuckDBPyConnection, name: str, seq: int) -> None:
     """Store how far a stage got (`ingest_state`), in the caller's transaction.
 
-    An UPDATE of the existing row: `INSERT OR REPLACE` cost ~2.2 ms of CPU per batch
-    against ~0.8 ms (measured with DuckDB 2.0 on a one-row table).
+    An UPDATE of the existing row: DuckDB's `INSERT OR REPLACE` costs more per batch.
     """
     if not fetch_row(con, "UPDATE ingest_state SET last_seq = ?, updated_at = now() "
                      "WHERE name = ?", [seq, name])[0]:
