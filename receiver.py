@@ -5,64 +5,507 @@ WSGI server (`serve`): requests are greenlets on one thread. Journal appends go 
 `GroupCommit`: one writer greenlet writes everything queued as one group and syncs it
 on a pool thread while the loop serves the other requests. The ingest process
 (`ploomes.ingest.worker.IngestProcess`) is started beside it.
+
+The server faces the internet: `Handler` refuses malformed or ambiguous requests before
+the app sees them, and `ConnectionGuard` keeps slow clients from holding connections.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
+import os
 import re
+import resource
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from http.client import HTTPException, HTTPMessage
+from typing import Any, TypeVar
 
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
 from werkzeug.wsgi import get_content_length
 
 from ploomes.config import ConfigError, Settings, load_settings, mask_secret
 from ploomes.ingest.worker import IngestProcess
+from ploomes.intake.datadir import make_private
 from ploomes.intake.journal import Entry, Journal, JournalBusy, JournalWriteError
 from ploomes.intake.keys import ensure_key, key_file
 from ploomes.intake.service import DeliveryService
 from ploomes.model.vocabulary import DEMO_PATH, VALIDATION_HEADER, VALIDATION_QUERY, WEBHOOK_PATH
 
 KEY_ENVIRON = "HTTP_" + VALIDATION_HEADER.upper().replace("-", "_")  # as WSGI names it
-MAX_CONNECTIONS = 1000  # open connections (keep-alive ones count); more wait to connect
-IDLE_TIMEOUT = 60.0  # seconds a connection may wait for (the rest of) its next request,
-#                      or spend in one, before it is no longer read; at twice this long
-#                      it is cut (checked every quarter of it; see serve's sweep)
+_DEFAULTS = Settings()
+HEADER_TIMEOUT = _DEFAULTS.header_timeout_seconds
+MAX_CONNECTIONS = _DEFAULTS.max_connections
+MAX_PENDING_PER_CLIENT = _DEFAULTS.max_pending_per_client
+IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next request, or a
+#                      request may go on, before it is no longer read; at twice this long
+#                      it is cut (see ConnectionGuard.sweep)
+EVICT_GRACE = 0.5  # a connection younger than this is never closed to make room for
+#                    others: its request may still be on its way
+REPORT_EVERY = 60.0  # connections closed for slowness are summed up in the log this often
 DRAIN_MAX = 64 * 1024  # unread body bytes read and dropped to keep a connection; beyond
 #                        that (a refused huge body) the connection is closed instead
 DEMO_MAX_BYTES = 16 * 1024 * 1024  # one chunk of demo deliveries from the dashboard
 STOP_SECONDS = 10.0  # on SIGTERM, how long requests waiting for the disk may finish
-_QUERY_IN_TEXT = re.compile(r"\?[^\s\"']*")
+# Headers a reverse proxy adds: a request that carries one came from elsewhere, whatever
+# address it arrived from
+FORWARDING_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+# A request line: method, a target of visible ASCII only (a path, `*` or an absolute
+# URL), HTTP/1.x (RFC 9112 section 3)
+_REQUEST_LINE = re.compile(
+    r"[A-Z]{1,16} (?:/[\x21-\x7e]*|\*|https?://[\x21-\x7e]+) HTTP/1\.[01]\r?\n")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 5.1)
+# What of a refused request line may be logged: the method and the path up to the first
+# character that could start a query, a parameter or a quoted string (and a key in it)
+_LOGGABLE_START = re.compile(r"[A-Za-z]{0,16}(?: [A-Za-z0-9/._~%-]{0,100})?")
+_QUERY_IN_TEXT = re.compile(r"\?.*|(?i:validation.?key).*|(?i:validation%5fkey).*")
 T = TypeVar("T")
+http_log = logging.getLogger("ploomes.receiver.http")
+
+
+def _no_secrets(text: str) -> str:
+    return text
 
 
 class _RedactingLog:
-    """The server's error log: a logger that never writes a key given in a URL.
+    """The server's error log: a logger that never writes a key given in a request.
 
-    gevent's server reports malformed requests with their request line, which may hold
-    `?validation_key=` (in any spelling werkzeug decodes, `validation%5Fkey` too): the
-    whole query string is hidden before the line reaches the log.
+    Everything after a `?` or a mention of the validation key, to the end of its line,
+    is hidden, and the accepted keys themselves wherever they appear (`redact`).
     """
 
-    def __init__(self, logger: logging.Logger):
+    def __init__(self, logger: logging.Logger, redact: Callable[[str], str] = _no_secrets):
         self._logger = logger
+        self._redact = redact
 
     def write(self, text: str) -> None:
-        text = _QUERY_IN_TEXT.sub("?[query hidden]", str(text)).rstrip()
+        lines = [_QUERY_IN_TEXT.sub("[hidden]", line) for line in str(text).splitlines()]
+        text = self._redact("\n".join(lines)).rstrip()
         if text:
             self._logger.warning("%s", text)
 
     def flush(self) -> None:
         pass
+
+
+class _Refused(ValueError):
+    """A request refused before the app sees it; `reason` (a fixed text) is answered."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _TooSlow(ValueError):
+    """The guard closed the connection before its request's headers arrived."""
+
+
+def _answer(status: str, reason: str) -> bytes:
+    """A whole HTTP answer refusing a request, closing its connection."""
+    body = json.dumps({"status": "refused", "reason": reason}).encode("ascii")
+    return (f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("ascii") + body
+
+
+_TOO_SLOW_ANSWER = _answer("408 Request Timeout", "the request's headers came too slowly")
+
+
+def _request_line_for_log(line: str | None) -> str:
+    """Describe a refused request line without its query or anything after it."""
+    line = (line or "").rstrip("\r\n")
+    match = _LOGGABLE_START.match(line)
+    shown = match.group() if match else ""
+    text = f"request line {shown!r}"
+    if len(line) > len(shown):
+        text += f" and {len(line) - len(shown)} more characters, not shown"
+    bad = next((i for i, char in enumerate(line) if not " " <= char <= "~"), None)
+    if bad is not None:  # the line was read as latin-1: one character per byte
+        text += f" (byte 0x{ord(line[bad]):02x} at {bad})"
+    return text
+
+
+def _check_headers(headers: HTTPMessage) -> None:
+    """Refuse headers that proxies and this server could read differently (smuggling)."""
+    if getattr(headers, "status", ""):  # gevent's mark of a header line over its limit
+        raise _Refused("a header line is too long")
+    if headers.defects:
+        raise _Refused("malformed header lines")
+    for name in headers.keys():
+        if not _HEADER_NAME.fullmatch(name):
+            raise _Refused("malformed header name")
+    lengths = headers.get_all("Content-Length")
+    codings = headers.get_all("Transfer-Encoding")
+    if codings:
+        if lengths:
+            raise _Refused("Transfer-Encoding and Content-Length together")
+        if len(codings) > 1 or codings[0].strip().lower() != "chunked":
+            raise _Refused("unsupported Transfer-Encoding (only chunked is accepted)")
+    elif lengths:
+        values = {value.strip() for value in lengths}
+        if len(values) > 1:
+            raise _Refused("conflicting Content-Length headers")
+        value = values.pop()
+        if not (value.isascii() and value.isdigit()):
+            raise _Refused("invalid Content-Length")
+
+
+def _client_key(address: Any) -> str:
+    """The client a connection counts for: its IPv4 address, or its IPv6 /64 (one
+    machine may hold a whole /64)."""
+    host = str(address[0]) if isinstance(address, tuple) else str(address)
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    if ":" in host:
+        try:
+            return str(ipaddress.IPv6Network(f"{host}/64", strict=False))
+        except ValueError:
+            return host
+    return host
+
+
+def _shutdown(handler: Any, how: int) -> None:
+    """Shut the OS socket of a connection: a read in progress sees the end of the stream,
+    as if the client had closed it, and the handler finishes on its own greenlet."""
+    os_socket = getattr(getattr(handler, "socket", None), "_sock", None)
+    if os_socket is not None:
+        try:
+            os_socket.shutdown(how)
+        except OSError:
+            pass
+
+
+class ConnectionGuard:
+    """Keeps slow or greedy clients from holding the server's connections.
+
+    Each connection is pending (its request line and headers are on their way: they are
+    due `header_timeout` seconds after the connection starts, or after the first byte of
+    a later request on it), busy (in the app) or idle (kept alive between requests, for
+    `idle_timeout` seconds). `sweep` closes connections past their time. A client may
+    have `max_pending_per_client` pending connections and the server `max_connections`
+    in all: beyond either, the connection that has waited longest for its headers is
+    closed (from the client with the most of them), so a newcomer is served and the
+    slowest go. Counting only pending connections keeps the cap fair behind a reverse
+    proxy, where every client has the proxy's address: its requests arrive whole.
+
+    One greenlet runs the sweep, instead of a timeout on each socket read: gevent arms
+    a pure-Python timer for every read that has to wait, which under load is most
+    requests (a kept-alive connection waiting for its next one).
+    """
+
+    def __init__(self, header_timeout: float = HEADER_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
+                 max_pending_per_client: int = MAX_PENDING_PER_CLIENT):
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_pending_per_client = max_pending_per_client
+        # every dict below is in the order its connections entered it: oldest first
+        self.open: set[Any] = set()
+        self.pending: dict[Any, float] = {}  # handler: since when its headers are due
+        self.by_client: dict[str, dict[Any, float]] = {}  # the pending ones, per client
+        self.busy: dict[Any, float] = {}  # handler: since when it is in the app
+        self.idle: dict[Any, float] = {}  # handler: since when it waits for a request
+        self.cut = 0  # connections closed for slowness, since the last report
+
+    @property
+    def tick(self) -> float:
+        """How often `sweep` should run."""
+        return max(0.05, min(0.5, self.header_timeout / 4, self.idle_timeout / 4))
+
+    def connected(self, handler: Any) -> None:
+        """A new connection: its first request's headers are due from now."""
+        now = time.monotonic()
+        handler.client_key = _client_key(handler.client_address)
+        self.open.add(handler)
+        self._pend(handler, now)
+        mine = self.by_client[handler.client_key]
+        if len(mine) > self.max_pending_per_client:
+            self._cut_oldest(mine, now)
+        if len(self.open) >= self.max_connections:
+            self._make_room(now)
+
+    def waiting(self, handler: Any) -> bool:
+        """Return whether a kept-alive connection waits for its next request."""
+        return handler in self.idle
+
+    def request_started(self, handler: Any) -> None:
+        """The first byte of a kept-alive connection's next request came."""
+        if self.idle.pop(handler, None) is not None:
+            self._pend(handler, time.monotonic())
+
+    def headers_read(self, handler: Any) -> None:
+        """A request's line and headers are in: it goes to the app."""
+        self._unpend(handler)
+        self.busy[handler] = time.monotonic()
+
+    def request_done(self, handler: Any) -> None:
+        """The app answered; the connection waits for its next request."""
+        self.busy.pop(handler, None)
+        if handler in self.open:
+            self.idle[handler] = time.monotonic()
+
+    def closed(self, handler: Any) -> None:
+        """The connection ended."""
+        self._unpend(handler)
+        self.busy.pop(handler, None)
+        self.idle.pop(handler, None)
+        self.open.discard(handler)
+
+    def sweep(self) -> None:
+        """Close what is past its time; bring clients back under their cap."""
+        now = time.monotonic()
+        for handler, since in list(self.pending.items()):
+            if now - since <= self.header_timeout:
+                break
+            self._cut(handler)
+        for mine in list(self.by_client.values()):
+            while len(mine) > self.max_pending_per_client and self._cut_oldest(mine, now):
+                pass
+        if len(self.open) >= self.max_connections:  # full: nobody new can come in
+            self._make_room(now)
+        for handler, since in list(self.idle.items()):
+            if now - since <= self.idle_timeout:
+                break
+            del self.idle[handler]  # no longer read: the handler ends quietly
+            _shutdown(handler, socket.SHUT_RD)
+        for handler, since in list(self.busy.items()):
+            waited = now - since
+            if waited <= self.idle_timeout:
+                break
+            # No longer read: a body trickling in gets its refusal, and a request waiting
+            # for its journal sync still gets its answer. Cut both ways at twice the
+            # time: a client that does not read its answer cannot keep the connection.
+            _shutdown(handler, socket.SHUT_RDWR if waited > 2 * self.idle_timeout
+                      else socket.SHUT_RD)
+
+    def _pend(self, handler: Any, now: float) -> None:
+        self.pending[handler] = now
+        self.by_client.setdefault(handler.client_key, {})[handler] = now
+
+    def _unpend(self, handler: Any) -> None:
+        if self.pending.pop(handler, None) is not None:
+            mine = self.by_client[handler.client_key]
+            del mine[handler]
+            if not mine:
+                del self.by_client[handler.client_key]
+
+    def _cut(self, handler: Any) -> None:
+        handler.too_slow = True
+        self._unpend(handler)
+        self.open.discard(handler)  # on its way out: it no longer takes room
+        self.cut += 1
+        _shutdown(handler, socket.SHUT_RD)
+
+    def _cut_oldest(self, pending: dict[Any, float], now: float) -> bool:
+        """Close the oldest of these pending connections unless it is too young."""
+        handler, since = next(iter(pending.items()))
+        if now - since < EVICT_GRACE:
+            return False
+        self._cut(handler)
+        return True
+
+    def _make_room(self, now: float) -> None:
+        """At the limit: close a slow pending connection, else the longest idle one."""
+        if self.by_client:
+            greediest = max(self.by_client.values(), key=len)
+            if self._cut_oldest(greediest, now) or self._cut_oldest(self.pending, now):
+                return
+        if self.idle:
+            handler, since = next(iter(self.idle.items()))
+            if now - since >= EVICT_GRACE:
+                del self.idle[handler]
+                self.open.discard(handler)
+                _shutdown(handler, socket.SHUT_RD)
+
+
+def serve(app: Any, host: str, port: int, on_ready: Callable[[int], object] | None = None, *,
+          guard: ConnectionGuard | None = None,
+          redact: Callable[[str], str] = _no_secrets) -> None:
+    """Serve a WSGI app with gevent until SIGTERM or SIGINT (Ctrl-C), stopping gracefully.
+
+    `on_ready(port)` is called once listening; `guard` holds the connection limits and
+    `redact(text)` hides secrets in a line before it is logged.
+    """
+    import gevent
+    from gevent import signal_handler
+    from gevent.pool import Pool
+    from gevent.pywsgi import WSGIHandler, WSGIServer
+
+    guard = guard or ConnectionGuard()
+    stopping = False  # set on SIGTERM / Ctrl-C: new requests are refused, not started
+
+    class Handler(WSGIHandler):
+        too_slow = False  # set by the guard when it closes the connection
+        client_key = ""
+
+        def handle(self) -> None:
+            guard.connected(self)
+            try:
+                super().handle()
+            finally:
+                guard.closed(self)
+
+        def read_requestline(self) -> str:
+            if guard.waiting(self):
+                self.rfile.peek(1)  # the next request's first byte: its headers are due
+                guard.request_started(self)
+            return super().read_requestline()
+
+        def read_request(self, raw_requestline: str) -> bool:
+            if self.too_slow:
+                raise _TooSlow()
+            if not _REQUEST_LINE.fullmatch(raw_requestline):
+                raise _Refused("malformed request line")
+            ok = super().read_request(raw_requestline)
+            guard.headers_read(self)
+            return ok
+
+        def MessageClass(self, *args: Any) -> HTTPMessage:  # noqa: N802 - gevent's name
+            headers = super().MessageClass(*args)
+            if self.too_slow:  # the end of the headers was the guard closing the socket
+                raise _TooSlow()
+            _check_headers(headers)
+            return headers
+
+        def _handle_client_error(self, ex: Exception) -> tuple[str, bytes]:
+            # One line per refused request, never a traceback, never the query
+            if isinstance(ex, _TooSlow):
+                return "408", _TOO_SLOW_ANSWER  # counted by the guard, reported by the sweep
+            if isinstance(ex, _Refused):
+                reason = ex.reason
+            elif isinstance(ex, HTTPException):
+                reason = "malformed headers"
+            else:
+                reason = "malformed request"
+            http_log.warning("refused a request from %s (%s): %s", self.client_key, reason,
+                             redact(_request_line_for_log(self.requestline)))
+            return "400", _answer("400 Bad Request", reason)
+
+        def handle_one_request(self) -> Any:
+            result = super().handle_one_request()
+            if isinstance(result, tuple):  # a refusal (400, 408, 414): sent here, where a
+                self.close_connection = True  # client gone meanwhile is no error
+                try:
+                    self.socket.sendall(result[1])
+                except OSError:
+                    pass
+                return None
+            return result
+
+        def run_application(self) -> None:
+            if stopping:
+                # A request on a kept-alive connection after the stop began: the stop
+                # ends by killing whatever still runs, and a request killed inside the
+                # app got gevent's bare 500. Refuse it whole instead (Ploomes retries).
+                self.close_connection = True
+                self.start_response("503 Service Unavailable", [
+                    ("Content-Type", "application/json"), ("Connection", "close")])
+                self.write(b'{"status": "unavailable", "reason": "the receiver is '
+                           b'stopping; retry later"}')
+                return
+            try:
+                super().run_application()
+            finally:
+                guard.request_done(self)
+            # After an answer that did not read the whole body (401, 413), gevent reads
+            # the rest to keep the connection: an unauthenticated client could push
+            # gigabytes through it. Past DRAIN_MAX, stop reading and close instead. A
+            # chunked body does not say what is left, so it always closes the connection
+            # (even one read to its end).
+            body = self.wsgi_input
+            if body is not None and (body.chunked_input or
+                                     (body.content_length or 0) - body.position > DRAIN_MAX):
+                self.close_connection = True
+                try:
+                    self.socket.shutdown(socket.SHUT_RD)  # the drain then ends at once
+                except OSError:
+                    pass
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # answers are small and sent in two writes (headers, body): without NODELAY the
+    # second waits for the client's delayed ACK
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener.bind((host, port))
+    listener.listen(1024)
+    listener.setblocking(False)
+    server = WSGIServer(listener, app, spawn=Pool(guard.max_connections),
+                        handler_class=Handler, log=None,
+                        error_log=_RedactingLog(http_log, redact))
+
+    def sweep() -> None:
+        reported = -REPORT_EVERY
+        while True:
+            gevent.sleep(guard.tick)
+            guard.sweep()
+            now = time.monotonic()
+            if guard.cut and now - reported >= REPORT_EVERY:
+                http_log.warning(
+                    "closed %d connections that sent their request too slowly (headers due "
+                    "within %g s, at most %d such connections per client)", guard.cut,
+                    guard.header_timeout, guard.max_pending_per_client)
+                guard.cut, reported = 0, now
+
+    sweeper = None
+
+    def stop() -> None:
+        """Stop accepting, let requests in progress finish, then close every connection."""
+        nonlocal stopping
+        stopping = True
+        if sweeper is not None:
+            sweeper.kill(block=False)
+        server.stop_accepting()  # close() would make serve_forever kill everyone in 1 s
+        deadline = time.monotonic() + STOP_SECONDS
+        while guard.busy and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        server.stop(timeout=0)  # what is left: idle keep-alive connections
+
+    signal_handler(signal.SIGTERM, stop)
+    # Ctrl-C too: a KeyboardInterrupt raised in whichever greenlet runs could land in
+    # the journal's writer in the middle of a group (its requests would get 503). A
+    # plain Python handler is enough to start the same stop.
+    signal.signal(signal.SIGINT, lambda signum, frame: gevent.spawn(stop))
+    server.start()
+    sweeper = gevent.spawn(sweep)
+    if on_ready is not None:
+        on_ready(server.server_port)
+    server.serve_forever()
+
+
+def local_client(environ: dict) -> bool:
+    """Return whether a request comes from this machine: a loopback address, not
+    forwarded by a reverse proxy (which would make every client look local)."""
+    if any(environ.get(name) for name in FORWARDING_HEADERS):
+        return False
+    try:
+        address = ipaddress.ip_address(environ.get("REMOTE_ADDR") or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _raise_file_limit(connections: int) -> None:
+    """Let the process open a descriptor per connection, plus its own files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < wanted:
+            logging.getLogger("ploomes.receiver").warning(
+                "The system allows %d open files: fewer than PLOOMES_MAX_CONNECTIONS "
+                "(%d) needs", new, connections)
 
 
 def _outcome(fn: Callable[..., T], args: tuple) -> tuple[bool, T | BaseException]:
@@ -154,133 +597,17 @@ class GroupCommit:
             result.set(seqs[start:start + len(batch)])
             start += len(batch)
 
+    @property
+    def failing(self) -> str | None:
+        """Return why records cannot be appended now (the writer stopped, or the journal
+        is failing), or None."""
+        return self._refusal or self.journal.failing
+
     def close(self) -> None:
         """Write what is queued, then stop the writer greenlet."""
         self._refusal = self._refusal or "the receiver is stopping"
         self._wake.set()
         self._writer.join()
-
-
-def serve(app, host: str, port: int, on_ready=None) -> None:
-    """Serve a WSGI app with gevent until SIGTERM or SIGINT (Ctrl-C), stopping gracefully.
-
-    Also used by bench/baseline_server.py, so the benchmark's baseline runs on the same
-    server with the same settings. `on_ready(port)` is called once listening.
-    """
-    import gevent
-    from gevent import signal_handler
-    from gevent.pool import Pool
-    from gevent.pywsgi import WSGIHandler, WSGIServer
-
-    connections: dict = {}  # every open connection's handler: waiting since (monotonic)
-    busy: dict = {}  # handlers running the app (not idle keep-alive connections): since
-    stopping = False  # set on SIGTERM / Ctrl-C: new requests are refused, not started
-
-    class Handler(WSGIHandler):
-        def handle(self) -> None:
-            connections[self] = time.monotonic()
-            try:
-                super().handle()
-            finally:
-                connections.pop(self, None)
-
-        def run_application(self) -> None:
-            if stopping:
-                # A request on a kept-alive connection after the stop began: the stop
-                # ends by killing whatever still runs, and a request killed inside the
-                # app got gevent's bare 500. Refuse it whole instead (Ploomes retries).
-                self.close_connection = True
-                self.start_response("503 Service Unavailable", [
-                    ("Content-Type", "application/json"), ("Connection", "close")])
-                self.write(b'{"status": "unavailable", "reason": "the receiver is '
-                           b'stopping; retry later"}')
-                return
-            busy[self] = time.monotonic()
-            try:
-                super().run_application()
-            finally:
-                busy.pop(self, None)
-                connections[self] = time.monotonic()  # waiting for its next request
-            # After an answer that did not read the whole body (401, 413), gevent reads
-            # the rest to keep the connection: an unauthenticated client could push
-            # gigabytes through it. Past DRAIN_MAX, stop reading and close instead. A
-            # chunked body does not say what is left, so it always closes the connection
-            # (even one read to its end).
-            body = self.wsgi_input
-            if body is not None and (body.chunked_input or
-                                     (body.content_length or 0) - body.position > DRAIN_MAX):
-                self.close_connection = True
-                try:
-                    self.socket.shutdown(socket.SHUT_RD)  # the drain then ends at once
-                except OSError:
-                    pass
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # answers are small and sent in two writes (headers, body): without NODELAY the
-    # second waits for the client's delayed ACK (~40 ms)
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    listener.bind((host, port))
-    listener.listen(1024)
-    listener.setblocking(False)
-    server = WSGIServer(listener, app, spawn=Pool(MAX_CONNECTIONS), handler_class=Handler,
-                        log=None,
-                        error_log=_RedactingLog(logging.getLogger("ploomes.receiver.http")))
-
-    def sweep() -> None:
-        """Stop reading connections that waited IDLE_TIMEOUT seconds; cut them at twice that.
-
-        One greenlet checks every connection now and then, instead of a timeout on each
-        socket read: gevent arms a pure-Python timer for every read that has to wait,
-        which under load was most requests (a kept-alive connection waiting for its next
-        one). A connection waits from its start or the end of its last request, or from
-        the start of the request it is in. Past IDLE_TIMEOUT its socket is shut down for
-        reading (the OS socket's, so that the read in progress sees the end of the
-        stream, as if the client had closed it): an idle connection then ends quietly, a
-        half-sent request or a body trickling in gets its refusal, and a request waiting
-        for its journal sync still gets its answer. Past twice IDLE_TIMEOUT it is shut
-        down both ways: a client that does not read its answers cannot hold a
-        connection slot forever.
-        """
-        while True:
-            gevent.sleep(max(0.05, IDLE_TIMEOUT / 4))
-            now = time.monotonic()
-            for handler, waiting_since in list(connections.items()):
-                waited = now - busy.get(handler, waiting_since)
-                os_socket = getattr(getattr(handler, "socket", None), "_sock", None)
-                if waited > IDLE_TIMEOUT and os_socket is not None:
-                    try:
-                        os_socket.shutdown(socket.SHUT_RDWR if waited > 2 * IDLE_TIMEOUT
-                                           else socket.SHUT_RD)
-                    except OSError:
-                        pass
-
-    sweeper = None
-
-    def stop() -> None:
-        """Stop accepting, let requests in progress finish, then close every connection."""
-        nonlocal stopping
-        stopping = True
-        if sweeper is not None:
-            sweeper.kill(block=False)
-        server.stop_accepting()  # close() would make serve_forever kill everyone in 1 s
-        deadline = time.monotonic() + STOP_SECONDS
-        while busy and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        server.stop(timeout=0)  # what is left: idle keep-alive connections
-
-    signal_handler(signal.SIGTERM, stop)
-    # Ctrl-C too: a KeyboardInterrupt raised in whichever greenlet runs could land in
-    # the journal's writer in the middle of a group (its requests would get 503). A
-    # plain Python handler that starts the same stop: a second libev signal watcher
-    # looked slower under load (not settled: within this machine's noise).
-    signal.signal(signal.SIGINT, lambda signum, frame: gevent.spawn(stop))
-    server.start()
-    sweeper = gevent.spawn(sweep)
-    if on_ready is not None:
-        on_ready(server.server_port)
-    server.serve_forever()
 
 
 def create_app(settings: Settings | None = None, start_ingest: bool = True) -> Flask:
@@ -321,7 +648,7 @@ def create_app(settings: Settings | None = None, start_ingest: bool = True) -> F
                     "too_large", 413, f"body is larger than {limit} bytes",
                     request.stream.read(min(limit, 64 * 1024)), source))
             raw = request.stream.read(limit + 1)
-        except OSError:  # the client stopped sending (or the idle sweeper stopped reading)
+        except OSError:  # the client stopped sending (or the guard stopped reading it)
             return answer(service.refuse("incomplete", 400,
                                          "the body ended before its Content-Length"))
         if len(raw) > limit:
@@ -347,7 +674,8 @@ def create_app(settings: Settings | None = None, start_ingest: bool = True) -> F
 
     @app.get("/healthz")
     def healthz() -> Response:
-        status, body = service.health(ingest.alive())
+        # paths and error texts only for this machine's own clients
+        status, body = service.health(ingest.alive(), detailed=local_client(request.environ))
         response = jsonify(body)
         response.status_code = status
         return response
@@ -357,8 +685,8 @@ def create_app(settings: Settings | None = None, start_ingest: bool = True) -> F
         return Response(generate_latest(service.registry),
                         mimetype=CONTENT_TYPE_LATEST)
 
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
+    @app.errorhandler(WerkzeugHTTPException)
+    def http_error(exc: WerkzeugHTTPException) -> Response:
         if exc.code == 405:
             service.count("method_not_allowed")
         response = jsonify({"status": "refused", "reason": exc.description or exc.name})
@@ -367,7 +695,7 @@ def create_app(settings: Settings | None = None, start_ingest: bool = True) -> F
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        app.logger.exception("unexpected error on %s", request.path)  # path only: no query
+        app.logger.exception("unexpected error on %r", request.path)  # path only: no query
         response = jsonify({"status": "error", "reason": "internal error; retry later"})
         response.status_code = 503
         return response
@@ -390,7 +718,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # what the receiver and its ingest process create is the owner's only
+    try:
+        if make_private(settings.data_dir):
+            log.warning("The data dir %s was open to other users: it is now its owner's only "
+                        "(mode 0700)", settings.data_dir)
+    except OSError as exc:
+        print(f"error: cannot prepare the data dir {settings.data_dir}: {exc}", file=sys.stderr)
+        return 2
+    _raise_file_limit(settings.max_connections)
     key, created = ensure_key(settings)
     if created:
         log.warning("No validation key was configured: generated one (%s) and stored it in %s "
@@ -405,10 +741,13 @@ def main(argv: list[str] | None = None) -> int:
     service = app.extensions["ploomes"]
     commit = GroupCommit(service.journal)
     service.appender, service.run_cpu = commit, offload
+    guard = ConnectionGuard(settings.header_timeout_seconds, IDLE_TIMEOUT,
+                            settings.max_connections, settings.max_pending_per_client)
     try:
-        serve(app, args.host, args.port, on_ready=lambda port: log.info(
-            "Receiver listening on http://%s:%s%s (data dir %s)", args.host, port,
-            WEBHOOK_PATH, settings.data_dir))
+        serve(app, args.host, args.port, guard=guard, redact=service.keys.redact,
+              on_ready=lambda port: log.info(
+                  "Receiver listening on http://%s:%s%s (data dir %s)", args.host, port,
+                  WEBHOOK_PATH, settings.data_dir))
     except KeyboardInterrupt:
         pass
     finally:

@@ -133,7 +133,9 @@ class ReceiverProcess:
         self.log_path = data_dir.parent / f"receiver-{self.port}.log"
         self.session = requests.Session()
 
-    def start(self) -> ReceiverProcess:
+    def start(self, status: str = "ok") -> ReceiverProcess:
+        """Start the receiver and wait until /healthz says `status`."""
+        self._wanted = status
         env = {k: v for k, v in os.environ.items() if not k.startswith("PLOOMES_")}
         if self.key:
             env["PLOOMES_VALIDATION_KEYS"] = self.key
@@ -165,7 +167,8 @@ class ReceiverProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"receiver exited:\n{self.log_text()}")
         try:  # "ok" once the ingest process has started too
-            return self.session.get(self.url + "/healthz", timeout=1).json()["status"] == "ok"
+            answer = self.session.get(self.url + "/healthz", timeout=1).json()
+            return answer["status"] == self._wanted
         except (requests.RequestException, ValueError):
             return False
 

@@ -59,7 +59,8 @@ GOOD = {"Action": "Update", "Entity": "Contacts", "ActionUserId": 7, "AccountId"
     ({"Old": {"Id": "5"}}, "Old.Id must be an integer or null, got str"),
     ({"New": {"Id": False}}, "New.Id must be an integer or null, got bool"),
     ({"New": {"Id": 2**63}}, "New.Id is out of range"),
-    ({"New": {"Id": -(2**63) - 1}}, "New.Id must be an integer or null, got float"),
+    ({"New": {"Id": -(2**63) - 1}}, "New.Id is out of range"),  # beyond 64 bits: exact
+    ({"AccountId": 2**64}, "AccountId is out of range"),
     ({"Old": None, "New": {"Id": None}}, None),
     ({"ActionUserId": "x", "Old": [1]}, "ActionUserId must be an integer or null, got str"),
 ])
@@ -105,3 +106,21 @@ def test_a_delivery_carries_its_columns():
                           ).record_id == 9
     assert parse_delivery(json.dumps({**GOOD, "New": None, "Old": None}).encode()
                           ).record_id is None
+
+
+def test_integers_of_any_size_are_decoded_exactly_and_the_rest_as_orjson_reads_it():
+    import orjson
+
+    huge = 2**64 + 1
+    raw = json.dumps({**GOOD, "New": {"Id": 5, "A": huge, "B": -huge, "C": [huge, 0.1],
+                                      "D": 2**64 - 1, "E": 1e300, "F": "1234567890123456789"}}
+                     ).encode()
+    new = decode_body(raw)["New"]
+    assert new["A"] == huge and new["B"] == -huge and new["C"] == [huge, 0.1]
+    assert new["D"] == 2**64 - 1 and new["E"] == 1e300 and new["F"] == "1234567890123456789"
+    assert all(type(value) is type(orjson.loads(raw)["New"][key]) for key, value in new.items()
+               if key not in {"A", "B", "C"})
+    # a run of 19 digits only inside a string changes nothing
+    raw = json.dumps({**GOOD, "New": {"Id": 5, "Boleto": "2" * 44, "X": 1.0}}).encode()
+    assert decode_body(raw) == orjson.loads(raw)
+    assert parse_delivery(raw).new["X"] == 1.0

@@ -221,6 +221,7 @@ def test_close_writes_what_is_queued_then_stops(tmp_path, monkeypatch):
     assert journal.synced_seq == 6
     with pytest.raises(JournalWriteError, match="stopping"):
         commit.append_entries([entry(10)])
+    assert commit.failing == "the receiver is stopping"  # /healthz answers 503
     commit.close()  # a second close is harmless
     journal.close()
     assert numbers(tmp_path / "j") == [0, 1, 2, 3, 4, 5]

@@ -268,3 +268,37 @@ def test_a_stopping_worker_stores_and_derives_everything_durable_before_it_retur
     assert (shared.ingested_seq.value, shared.derived_seq.value) == (5, 5)
     assert query(settings.data_dir, "SELECT name, last_seq FROM ingest_state "
                  "ORDER BY name") == [("derive", 5), ("main", 5)]
+
+
+def test_a_store_that_does_not_open_is_retried_and_reported_once_until_it_opens(
+        tmp_path, caplog):
+    from ploomes.intake.shared import STORE_OK, STORE_UNREADABLE
+
+    caplog.set_level("INFO", logger="ploomes.ingest")
+    settings = make_settings(tmp_path / "data")
+    settings.data_dir.mkdir(parents=True)
+    settings.db_path.write_bytes(b"\0" * 8192)  # a DuckDB file whose header is gone
+    shared = SharedState()
+    receiver = Receiver(settings, shared)
+    worker = IngestWorker(settings, shared)
+    loop = threading.Thread(target=worker.run, args=(os.getppid(),))
+    try:
+        receiver.append(deal(1, "Um"), deal(2, "Dois"))
+        loop.start()
+        wait_for(lambda: shared.ingest_errors.value >= 3, timeout=30)  # retried, backing off
+        assert shared.store_state.value == STORE_UNREADABLE
+        assert "not a valid DuckDB database file" in shared.get_error()
+        assert shared.ingested_seq.value == 0
+        settings.db_path.rename(settings.db_path.with_name("ploomes.duckdb.broken"))
+        wait_for(lambda: shared.ingested_seq.value == 2 and shared.derived_seq.value == 2,
+                 timeout=30)
+        assert shared.store_state.value == STORE_OK and shared.get_error() is None
+    finally:
+        shared.stop.value = True
+        loop.join(60)
+        worker.session.close()
+        receiver.close()
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("ingest paused" in m for m in messages) == 1  # not once per retry
+    assert sum("ingest resumed" in m for m in messages) == 1
+    assert query(settings.data_dir, "SELECT count(*) FROM events") == [(2,)]

@@ -165,8 +165,11 @@ def test_a_failed_write_is_cut_back_and_the_journal_goes_on(tmp_path, monkeypatc
         journal.append_many([b"two" * 100, b"three" * 100])
     assert segment.stat().st_size == size  # no half record stays behind
     assert journal.synced_seq == 1 and not journal.broken
+    # not broken, but failing until an append succeeds again (/healthz answers 503)
+    assert "cannot write the journal" in journal.failing
     monkeypatch.setattr(os, "pwrite", real)
     assert journal.append(b"four") == 2  # nothing was acknowledged: no number is lost
+    assert journal.failing is None
     journal.close()
     assert [(r.seq, r.payload) for r in iter_records(tmp_path / "j")] == [
         (1, b"one"), (2, b"four")]

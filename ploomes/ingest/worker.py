@@ -36,8 +36,15 @@ from ploomes.intake.journal import (
     prune_segments,
     rejected_payload,
 )
-from ploomes.intake.shared import AUTH_SAMPLE, CONTEXT, SharedState
-from ploomes.store import Store, fetch_one
+from ploomes.intake.shared import (
+    AUTH_SAMPLE,
+    CONTEXT,
+    STORE_FAILING,
+    STORE_OK,
+    STORE_UNREADABLE,
+    SharedState,
+)
+from ploomes.store import Store, StoreError, StoreUnreadable, fetch_one
 
 log = logging.getLogger("ploomes.ingest")
 
@@ -145,6 +152,7 @@ class IngestWorker:
     def run(self, parent_pid: int) -> None:
         """Ingest until asked to stop (then drain) or until the receiver is gone."""
         backoff = 0.05
+        reported: str | None = None  # the error last logged: a lasting one is logged once
         try:
             while os.getppid() == parent_pid:
                 stopping = self.shared.stop.value
@@ -154,10 +162,20 @@ class IngestWorker:
                     worked = self.step()
                     backoff = 0.05
                     self.shared.set_error(None)
+                    self.shared.store_state.value = STORE_OK
+                    if reported is not None:
+                        log.info("ingest resumed")
+                        reported = None
                 except Exception as exc:  # noqa: BLE001 - retried from the stored positions
+                    error = f"{type(exc).__name__}: {exc}"
                     self.shared.ingest_errors.value += 1
-                    self.shared.set_error(f"{type(exc).__name__}: {exc}")
-                    log.warning("ingest paused, will retry: %s", exc)
+                    self.shared.set_error(error)
+                    # a damaged file is no passing trouble: a rebuild mends it
+                    self.shared.store_state.value = (
+                        STORE_UNREADABLE if isinstance(exc, StoreUnreadable) else STORE_FAILING)
+                    if error != reported:
+                        log.warning("ingest paused, will retry: %s", exc)
+                        reported = error
                     self.session.close()
                     self._reader = None
                     if stopping:
@@ -318,13 +336,41 @@ class IngestProcess:
         self._process: BaseProcess | None = None
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._store_reported = False
 
     def start(self) -> None:
-        """Start the worker and a thread that restarts it if it stops."""
-        Store(self.settings, upgrades=UPGRADES).ensure_ready()  # before the worker opens it
+        """Start the worker and a thread that restarts it if it stops.
+
+        A DuckDB file that cannot be opened does not stop the start: deliveries are
+        journaled all the same, the worker retries, and the log says how to mend it.
+        """
+        try:  # create or migrate the file once, before the worker opens it
+            Store(self.settings, upgrades=UPGRADES).ensure_ready()
+        except StoreError as exc:  # damaged, or held by another program: the worker retries
+            self.shared.set_error(f"{type(exc).__name__}: {exc}")
+            self.shared.store_state.value = (
+                STORE_UNREADABLE if isinstance(exc, StoreUnreadable) else STORE_FAILING)
+        self._report_store()
         self._spawn()
         self._watcher = threading.Thread(target=self._watch, name="ingest-watch", daemon=True)
         self._watcher.start()
+
+    def _report_store(self) -> None:
+        """Log once when the file stops opening (with the command that mends it), and
+        once when it opens again."""
+        state = self.shared.store_state.value
+        if state == STORE_UNREADABLE and not self._store_reported:
+            self._store_reported = True
+            log.error(
+                "The data store %s is damaged (%s). Deliveries are still accepted and kept "
+                "in the journal: nothing is lost. To mend it, stop the receiver and run "
+                "`python -m ploomes rebuild --data-dir %s` (it sets the file aside and "
+                "rebuilds it from the journal), then start the receiver again.",
+                self.settings.db_path, self.shared.get_error(), self.settings.data_dir)
+        elif state == STORE_OK and self._store_reported:
+            self._store_reported = False
+            log.info("The data store %s opens again; the journal is being ingested",
+                     self.settings.db_path)
 
     def _spawn(self) -> None:
         self._process = CONTEXT.Process(target=ingest_main, name="ploomes-ingest",
@@ -334,6 +380,7 @@ class IngestProcess:
 
     def _watch(self) -> None:
         while not self._closing.wait(0.1):
+            self._report_store()
             process = self._process
             if process is not None and not process.is_alive() and not self._closing.is_set():
                 log.error("the ingest process stopped (exit code %s); restarting it",

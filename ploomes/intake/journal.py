@@ -241,6 +241,7 @@ class Journal:
             raise JournalBusy(f"another process is writing to {self.dir}") from exc
         self._mutex = threading.Lock()
         self._broken: str | None = None
+        self._write_error: str | None = None  # the last append failed, none succeeded since
         self._fd = -1
         self._size = 0  # bytes of whole records in the current segment
         self.synced_seq = self._recover()
@@ -281,6 +282,12 @@ class Journal:
         """Return why the journal stopped accepting records, or None."""
         return self._broken
 
+    @property
+    def failing(self) -> str | None:
+        """Return why records cannot be stored now (stopped, or the last append failed
+        and none has succeeded since, e.g. a full disk), or None."""
+        return self._broken or self._write_error
+
     def append(self, payload: bytes, kind: int = KIND_DELIVERY, flags: int = 0,
                received_ns: int | None = None) -> int:
         """Append one record and return its sequence number once it is on disk."""
@@ -304,9 +311,14 @@ class Journal:
             first = self.synced_seq + 1
             data = b"".join(encode(Record(seq, kind, flags, stamp or now, payload))
                             for seq, (payload, kind, flags, stamp) in enumerate(entries, first))
-            if self._size and self._size + len(data) > self._segment_bytes:
-                self._rotate(first)
-            self._write(data)
+            try:
+                if self._size and self._size + len(data) > self._segment_bytes:
+                    self._rotate(first)
+                self._write(data)
+            except JournalWriteError as exc:
+                self._write_error = str(exc)
+                raise
+            self._write_error = None
             self.synced_seq = first + len(entries) - 1
             if self._on_synced is not None:
                 self._on_synced(self.synced_seq)

@@ -12,7 +12,7 @@ import secrets
 import time
 from pathlib import Path
 
-from ploomes.config import Settings
+from ploomes.config import Settings, mask_secret
 
 KEY_FILE = Path("keys") / "validation-keys.txt"
 
@@ -49,7 +49,7 @@ def add_key(settings: Settings, key: str) -> None:
     if len(key) < 16 or any(c.isspace() or c == "," for c in key):
         raise ValueError("a validation key needs at least 16 characters, no spaces or commas")
     path = key_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if key in stored_keys(settings):
         return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -115,6 +115,13 @@ class KeyRing:
         """Return whether a presented key is accepted."""
         self.refresh(force=False)
         return key_matches(candidate, self._keys)
+
+    def redact(self, text: str) -> str:
+        """Return text with every accepted key in it masked (for log lines)."""
+        for key in self._keys:
+            if key in text:
+                text = text.replace(key, mask_secret(key))
+        return text
 
     def __len__(self) -> int:
         return len(self._keys)

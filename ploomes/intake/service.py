@@ -32,7 +32,13 @@ from ploomes.intake.journal import (
     rejected_payload,
 )
 from ploomes.intake.keys import KeyRing
-from ploomes.intake.shared import LAG_BUCKETS, SharedState
+from ploomes.intake.shared import (
+    LAG_BUCKETS,
+    STORE_FAILING,
+    STORE_OK,
+    STORE_UNREADABLE,
+    SharedState,
+)
 from ploomes.model.delivery import InvalidDelivery, check_delivery, validate
 
 log = logging.getLogger("ploomes.receiver")
@@ -49,6 +55,11 @@ class Appender(Protocol):
 
     def append_entries(self, entries: Sequence[Entry]) -> list[int]:
         """Append records durably; return their sequence numbers."""
+        ...
+
+    @property
+    def failing(self) -> str | None:
+        """Return why records cannot be appended now, or None."""
         ...
 
 
@@ -76,11 +87,21 @@ def demo_entries(deliveries: Sequence[tuple[datetime, dict]]) -> list[Entry]:
     return entries
 
 
-class _SharedCollector:
-    """Exposes the ingest process's numbers at /metrics."""
+# /healthz's reasons, the same for every client: paths and error texts, which tell an
+# outsider about the machine, are given to local clients only (`health(detailed=True)`).
+JOURNAL_FAILING = "deliveries cannot be stored now (the journal cannot write)"
+STORE_DAMAGED = ("the data store is damaged: deliveries are kept in the journal "
+                 "(`python -m ploomes rebuild` recreates the file from it)")
+STORE_BEHIND = "deliveries are kept in the journal but not stored in the data store yet"
+INGEST_STOPPED = "the ingest process is not running"
 
-    def __init__(self, shared: SharedState):
-        self.shared = shared
+
+class _SharedCollector:
+    """Exposes the ingest process's numbers and whether appends work at /metrics."""
+
+    def __init__(self, service: DeliveryService):
+        self.shared = service.shared
+        self.service = service
 
     def collect(self) -> Iterator[Metric]:
         shared = self.shared
@@ -96,6 +117,12 @@ class _SharedCollector:
                                 value=shared.backlog())
         yield GaugeMetricFamily("ploomes_ingest_errors", "Failed ingest attempts so far",
                                 value=shared.ingest_errors.value)
+        yield GaugeMetricFamily("ploomes_store_ok",
+                                "1 while the ingest stores deliveries in DuckDB, else 0",
+                                value=int(shared.store_state.value == STORE_OK))
+        yield GaugeMetricFamily("ploomes_journal_ok",
+                                "1 while deliveries can be journaled (answered 200), else 0",
+                                value=int(self.service.appender.failing is None))
 
 
 class DeliveryService:
@@ -118,7 +145,7 @@ class DeliveryService:
         self._outcomes.labels("accepted")  # there from the start: a rate must see its 0
         self._ack = Histogram("ploomes_ack_seconds", "Time from request to accepted answer",
                               buckets=ACK_BUCKETS, registry=self.registry)
-        self.registry.register(_SharedCollector(self.shared))
+        self.registry.register(_SharedCollector(self))
         self.started_at = time.time()
 
     def _published(self, seq: int) -> None:
@@ -195,33 +222,56 @@ class DeliveryService:
             return self.refuse("invalid", 400, f"bad demo data: {exc}")
         return Outcome(200, {"status": "accepted", "count": len(seqs), "last_id": seqs[-1]})
 
-    def health(self, ingest_alive: bool) -> tuple[int, dict[str, object]]:
-        """Return the HTTP status and body of /healthz."""
+    def health(self, ingest_alive: bool, detailed: bool = True) -> tuple[int, dict[str, object]]:
+        """Return the HTTP status and body of /healthz.
+
+        503 ("failing") whenever a delivery cannot be stored now; a data store that
+        cannot be used is "degraded" (200): deliveries are still journaled. `detailed`
+        (local clients) adds the figures, paths and error texts; others get the status
+        and generic reasons only.
+        """
         shared = self.shared
         pending = shared.backlog()
         oldest = shared.oldest_pending_ns.value
         lag = max(0.0, (time.time_ns() - oldest) / 1e9) if oldest and pending else 0.0
-        broken = self.journal.broken
+        journal_error = self.appender.failing
         error = shared.get_error()
-        if broken:
+        store_state = shared.store_state.value
+        reasons = []
+        if journal_error:
+            reasons.append(JOURNAL_FAILING)
+        if store_state == STORE_UNREADABLE:
+            reasons.append(STORE_DAMAGED)
+        elif store_state == STORE_FAILING or error:
+            reasons.append(STORE_BEHIND)
+        if not ingest_alive:
+            reasons.append(INGEST_STOPPED)
+        if journal_error:
             status = "failing"
-        elif error or not ingest_alive:
+        elif reasons:
             status = "degraded"
         else:
             status = "ok" if shared.ready.value else "starting"
+        code = 503 if journal_error else 200
+        if not detailed:
+            return code, {"status": status, "reasons": reasons}
         body = {
             "status": status,
+            "reasons": reasons,
+            "store": {STORE_OK: "ok", STORE_FAILING: "failing",
+                      STORE_UNREADABLE: "damaged"}.get(store_state, "unknown"),
             "journal_seq": shared.synced_seq.value,
             "ingested_seq": shared.ingested_seq.value,
             "backlog": pending,
             "derive_backlog": max(0, shared.ingested_seq.value - shared.derived_seq.value),
             "ingest_lag_seconds": round(lag, 3),
             "ingest_error": error,
-            "journal_error": broken,
+            "journal_error": journal_error,
+            "store_path": str(self.settings.db_path),
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "worker_alive": ingest_alive,
         }
-        return (503 if broken else 200), body
+        return code, body
 
     def close(self) -> None:
         """Release the journal."""

@@ -16,6 +16,11 @@ from typing import Protocol
 CONTEXT = multiprocessing.get_context("spawn")
 AUTH_SAMPLE = 1000  # unauthenticated attempts kept (time, source, reason), never bodies
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+# What the ingest last found of the DuckDB file (SharedState.store_state)
+STORE_UNKNOWN = 0  # not reached yet
+STORE_OK = 1
+STORE_FAILING = 2  # the last attempt failed (busy, disk full, ...)
+STORE_UNREADABLE = 3  # the file is damaged: `python -m ploomes rebuild` mends it
 
 
 class Histogram(Protocol):
@@ -46,6 +51,7 @@ class SharedState:
         self.error = CONTEXT.RawArray(ctypes.c_char, 400)
         self.stop = CONTEXT.RawValue(ctypes.c_bool, False)
         self.ready = CONTEXT.RawValue(ctypes.c_bool, False)  # the ingest started
+        self.store_state = CONTEXT.RawValue(ctypes.c_int, STORE_UNKNOWN)
         # lag histogram: one count per bucket, then +Inf, then the sum
         self.lag = CONTEXT.RawArray(ctypes.c_double, len(LAG_BUCKETS) + 2)
         self.failures = CONTEXT.Queue(maxsize=AUTH_SAMPLE)

@@ -15,6 +15,11 @@ import orjson
 MAX_DEPTH = 64  # real deliveries nest 3–4 levels; deeper bodies are refused
 MAX_NAME = 100
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+# orjson reads an integer beyond 64 bits as a float, which would change its value.
+# Such a literal has at least 19 digits in a row: bodies with a run that long (also
+# inside a string, e.g. a bank slip's barcode) are decoded again by the standard parser.
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2E for b in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
 INT_FIELDS = ("AccountId", "ActionUserId", "WebhookId", "WebhookCreatorId", "SecondaryEntityId")
 
 
@@ -106,7 +111,8 @@ def _check_depth(raw: bytes) -> None:
 
 
 def decode_body(raw: bytes) -> dict[str, Any]:
-    """Decode raw bytes into a JSON object, or raise InvalidDelivery."""
+    """Decode raw bytes into a JSON object (integers of any size exact), or raise
+    InvalidDelivery."""
     if not raw:
         raise InvalidDelivery("empty body")
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
@@ -124,6 +130,11 @@ def decode_body(raw: bytes) -> dict[str, Any]:
                               ) from None
     if not isinstance(body, dict):
         raise InvalidDelivery(f"body must be a JSON object, got {type(body).__name__}")
+    if _LONG_DIGIT_RUN in raw.translate(_DIGITS_ONLY):
+        # orjson accepted it, so json.loads does too and reads the same values, except
+        # that integers of any size stay integers
+        exact: dict[str, Any] = json.loads(raw)
+        return exact
     return body
 
 
@@ -169,5 +180,5 @@ def to_json(value: object) -> str | None:
         return None
     try:
         return orjson.dumps(value).decode("utf-8")
-    except TypeError:  # an integer beyond 64 bits (only from Python-built bodies)
+    except TypeError:  # an integer beyond 64 bits, which orjson cannot write
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
