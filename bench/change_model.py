@@ -5,17 +5,19 @@ Prints, in one run on the seeded deliveries of `bench/common.py`:
      without (`derive=False`, events only) on the same first `--ingest-events` journal
      records, each into a fresh store, and their ratio;
   2. the time of `rebuild(settings)` (what `python -m ploomes rebuild` runs) on the whole
-     journal of `--events` records;
+     journal of `--events` records, with its steps' seconds and the CPU it took;
   3. the median of several runs of each query function of `ploomes.queries` on that
      store, against the 100 ms target.
 Asserts nothing.
 
     python bench/change_model.py [--events 1000000] [--data-dir DIR] [--ingest-events 100000]
+                                 [--only rebuild] [--workers N]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import statistics
 import tempfile
@@ -193,19 +195,44 @@ def main() -> None:
     parser.add_argument("--reuse-rebuild", action="store_true",
                         help="report the cached data dir's rebuild time instead of "
                              "rebuilding again")
+    parser.add_argument("--only", choices=("ingest", "rebuild", "queries"),
+                        help="run one part only")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="rebuild's worker processes (default: its own choice)")
     args = parser.parse_args()
 
     built = ensure_data(args.events, args.data_dir, args.seed)
     settings = built.settings
     print(f"\ndata dir: {built.data_dir}\n{store_counts(settings)}")
 
-    bench_ingest(settings, min(args.ingest_events, args.events), args.ingest_rounds)
+    if args.only in (None, "ingest"):
+        bench_ingest(settings, min(args.ingest_events, args.events), args.ingest_rounds)
+    if args.only in (None, "rebuild"):
+        bench_rebuild(built, settings, args.reuse_rebuild, args.workers)
+    if args.only in (None, "queries"):
+        bench_queries(settings, args.repeat)
 
-    if built.reused and not args.reuse_rebuild:
-        seconds, report = timed_rebuild(settings)
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its ended children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def bench_rebuild(built, settings, reuse: bool, workers: int | None) -> None:
+    """Print the time of a rebuild of the whole journal, step by step."""
+    if built.reused and not reuse:
+        cpu_before = _cpu_seconds()
+        seconds, report = timed_rebuild(settings, workers)
+        cpu = [after - before for after, before in zip(_cpu_seconds(), cpu_before,
+                                                       strict=True)]
         rebuilt = f"{seconds:.1f}"
         note = (f"{report.journal_records:,} journal records → {report.events:,} events, "
-                f"{report.field_changes:,} field changes")
+                f"{report.field_changes:,} field changes; CPU {cpu[0]:.0f} s in this "
+                f"process, {cpu[1]:.0f} s in workers")
+        print_table("Rebuild steps (seconds of wall time; derive = waiting for the workers)",
+                    list(report.seconds), [[f"{v:.1f}" for v in report.seconds.values()]])
     else:
         rebuilt = f"{built.rebuild_seconds:.1f}"
         note = ("measured when this data dir was built" if not built.reused
@@ -215,8 +242,6 @@ def main() -> None:
                 ["journal records", "seconds", "events/s", "note"],
                 [[f"{built.journal_records:,}", rebuilt,
                   f"{built.journal_records / float(rebuilt):,.0f}", note]])
-
-    bench_queries(settings, args.repeat)
 
 
 if __name__ == "__main__":

@@ -186,10 +186,10 @@ def sync_directory_rows(settings: Settings, seed: int) -> None:
         upsert_directory(con, sim.users, sim.fields, datetime.now(UTC))
 
 
-def timed_rebuild(settings: Settings) -> tuple[float, object]:
+def timed_rebuild(settings: Settings, workers: int | None = None) -> tuple[float, object]:
     """Run `rebuild(settings)` and return (seconds, report)."""
     start = time.perf_counter()
-    report = rebuild(settings)
+    report = rebuild(settings, workers=workers)
     return time.perf_counter() - start, report
 
 

@@ -20,19 +20,50 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    """Recreate the DuckDB file from the journal."""
+    """Recreate the DuckDB file from the journal; one line per step on standard output."""
     from ploomes.ingest.rebuild import rebuild
 
     try:
-        report = rebuild(_settings(args))
+        settings = _settings(args)
+        print(f"rebuilding {settings.db_path} from the journal in {settings.journal_dir}",
+              flush=True)
+        report = rebuild(settings)
     except (ConfigError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"rebuilt from {report.journal_records} journal records "
-          f"({report.kept_events} older events kept from the previous file): "
+    if report.moved_aside is not None:
+        print(f"{settings.db_path.name} did not open ({report.unreadable}): "
+              f"moved aside to {report.moved_aside}")
+    if report.carried_over:
+        print("kept from the previous file: users, custom fields, the audit trail, the "
+              f"sample of refused keys and {report.kept_events} events older than the journal")
+    print(f"rebuilt from {report.journal_records} journal records: "
           f"{report.events} events, {report.field_changes} field changes, "
           f"{report.duplicates} duplicates, {report.gaps} continuity gaps")
+    if not report.carried_over:
+        _resync_directory(settings)
     return 0
+
+
+def _resync_directory(settings: Settings) -> None:
+    """Fetch users and custom fields again: the rebuilt file starts without them."""
+    from ploomes.crm.api import PloomesClient, PloomesError
+    from ploomes.crm.directory import sync_directory
+
+    if not settings.user_key:
+        print("users and custom fields not re-synced: no Ploomes User-Key configured "
+              "(PLOOMES_USER_KEY); pages show raw ids until a sync from the Webhooks page")
+        return
+    try:
+        with PloomesClient(settings.api_url, settings.user_key, timeout=10.0,
+                           retry_total=2) as client:
+            result = sync_directory(client, Store(settings))
+    except (PloomesError, StoreError) as exc:  # the rebuild itself is done and kept
+        print(f"warning: users and custom fields could not be re-synced from Ploomes: {exc}. "
+              "Pages show raw ids until a sync from the Webhooks page.", file=sys.stderr)
+        return
+    print(f"users and custom fields re-synced from Ploomes: {result.users} users, "
+          f"{result.fields} custom fields")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

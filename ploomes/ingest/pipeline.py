@@ -1,10 +1,12 @@
 """The ingest path: journal records → rows of the event store, with the change model.
 
-`Pipeline.apply` is the single way rows enter the store: the receiver's ingest worker
-calls it on each batch of new journal records, `python -m ploomes rebuild` calls it on
-the whole journal, and demo data goes through it too. Each call runs in one transaction
-that also records the last journal sequence applied, so a crash never applies a record
-twice or skips one.
+`Pipeline.apply` is how rows enter a live store: the receiver's ingest worker calls it
+on each batch of new journal records, and demo data goes through it too. Each call runs
+in one transaction that also records the last journal sequence applied, so a crash never
+applies a record twice or skips one. `python -m ploomes rebuild` derives the whole
+journal in one pass (`ploomes.ingest.bulk`) with the functions here that build the rows
+(`event_item`, `event_table`, `change_table`, `mark_duplicate`), so both give the same
+rows.
 
 Per delivery it computes, once: the event row, its field changes (`ploomes.model.diff`),
 whether it repeats an earlier delivery of the same change (duplicate detection), and
@@ -21,7 +23,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import duckdb
 import orjson
@@ -45,21 +48,28 @@ from ploomes.intake.journal import (
 )
 from ploomes.model import diff as diffmod
 from ploomes.model.delivery import Delivery, InvalidDelivery, parse_delivery, to_json
-from ploomes.model.state import find_gap, merge_state, record_names
+from ploomes.model.state import fold, record_names
 from ploomes.store import fetch_one, fetch_row, transaction
 
 DUPLICATE_INDEX_SIZE = 50_000  # fingerprints remembered for duplicate detection
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
 def ns_to_datetime(ns: int) -> datetime:
-    """Return a UTC datetime for nanoseconds since the epoch."""
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC)
+    """Return a UTC datetime for nanoseconds since the epoch, to the microsecond below.
+
+    Integer arithmetic, so a time column built from `ns // 1000` holds the same value.
+    """
+    return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
 @dataclass
 class _Rows:
-    events: list[tuple] = field(default_factory=list)
-    changes: list[tuple] = field(default_factory=list)
+    events: pa.Table | None = None
+    changes: list[pa.Table] = field(default_factory=list)
     gaps: list[tuple] = field(default_factory=list)
     rejected: list[tuple] = field(default_factory=list)
     states: dict[tuple[str, int], tuple] = field(default_factory=dict)
@@ -68,7 +78,7 @@ class _Rows:
     user_fields: dict[tuple[int | None, str, str], list[int]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.rejected or self.states)
+        return bool(self.events is not None or self.rejected or self.states)
 
 
 EVENT_SCHEMA = pa.schema([
@@ -133,18 +143,85 @@ def warm_up() -> None:
     _table([], EVENT_SCHEMA)
 
 
-def _json_value(value: object, known: bool) -> str | None:
+def _json_value_bytes(value: object, known: bool) -> bytes | None:
     # NULL means "nothing" (unknown or absent); a JSON null is stored as 'null'.
     if not known:
         return None
-    return to_json(value) if value is not None else "null"
+    return _json_bytes(value) if value is not None else b"null"
 
 
-def _event_row(seq: int, ns: int, d: Delivery, demo: bool, sha: str, text: str,
-               fp: str | None, dup_of: int | None) -> tuple:
-    return (seq, ns_to_datetime(ns), d.action, d.entity, d.account_id, d.action_user_id,
-            d.webhook_id, d.webhook_creator_id, d.secondary_entity_id, d.record_id,
-            to_json(d.old), to_json(d.new), text, sha, demo, fp, dup_of)
+# A parsed delivery on its way to `events`: (id, received ns, delivery, is_demo,
+# body sha256, body as received).
+EventItem = tuple[int, int, Delivery, bool, str, bytes]
+
+
+def _json_bytes(value: object) -> bytes | None:
+    """`to_json` as UTF-8 bytes: Arrow takes bytes far faster than non-ASCII text."""
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # what orjson cannot write: to_json's fallback
+        return (to_json(value) or "").encode("utf-8")
+
+
+def _text_column(values: Iterable[bytes | None]) -> pa.Array:
+    """A string column from UTF-8 bytes (checked as UTF-8 by the cast)."""
+    return pa.array(values, pa.binary()).cast(pa.string())
+
+
+def event_table(items: Sequence[EventItem], fingerprints: Sequence[str | None],
+                duplicates: Sequence[int | None]) -> pa.Table:
+    """Build `events` rows, column by column, for parsed deliveries.
+
+    Live stage 1 and a rebuild both store events through here.
+    """
+    if not items:
+        return EVENT_SCHEMA.empty_table()
+    seqs, stamps, deliveries, demos, shas, bodies = zip(*items, strict=True)
+    (actions, entities, accounts, users, webhooks, creators, secondaries, records, olds,
+     news, _) = zip(*deliveries, strict=True)
+    ints = [pa.array(column, pa.int64())
+            for column in (accounts, users, webhooks, creators, secondaries, records)]
+    return pa.Table.from_arrays([
+        pa.array(seqs, pa.int64()), pa.array([ns // 1000 for ns in stamps], TIMESTAMP),
+        pa.array(actions, pa.string()), pa.array(entities, pa.string()), *ints,
+        _text_column(map(_json_bytes, olds)), _text_column(map(_json_bytes, news)),
+        _text_column(bodies), pa.array(shas, pa.string()), pa.array(demos, pa.bool_()),
+        pa.array(fingerprints, pa.string()), pa.array(duplicates, pa.int64())],
+        schema=EVENT_SCHEMA)
+
+
+def change_table(events: pa.Table, owners: Sequence[int],
+                 changes: Sequence[diffmod.FieldChange]) -> pa.Table:
+    """Build `field_changes` rows: `changes[i]` was made by the event at `owners[i]`.
+
+    `events` has the event columns a change row repeats (id, received_at, entity,
+    record_id, action, action_user_id, duplicate_of, is_demo); they are taken from it by
+    index rather than repeated in Python. Live stage 2 and a rebuild both derive here.
+    """
+    if not changes:
+        return CHANGE_SCHEMA.empty_table()
+    index = pa.array(owners, pa.int64())
+    (fields, old_values, new_values, old_known, new_known, kinds, summaries, bookkeeping,
+     added, removed) = zip(*changes, strict=True)
+
+    def take(name: str) -> pa.Array:
+        return events.column(name).take(index)
+
+    return pa.Table.from_arrays([
+        take("id"), take("received_at"), take("entity"), take("record_id"), take("action"),
+        take("action_user_id"), pa.array(fields, pa.string()),
+        _text_column([_json_value_bytes(v, k)
+                      for v, k in zip(old_values, old_known, strict=True)]),
+        _text_column([_json_value_bytes(v, k)
+                      for v, k in zip(new_values, new_known, strict=True)]),
+        pa.array(old_known, pa.bool_()), pa.array(new_known, pa.bool_()),
+        pa.array(kinds, pa.string()), pa.array(summaries, pa.string()),
+        pa.array(bookkeeping, pa.bool_()),
+        _text_column([_json_bytes(list(ids)) if ids else None for ids in added]),
+        _text_column([_json_bytes(list(ids)) if ids else None for ids in removed]),
+        take("duplicate_of").is_valid(), take("is_demo")], schema=CHANGE_SCHEMA)
 
 
 @contextmanager
@@ -175,6 +252,45 @@ def set_position(con: duckdb.DuckDBPyConnection, name: str, seq: int) -> None:
     if not fetch_row(con, "UPDATE ingest_state SET last_seq = ?, updated_at = now() "
                      "WHERE name = ?", [seq, name])[0]:
         con.execute("INSERT INTO ingest_state VALUES (?, ?, now())", [name, seq])
+
+
+def _owner_table(items: Sequence[tuple[int, int, Delivery, bool, int | None]]) -> pa.Table:
+    """The event columns `change_table` takes, for stage 2's items."""
+    ids, stamps, deliveries, demos, dups = zip(*items, strict=True) if items else ([],) * 5
+    return pa.table({
+        "id": pa.array(ids, pa.int64()),
+        "received_at": pa.array([ns // 1000 for ns in stamps], TIMESTAMP),
+        "entity": pa.array([d.entity for d in deliveries], pa.string()),
+        "record_id": pa.array([d.record_id for d in deliveries], pa.int64()),
+        "action": pa.array([d.action for d in deliveries], pa.string()),
+        "action_user_id": pa.array([d.action_user_id for d in deliveries], pa.int64()),
+        "duplicate_of": pa.array(dups, pa.int64()),
+        "is_demo": pa.array(demos, pa.bool_())})
+
+
+def event_item(record: Record) -> EventItem:
+    """Parse a delivery record for `events`; InvalidDelivery if today's rules refuse it."""
+    return (record.seq, record.received_ns, parse_delivery(record.payload), record.is_demo,
+            hashlib.sha256(record.payload).hexdigest(), record.payload)
+
+
+def rejected_row(record: Record, refused: InvalidDelivery | None = None) -> tuple[Any, ...]:
+    """Return the `rejected_deliveries` row of a rejected record, or of a delivery record
+    that today's rules refuse (`refused`)."""
+    at = ns_to_datetime(record.received_ns)
+    if refused is None:
+        return (record.seq, at, *decode_rejected(record.payload))
+    # The receiver checks every body before journaling it, so only a delivery accepted
+    # under older rules that the current ones refuse gets here; it is kept, with the
+    # reason, instead of lost.
+    return (record.seq, at, 400, str(refused), record.payload[:REJECTED_RAW_LIMIT],
+            len(record.payload), None)
+
+
+def fingerprint(d: Delivery) -> str:
+    """Return the change fingerprint of a delivery (duplicate detection)."""
+    return diffmod.change_fingerprint(d.entity, d.record_id, d.action, d.action_user_id,
+                                      d.old, d.new)
 
 
 class PositionMoved(RuntimeError):
@@ -244,35 +360,25 @@ class Pipeline:
         return count
 
     def _apply(self, con: duckdb.DuckDBPyConnection, records: Sequence[Record]) -> int:
-        items: list[tuple[int, int, Delivery, bool, str, str]] = []
+        items: list[EventItem] = []
         rows = _Rows()
         count = 0
         for record in records:
             if record.kind == KIND_DELIVERY:
                 try:
-                    delivery = parse_delivery(record.payload)
+                    items.append(event_item(record))
                 except InvalidDelivery as exc:
-                    # The receiver checks every body before journaling it, so only a
-                    # delivery accepted under older rules that the current ones refuse
-                    # gets here; it is kept, with the reason, instead of lost.
-                    rows.rejected.append((record.seq, ns_to_datetime(record.received_ns), 400,
-                                          str(exc),
-                                          record.payload[:REJECTED_RAW_LIMIT],
-                                          len(record.payload), None))
-                    continue
-                sha = hashlib.sha256(record.payload).hexdigest()
-                items.append((record.seq, record.received_ns, delivery, record.is_demo, sha,
-                              record.payload.decode("utf-8")))
+                    rows.rejected.append(rejected_row(record, exc))
             elif record.kind == KIND_REJECTED:
-                rows.rejected.append((record.seq, ns_to_datetime(record.received_ns),
-                                      *decode_rejected(record.payload)))
+                rows.rejected.append(rejected_row(record))
             elif record.kind == KIND_CONTROL:
                 count += self._flush(con, items, rows)
                 items, rows = [], _Rows()
-                self._control(con, json.loads(record.payload))
+                self.control(con, json.loads(record.payload))
         return count + self._flush(con, items, rows)
 
-    def _flush(self, con: duckdb.DuckDBPyConnection, items: list, rows: _Rows) -> int:
+    def _flush(self, con: duckdb.DuckDBPyConnection, items: list[EventItem], rows: _Rows
+               ) -> int:
         if items:
             self._stage_events(items, rows)
         if rows.rejected:
@@ -280,15 +386,15 @@ class Pipeline:
             con.execute("INSERT INTO rejected_deliveries SELECT * FROM _rejected")
             con.unregister("_rejected")
         self._write_derived(con, rows)
-        if rows.events:
-            con.register("_events", _table(rows.events, EVENT_SCHEMA))
+        if rows.events is not None:
+            con.register("_events", rows.events)
             con.execute(
                 "INSERT INTO events (id, received_at, action, entity, account_id, "
                 "action_user_id, webhook_id, webhook_creator_id, secondary_entity_id, "
                 "record_id, old, new, payload, body_sha256, is_demo, change_fingerprint, "
                 "duplicate_of) SELECT * FROM _events")
             con.unregister("_events")
-        return len(rows.events) + len(rows.rejected)
+        return (rows.events.num_rows if rows.events is not None else 0) + len(rows.rejected)
 
     def _load_states(self, con: duckdb.DuckDBPyConnection) -> dict[tuple[str, int], tuple]:
         """Return the stored `record_state` rows of the `_wanted` records."""
@@ -307,20 +413,31 @@ class Pipeline:
         return {(r[0], r[1], r[2]): UserRecord(r[3], r[4], r[5], r[6], r[7],
                                                 set(orjson.loads(r[8])), r[9]) for r in rows}
 
-    def _fingerprint(self, seq: int, ns: int, d: Delivery, demo: bool
-                     ) -> tuple[str, int | None]:
-        fp = diffmod.change_fingerprint(d.entity, d.record_id, d.action, d.action_user_id,
-                                        d.old, d.new)
+    def mark_duplicate(self, fp: str, seq: int, ns: int, demo: bool) -> int | None:
+        """Return the event that the change `fp` of event `seq` repeats, or None.
+
+        None makes `seq` the original that later copies of the change refer to. Called in
+        id order, by stage 1 and by a rebuild alike.
+        """
         dup_of = self._duplicate_of(fp, ns)
         if dup_of is None:
             self._remember(fp, seq, ns, demo)
-        return fp, dup_of
+        return dup_of
 
-    def _stage_events(self, items: list, rows: _Rows) -> None:
+    def _fingerprint(self, seq: int, ns: int, d: Delivery, demo: bool
+                     ) -> tuple[str, int | None]:
+        fp = fingerprint(d)
+        return fp, self.mark_duplicate(fp, seq, ns, demo)
+
+    def _stage_events(self, items: list[EventItem], rows: _Rows) -> None:
         """Stage 1: event rows with their fingerprint and duplicate mark (cheap)."""
-        for seq, ns, d, demo, sha, text in items:
+        fps: list[str | None] = []
+        dups: list[int | None] = []
+        for seq, ns, d, demo, _, _ in items:
             fp, dup_of = self._fingerprint(seq, ns, d, demo) if self.derive else (None, None)
-            rows.events.append(_event_row(seq, ns, d, demo, sha, text, fp, dup_of))
+            fps.append(fp)
+            dups.append(dup_of)
+        rows.events = event_table(items, fps, dups)
 
     def _derive(self, con: duckdb.DuckDBPyConnection,
                 items: list[tuple[int, int, Delivery, bool, int | None]], rows: _Rows) -> None:
@@ -333,34 +450,29 @@ class Pipeline:
         with _wanted_records(con, keys):
             states = self._load_states(con)
             stored = self._load_user_records(con)
-        for seq, ns, d, demo, dup_of in items:
-            at = ns_to_datetime(ns)
-            changes = diffmod.diff_record(d.action, d.old, d.new)
+        owners: list[int] = []
+        changes: list[diffmod.FieldChange] = []
+        for index, (seq, ns, d, demo, dup_of) in enumerate(items):
+            found = diffmod.diff_record(d.action, d.old, d.new)
             fold_user_event(rows, stored, d.action_user_id, d.entity, d.record_id, ns,
-                            dup_of is not None, [c.field for c in changes if not c.bookkeeping])
-            for c in changes:
-                rows.changes.append((
-                    seq, at, d.entity, d.record_id, d.action, d.action_user_id, c.field,
-                    _json_value(c.old_value, c.old_known), _json_value(c.new_value, c.new_known),
-                    c.old_known, c.new_known, c.kind, c.summary, c.bookkeeping,
-                    to_json(list(c.added)) if c.added else None,
-                    to_json(list(c.removed)) if c.removed else None,
-                    dup_of is not None, demo))
+                            dup_of is not None, [c.field for c in found if not c.bookkeeping])
+            owners.extend([index] * len(found))
+            changes.extend(found)
             if dup_of is not None or d.record_id is None:
                 continue
             key = (d.entity, d.record_id)
             previous = states.get(key)
-            if previous and not previous[3] and d.old:
-                gap = find_gap(previous[0], d.old)
-                if gap:
-                    rows.gaps.append((seq, previous[1], at, d.entity, d.record_id,
-                                      to_json(gap), demo))
             base = previous[0] if previous and not previous[3] else None
-            state = merge_state(merge_state(base, d.old), d.new)
+            state, gap = fold(base, d.old, d.new)
+            at = ns_to_datetime(ns)
+            if gap and previous:
+                rows.gaps.append((seq, previous[1], at, d.entity, d.record_id, to_json(gap),
+                                  demo))
             deleted = d.new is None and d.old is not None
             states[key] = (state, seq, at, deleted, demo)
             rows.states[key] = (d.entity, d.record_id, to_json(state), seq, at, deleted, demo,
                                 *record_names(state))
+        rows.changes.append(change_table(_owner_table(items), owners, changes))
 
     def derive_pending(self, con: duckdb.DuckDBPyConnection, max_events: int = 1000
                        ) -> int | None:
@@ -415,10 +527,11 @@ class Pipeline:
         return batch[-1][0]
 
     def _write_derived(self, con: duckdb.DuckDBPyConnection, rows: _Rows) -> None:
-        if rows.changes:
-            con.register("_changes", _table(rows.changes, CHANGE_SCHEMA))
-            con.execute("INSERT INTO field_changes SELECT * FROM _changes")
-            con.unregister("_changes")
+        for changes in rows.changes:
+            if changes.num_rows:
+                con.register("_changes", changes)
+                con.execute("INSERT INTO field_changes SELECT * FROM _changes")
+                con.unregister("_changes")
         if rows.gaps:
             con.register("_gaps", _table(rows.gaps, GAP_SCHEMA))
             con.execute("INSERT INTO continuity_gaps SELECT * FROM _gaps")
@@ -457,7 +570,8 @@ class Pipeline:
                 "(d.action_user_id, d.entity, d.field, d.changes, d.records)")
             con.unregister("_user_fields")
 
-    def _control(self, con: duckdb.DuckDBPyConnection, op: dict) -> None:
+    def control(self, con: duckdb.DuckDBPyConnection, op: dict[str, Any]) -> None:
+        """Apply a control record's operation (e.g. removing demo data) to stored rows."""
         if op.get("op") == "remove_demo":
             # the user rollups of what demo rows touched are recomputed once they are gone
             con.execute("CREATE OR REPLACE TEMP TABLE _demo_records AS SELECT DISTINCT "

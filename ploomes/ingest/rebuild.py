@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 
 from ploomes.config import Settings
+from ploomes.ingest.bulk import derive_journal, parallel_workers
 from ploomes.ingest.pipeline import Pipeline, set_position
 from ploomes.ingest.upgrade import UPGRADES
-from ploomes.intake.journal import Journal, JournalBusy, first_seq, iter_records
-from ploomes.store import Store, StoreError, fetch_row, transaction
+from ploomes.intake.journal import Journal, JournalBusy, first_seq, segment_paths
+from ploomes.store import (
+    Store,
+    StoreError,
+    StoreUnreadable,
+    fetch_row,
+    is_damage,
+    transaction,
+)
+from ploomes.store.db import make_private
 
 # Rows the journal does not carry, kept from the old file across a rebuild.
-KEPT_TABLES = ("users", "fields", "auth_failures")
+KEPT_TABLES = ("users", "fields", "auth_failures", "audit_log")
 
 
 class RebuildError(StoreError):
@@ -32,22 +43,48 @@ class RebuildReport:
     field_changes: int
     duplicates: int
     gaps: int
+    # the previous file did not open: where it was set aside, and DuckDB's reason
+    moved_aside: Path | None = None
+    unreadable: str | None = None
+    # users, fields and the other kept tables came from the previous file
+    carried_over: bool = False
+    # seconds per step: carry_over, derive (parse and diff), order (duplicates, state),
+    # append (rows into DuckDB), finish (record state, rollups), checkpoint
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
-def rebuild(settings: Settings, batch_size: int = 5000) -> RebuildReport:
-    """Rebuild the store from the journal into a new file and swap it in atomically."""
+def rebuild(settings: Settings, workers: int | None = None) -> RebuildReport:
+    """Rebuild the store from the journal into a new file and swap it in atomically.
+
+    A previous file that DuckDB cannot read (damaged) is set aside as
+    `ploomes.duckdb.broken-<UTC time>` instead of stopping the rebuild. `workers`: processes
+    that derive the change model (default: one per core for a large journal, none for a
+    small one).
+    """
     try:
         journal = Journal(settings.journal_dir, settings.journal_segment_bytes)
     except JournalBusy as exc:
         raise RebuildError("the receiver is running on this data dir: stop it, then rebuild"
                            ) from exc
     try:
-        return _rebuild(settings, journal, batch_size)
+        if workers is None:
+            workers = parallel_workers(_journal_bytes(settings.journal_dir))
+        return _rebuild(settings, journal, workers)
     finally:
         journal.close()
 
 
-def _rebuild(settings: Settings, journal: Journal, batch_size: int) -> RebuildReport:
+def _journal_bytes(journal_dir: Path) -> int:
+    total = 0
+    for path in segment_paths(journal_dir):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def _rebuild(settings: Settings, journal: Journal, workers: int) -> RebuildReport:
     target = settings.db_path
     tmp = target.with_name(target.name + ".rebuild")
     for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
@@ -56,39 +93,63 @@ def _rebuild(settings: Settings, journal: Journal, batch_size: int) -> RebuildRe
     old = Store(settings, upgrades=UPGRADES)
     start = first_seq(settings.journal_dir) or journal.synced_seq + 1
     kept = 0
+    unreadable: str | None = None
+    carried = False
+    started = time.perf_counter()
     with new.writer() as con:
         if target.exists():
-            kept = _carry_over(old, con, tmp, start)
+            try:
+                kept = _carry_over(old, con, start)
+                carried = True
+            except StoreUnreadable as exc:
+                unreadable = str(exc.__cause__ or exc)  # DuckDB's own words
         pipeline = Pipeline(settings.duplicate_window_seconds)
         if kept:
             with transaction(con):
                 pipeline.rederive_all(con)
-        records = 0
-        batch = []
-        for record in iter_records(settings.journal_dir, after_seq=start - 1):
-            batch.append(record)
-            if len(batch) >= batch_size:
-                pipeline.apply(con, batch)
-                records += len(batch)
-                batch = []
-        if batch:
-            pipeline.apply(con, batch)
-            records += len(batch)
-        while pipeline.derive_pending(con, batch_size) is not None:
-            pass  # stage 2, in id order: the same result as live ingestion
+        seconds = {"carry_over": time.perf_counter() - started}
+        bulk = derive_journal(con, pipeline, settings.journal_dir, start - 1, workers)
+        seconds.update(bulk.seconds)
+        started = time.perf_counter()
         con.execute("CHECKPOINT")
+        seconds["checkpoint"] = time.perf_counter() - started
         counts = fetch_row(con,
             "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM field_changes), "
             "(SELECT count(*) FROM events WHERE duplicate_of IS NOT NULL), "
             "(SELECT count(*) FROM continuity_gaps)")
+    aside = None
     with old.lock.exclusive(old.busy_timeout):
+        if unreadable is not None and target.exists():
+            aside = _set_aside(target)
         os.replace(tmp, target)
         target.with_name(target.name + ".wal").unlink(missing_ok=True)
-    return RebuildReport(records, kept, *counts)
+    events, field_changes, duplicates, gaps = counts
+    return RebuildReport(bulk.records, kept, events, field_changes, duplicates, gaps,
+                         moved_aside=aside, unreadable=unreadable, carried_over=carried,
+                         seconds=seconds)
 
 
-def _carry_over(old: Store, con: duckdb.DuckDBPyConnection, tmp: Path, start: int) -> int:
-    """Copy what the journal no longer or never held from the old file; return events kept."""
+def _set_aside(target: Path) -> Path:
+    """Move a damaged file (and its WAL) to a name of its own; return the new path."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = target.with_name(f"{target.name}.broken-{stamp}")
+    n = 1
+    while aside.exists():  # two rebuilds within a second: never overwrite a kept file
+        n += 1
+        aside = target.with_name(f"{target.name}.broken-{stamp}-{n}")
+    os.replace(target, aside)
+    wal = target.with_name(target.name + ".wal")
+    if wal.exists():
+        os.replace(wal, aside.with_name(aside.name + ".wal"))
+    make_private(aside)  # still CRM data
+    return aside
+
+
+def _carry_over(old: Store, con: duckdb.DuckDBPyConnection, start: int) -> int:
+    """Copy what the journal no longer or never held from the old file; return events kept.
+
+    StoreUnreadable if the old file is damaged: nothing is copied then.
+    """
     with old.reader():
         pass  # migrates the old file to the current schema if it is older
     with old.lock.shared(old.busy_timeout):
@@ -96,18 +157,29 @@ def _carry_over(old: Store, con: duckdb.DuckDBPyConnection, tmp: Path, start: in
             quoted = str(old.path).replace("'", "''")  # a path is no SQL: one quote doubled
             con.execute(f"ATTACH '{quoted}' AS previous (READ_ONLY)")
         except duckdb.Error as exc:
+            if is_damage(exc):
+                raise StoreUnreadable(f"{old.path.name} does not open: {exc}") from exc
             raise RebuildError(f"cannot read the old store: {exc}") from exc
         try:
-            for table in KEPT_TABLES:
-                con.execute(f"INSERT INTO {table} SELECT * FROM previous.{table}")
-            # Events older than the journal's first record were pruned from the journal
-            # (retention): the old file is their only copy.
-            con.execute("INSERT INTO events SELECT * FROM previous.events WHERE id < ?", [start])
-            con.execute("INSERT INTO rejected_deliveries SELECT * FROM "
-                        "previous.rejected_deliveries WHERE id < ?", [start])
-            kept = fetch_row(con, "SELECT count(*) FROM events")[0]
-            if kept:
-                set_position(con, "main", start - 1)
+            with transaction(con):  # all or nothing: a damaged part copies no row
+                for table in KEPT_TABLES:
+                    con.execute(f"INSERT INTO {table} SELECT * FROM previous.{table}")
+                # Events older than the journal's first record were pruned from the
+                # journal (retention): the old file is their only copy.
+                con.execute("INSERT INTO events SELECT * FROM previous.events WHERE id < ?",
+                            [start])
+                con.execute("INSERT INTO rejected_deliveries SELECT * FROM "
+                            "previous.rejected_deliveries WHERE id < ?", [start])
+                kept: int = fetch_row(con, "SELECT count(*) FROM events")[0]
+                if kept:
+                    set_position(con, "main", start - 1)
+        except duckdb.Error as exc:
+            if is_damage(exc):
+                raise StoreUnreadable(f"{old.path.name} is damaged: {exc}") from exc
+            raise RebuildError(f"cannot read the old store: {exc}") from exc
         finally:
-            con.execute("DETACH previous")
+            try:
+                con.execute("DETACH previous")
+            except duckdb.Error:
+                pass  # a damaged file may leave nothing to detach
     return kept

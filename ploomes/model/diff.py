@@ -37,8 +37,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -101,11 +100,15 @@ _ITEM_LABELS = (
 
 _SUMMARY_WIDTH = 60
 _MISSING = object()
+_TAG_KEYS = (TAGS,)
 
 
-@dataclass(frozen=True)
-class FieldChange:
-    """One field changed by one delivery."""
+class FieldChange(NamedTuple):
+    """One field changed by one delivery.
+
+    A NamedTuple rather than a frozen dataclass: a rebuild makes millions of them, and a
+    frozen dataclass pays a `object.__setattr__` per field to build one.
+    """
 
     field: str
     old_value: object
@@ -130,6 +133,9 @@ def _escape(key: str) -> str:
 
 def join_path(keys: tuple[str, ...] | list[str]) -> str:
     """Join record keys into a field path such as ``OtherProperties.contact_check``."""
+    text = ".".join(map(str, keys))
+    if "\\" not in text and text.count(".") == len(keys) - 1:
+        return text  # no key needs escaping: the common case, without a call per key
     return ".".join(_escape(str(k)) for k in keys)
 
 
@@ -359,15 +365,24 @@ def _nested_leaves(keys: tuple[str, ...], value: dict[str, Any]
             yield child_keys, child
 
 
+def _field(keys: tuple[str, ...]) -> str:
+    """`join_path`, with a shortcut for the usual top-level key that needs no escape."""
+    if len(keys) == 1:
+        key = keys[0]
+        if type(key) is str and "." not in key and "\\" not in key:
+            return key
+    return join_path(keys)
+
+
 def _one_sided_rows(record: dict[str, Any], kind: str) -> list[FieldChange]:
     """Build the ``set`` rows of a Create or the ``cleared`` rows of a Delete."""
     rows = []
     is_set = kind == "set"
     for keys, value in _leaves(record):
-        if _is_empty(value):
-            continue
-        field = join_path(keys)
-        tag_ids = _tag_ids(value) if keys == (TAGS,) else None
+        if value is None or (isinstance(value, list | dict) and not value):
+            continue  # _is_empty, inline: this loop runs for every field of a record
+        field = _field(keys)
+        tag_ids = _tag_ids(value) if keys == _TAG_KEYS else None
         added: tuple[Any, ...] = ()
         removed: tuple[Any, ...] = ()
         shown = value
@@ -384,27 +399,15 @@ def _one_sided_rows(record: dict[str, Any], kind: str) -> list[FieldChange]:
             summary = f"{field}: {labels}" if is_set else f"{field}: {labels} cleared"
         else:
             summary = f"set {_show(value)}" if is_set else f"cleared (was {_show(value)})"
-        rows.append(
-            FieldChange(
-                field=field,
-                old_value=None if is_set else shown,
-                new_value=shown if is_set else None,
-                old_known=not is_set,
-                new_known=is_set,
-                kind=kind,
-                summary=summary,
-                bookkeeping=_is_bookkeeping(keys),
-                added=added,
-                removed=removed,
-            )
-        )
+        rows.append(FieldChange(field, None if is_set else shown, shown if is_set else None,
+                                not is_set, is_set, kind, summary, _is_bookkeeping(keys),
+                                added, removed))
     return rows
 
 
 def _compare_leaf(rows: list[FieldChange], keys: tuple[str, ...], old: object, new: object) -> None:
     old_known = old is not _MISSING
-    field = join_path(keys)
-    if keys == (TAGS,):
+    if keys == _TAG_KEYS:
         new_ids = _tag_ids(new)
         old_ids = _tag_ids(old) if old_known else None
         if new_ids is not None and (not old_known or old_ids is not None):
@@ -416,7 +419,7 @@ def _compare_leaf(rows: list[FieldChange], keys: tuple[str, ...], old: object, n
             removed = tuple(_sorted_ids(old_set - new_set)) if old_known else ()
             rows.append(
                 FieldChange(
-                    field=field,
+                    field=TAGS,
                     old_value=_sorted_ids(old_set) if old_known else None,
                     new_value=_sorted_ids(new_set),
                     old_known=old_known,
@@ -431,6 +434,7 @@ def _compare_leaf(rows: list[FieldChange], keys: tuple[str, ...], old: object, n
             return
     if old_known and _json_equal(old, new):
         return
+    field = _field(keys)
     old_value = old if old_known else None
     if isinstance(new, list) or isinstance(old_value, list):
         kind = "list"
@@ -438,28 +442,19 @@ def _compare_leaf(rows: list[FieldChange], keys: tuple[str, ...], old: object, n
     else:
         kind = "changed"
         summary = f"{_show(old_value) if old_known else '?'} → {_show(new)}"
-    rows.append(
-        FieldChange(
-            field=field,
-            old_value=old_value,
-            new_value=new,
-            old_known=old_known,
-            new_known=True,
-            kind=kind,
-            summary=summary,
-            bookkeeping=_is_bookkeeping(keys),
-        )
-    )
+    rows.append(FieldChange(field, old_value, new, old_known, True, kind, summary,
+                            _is_bookkeeping(keys)))
 
 
 def _compare(rows: list[FieldChange], keys: tuple[str, ...], old: object,
              new: dict[str, Any]) -> None:
     """Append a row for every field present in ``new`` that differs from ``old``."""
     top = not keys
+    old_get = old.get if isinstance(old, dict) else None
     for key, new_value in new.items():
         if top and key == "Id":
             continue
-        old_value = old.get(key, _MISSING) if isinstance(old, dict) else _MISSING
+        old_value = _MISSING if old_get is None else old_get(key, _MISSING)
         if old_value is not _MISSING and _identical(old_value, new_value):
             continue  # most fields of a full snapshot did not change: skip them cheaply
         child_keys = (*keys, key)
@@ -467,12 +462,10 @@ def _compare(rows: list[FieldChange], keys: tuple[str, ...], old: object,
             new_props = normalize_other_properties(new_value)
             old_props = normalize_other_properties(old_value) if old_value is not _MISSING else {}
             for field_key, field_value in new_props.items():
-                _compare_leaf(
-                    rows,
-                    (*child_keys, field_key),
-                    old_props.get(field_key, _MISSING),
-                    field_value,
-                )
+                old_prop = old_props.get(field_key, _MISSING)
+                if old_prop is not _MISSING and _identical(old_prop, field_value):
+                    continue  # identical values are equal: no row
+                _compare_leaf(rows, (*child_keys, field_key), old_prop, field_value)
         elif (
             isinstance(new_value, dict)
             and new_value
@@ -578,6 +571,10 @@ def change_fingerprint(
     # walk, which keeps this cheap in the ingest path. 1 and 1.0 hash apart.
     payload = [entity, record_id, action, action_user_id,
                _with_custom_fields_normalized(old), _with_custom_fields_normalized(new)]
-    text = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
-                        default=repr)
+    try:
+        text = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
+                            default=repr)
+    except TypeError:  # an integer beyond 64 bits, which orjson cannot write
+        text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                          default=repr).encode("utf-8", "surrogatepass")
     return hashlib.sha256(text).hexdigest()

@@ -32,6 +32,29 @@ def merge_state(state: dict[str, Any] | None, record: dict[str, Any] | None) -> 
     return out
 
 
+def fold(state: dict[str, Any] | None, old: dict[str, Any] | None,
+         new: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Return a record's state after one delivery, and the gap its `Old` reveals.
+
+    `state` is what earlier deliveries made the record (None when unknown or deleted).
+    The result is `merge_state(merge_state(state, old), new)`, built in one copy: live
+    ingestion and a rebuild fold every delivery through here.
+    """
+    gap = find_gap(state, old) if state is not None and old else []
+    out = dict(state) if state else {}
+    for record in (old, new):
+        if not record:
+            continue
+        if OTHER_PROPERTIES in record:
+            merged = diffmod.normalize_other_properties(out.get(OTHER_PROPERTIES))
+            merged.update(diffmod.normalize_other_properties(record[OTHER_PROPERTIES]))
+            out.update(record)
+            out[OTHER_PROPERTIES] = merged
+        else:
+            out.update(record)
+    return out, gap
+
+
 def _as_text(value: object) -> str:
     # what SQL's `->>` gives: a string as it is, anything else as its JSON text
     return value if isinstance(value, str) else to_json(value) or "null"

@@ -8,13 +8,15 @@ from ploomes.store.schema import (
     SCHEMA_VERSION,
     StoreBusy,
     StoreError,
+    StoreUnreadable,
     Upgrades,
     fetch_one,
     fetch_row,
+    is_damage,
     migrate,
     schema_version,
     transaction,
 )
 
-__all__ = ["SCHEMA_VERSION", "Store", "StoreBusy", "StoreError", "Upgrades", "fetch_one",
-           "fetch_row", "migrate", "schema_version", "transaction"]
+__all__ = ["SCHEMA_VERSION", "Store", "StoreBusy", "StoreError", "StoreUnreadable", "Upgrades",
+           "fetch_one", "fetch_row", "is_damage", "migrate", "schema_version", "transaction"]

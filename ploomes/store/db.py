@@ -10,6 +10,7 @@ outside the project holding the file is retried until `busy_timeout`, then surfa
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,17 @@ import duckdb
 
 from ploomes.config import Settings
 from ploomes.store.locks import LockTimeout, RWLock
-from ploomes.store.schema import SCHEMA_VERSION, StoreBusy, StoreError, Upgrades, migrate
+from ploomes.store.schema import (
+    SCHEMA_VERSION,
+    StoreBusy,
+    StoreError,
+    StoreUnreadable,
+    Upgrades,
+    is_damage,
+    migrate,
+)
+
+PRIVATE_FILE = 0o600  # CRM data is personal data: the file and its WAL, like the journal
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -38,7 +49,23 @@ def _named_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except duckdb.Error as exc:
+        if is_damage(exc):
+            raise StoreUnreadable(f"{path.name} is damaged: {exc}") from exc
         raise StoreError(f"a query on {path.name} failed: {exc}") from exc
+
+
+def make_private(path: Path) -> None:
+    """Give the DuckDB file and its WAL, where they exist, to their owner alone.
+
+    DuckDB creates both with the process umask (and the WAL again after each
+    checkpoint), so the store narrows them after creating or writing them.
+    """
+    for part in (path, path.with_name(path.name + ".wal")):
+        try:
+            if os.stat(part).st_mode & 0o077:
+                os.chmod(part, PRIVATE_FILE)
+        except FileNotFoundError:
+            pass
 
 
 class Store:
@@ -93,6 +120,8 @@ class Store:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.IOException as exc:
+                if is_damage(exc):
+                    raise StoreUnreadable(f"{self.path.name} does not open: {exc}") from exc
                 if not _is_lock_error(exc):
                     raise StoreError(f"cannot open {self.path.name}: {exc}") from exc
                 if time.monotonic() >= deadline:
@@ -103,6 +132,8 @@ class Store:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.25)
             except duckdb.Error as exc:
+                if is_damage(exc):
+                    raise StoreUnreadable(f"{self.path.name} does not open: {exc}") from exc
                 raise StoreError(f"cannot open {self.path.name}: {exc}") from exc
 
     def ensure_ready(self) -> None:
@@ -112,7 +143,7 @@ class Store:
         with self._ready_lock:
             if self._ready:
                 return
-            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             with self._open(read_only=False) as con:
                 migrate(con, self._schema_target, self._upgrades)
             self._ready = True
@@ -125,9 +156,13 @@ class Store:
             with hold(self.busy_timeout):
                 con = self._connect(read_only, deadline)
                 try:
+                    if not read_only:
+                        make_private(self.path)
                     with _named_errors(self.path):
                         yield con
                 finally:
+                    if not read_only:
+                        make_private(self.path)  # a WAL the block's writes created
                     con.close()
         except LockTimeout as exc:
             raise StoreBusy("the data store stayed busy; try again in a moment") from exc

@@ -1,9 +1,9 @@
 """The store's schema: table definitions and the migrations between versions.
 
 Versions: 1 = receiver tables; 2 = change model; 3 = record titles and names; 4 = user
-rollups. A migration that must recompute rows from events (2 and 4) is given the code
-that does it (`Upgrades`, from `ploomes.ingest`) instead of importing it: the store sits
-below the ingest.
+rollups; 5 = the dashboard's audit trail. A migration that must recompute rows from events
+(2 and 4) is given the code that does it (`Upgrades`, from `ploomes.ingest`) instead of
+importing it: the store sits below the ingest.
 """
 
 from __future__ import annotations
@@ -22,6 +22,26 @@ class StoreError(Exception):
 
 class StoreBusy(StoreError):
     """The DuckDB file stayed locked by another program for too long."""
+
+
+class StoreUnreadable(StoreError):
+    """The DuckDB file is damaged (not a DuckDB file, truncated, failing its checksums).
+
+    The journal still holds every delivery: `python -m ploomes rebuild` sets the file
+    aside and rebuilds it.
+    """
+
+
+# How DuckDB words a file whose bytes are wrong, as opposed to one it may not open
+# (permissions, a lock) or a query that is wrong.
+_DAMAGE_MARKS = ("not a valid DuckDB database file", "Could not read enough bytes",
+                 "Corrupt database file", "Corrupt WAL file", "Failure while replaying WAL")
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Return whether a DuckDB error says the file itself is damaged."""
+    text = str(exc)
+    return isinstance(exc, duckdb.Error) and any(mark in text for mark in _DAMAGE_MARKS)
 
 
 Recompute = Callable[[duckdb.DuckDBPyConnection], None]
@@ -182,6 +202,23 @@ WHERE NOT EXISTS (SELECT 1 FROM ingest_state WHERE name = 'derive')
 HAVING max(id) IS NOT NULL
 """
 
+# v5: the dashboard's own audit trail (ploomes.actions): who changed what through it.
+# Ids are given by the writer (max + 1 under the store's write lock), not a sequence: a
+# rebuild copies the rows into a new file, where a sequence would start again at 1.
+SCHEMA_V5 = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    id BIGINT NOT NULL,
+    asked_at TIMESTAMPTZ NOT NULL,     -- when the action was asked for
+    actor VARCHAR NOT NULL,            -- signed-in e-mail, or 'local' (no sign-in, loopback)
+    role VARCHAR,                      -- admin | viewer; NULL: not on the allow-lists
+    client_ip VARCHAR,                 -- the connection's address; NULL: this machine
+    forwarded_for VARCHAR,             -- X-Forwarded-For/Forwarded as a proxy passed it
+    action VARCHAR NOT NULL,           -- register_subscription, delete_subscription, …
+    target VARCHAR,                    -- what it acted on
+    outcome VARCHAR NOT NULL,          -- started | done | failed | refused
+    detail VARCHAR                     -- what changed, or why it failed
+);
+"""
 
 
 def _steps(upgrades: Upgrades | None) -> list[tuple[int, Recompute]]:
@@ -215,10 +252,13 @@ def _steps(upgrades: Upgrades | None) -> list[tuple[int, Recompute]]:
         con.execute(DERIVED_BEFORE_V4)
         needs("refill_user_rollups")(con)
 
-    return [(1, v1), (2, v2), (3, v3), (4, v4)]
+    def v5(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(SCHEMA_V5)
+
+    return [(1, v1), (2, v2), (3, v3), (4, v4), (5, v5)]
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @contextmanager
