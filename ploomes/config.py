@@ -7,6 +7,7 @@ environment, then explicit overrides from a caller (a CLI flag or a test).
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,10 +35,21 @@ class Settings:
     timezone: str = DEFAULT_TIMEZONE
     journal_retention_days: float = 0.0  # 0 keeps the journal forever
     journal_segment_bytes: int = 16 * 1024 * 1024  # a segment file: ~10k deliveries
+    # A request's line and headers must arrive within this many seconds (counted from
+    # the connection's start, or from the first byte of a later request on it)
+    header_timeout_seconds: float = 10.0
+    max_connections: int = 1000  # open connections to the receiver at once
+    # Connections from one address that may be sending their headers at once; beyond
+    # that, the one that has been sending longest is closed
+    max_pending_per_client: int = 32
     receiver_url: str = "http://127.0.0.1:8000"
     callback_url: str | None = None
     api_url: str = DEFAULT_API_URL
     user_key: str | None = field(default=None, repr=False)
+    # Who may use the dashboard once sign-in is configured: e-mail addresses or whole
+    # domains ("@empresa.com.br"); admins may also change things (see ploomes.actions).
+    dashboard_viewers: tuple[str, ...] = ()
+    dashboard_admins: tuple[str, ...] = ()
 
     @property
     def tz(self) -> ZoneInfo:
@@ -70,6 +82,9 @@ _ENV = {
     "PLOOMES_TIMEZONE": ("timezone", str),
     "PLOOMES_JOURNAL_RETENTION_DAYS": ("journal_retention_days", float),
     "PLOOMES_JOURNAL_SEGMENT_BYTES": ("journal_segment_bytes", int),
+    "PLOOMES_HEADER_TIMEOUT_SECONDS": ("header_timeout_seconds", float),
+    "PLOOMES_MAX_CONNECTIONS": ("max_connections", int),
+    "PLOOMES_MAX_PENDING_PER_CLIENT": ("max_pending_per_client", int),
     "PLOOMES_RECEIVER_URL": ("receiver_url", str),
     "PLOOMES_CALLBACK_URL": ("callback_url", str),
     "PLOOMES_API_URL": ("api_url", str),
@@ -79,6 +94,33 @@ _ENV = {
 
 def _split_keys(raw: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+# Allow-lists of the dashboard: environment variable → Settings field.
+_ALLOW_LISTS = {"PLOOMES_DASHBOARD_VIEWERS": "dashboard_viewers",
+                "PLOOMES_DASHBOARD_ADMINS": "dashboard_admins"}
+_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}")
+
+
+def parse_allow_list(name: str, raw: object) -> tuple[str, ...]:
+    """Return an allow-list (comma-separated text or a TOML list) as lower-case entries.
+
+    An entry is an e-mail address (`ana@empresa.com.br`) or a domain, written
+    `@empresa.com.br` or `empresa.com.br` and kept as `@empresa.com.br`; anything else is
+    a ConfigError naming the setting.
+    """
+    items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+    entries: list[str] = []
+    for item in items:
+        entry = str(item).strip().lower()
+        if not entry:
+            continue
+        local, _, domain = entry.rpartition("@")
+        if not _DOMAIN.fullmatch(domain) or any(c.isspace() or c in ",;<>@" for c in local):
+            raise ConfigError(f"{name}: {str(item).strip()!r} is neither an e-mail address nor "
+                              "a domain such as @empresa.com.br")
+        entries.append(entry if local else "@" + domain)
+    return tuple(dict.fromkeys(entries))
 
 
 def _read_secrets(path: Path) -> dict:
@@ -100,6 +142,10 @@ def load_settings(env: dict[str, str] | None = None, secrets_path: Path | None =
     for key in ("PLOOMES_USER_KEY", "PLOOMES_API_URL", "PLOOMES_CALLBACK_URL"):
         if secrets.get(key):
             values[_ENV[key][0]] = str(secrets[key])
+    for key, attr in _ALLOW_LISTS.items():
+        raw_list = env.get(key, "").strip() or secrets.get(key)
+        if raw_list:
+            values[attr] = parse_allow_list(key, raw_list)
     for name, (attr, kind) in _ENV.items():
         raw = env.get(name, "").strip()
         if not raw:
@@ -127,6 +173,12 @@ def _check(settings: Settings) -> None:
         raise ConfigError("PLOOMES_JOURNAL_RETENTION_DAYS cannot be negative")
     if settings.journal_segment_bytes < 4096:
         raise ConfigError("PLOOMES_JOURNAL_SEGMENT_BYTES must be at least 4096")
+    if not settings.header_timeout_seconds > 0:
+        raise ConfigError("PLOOMES_HEADER_TIMEOUT_SECONDS must be positive")
+    if settings.max_connections < 2:
+        raise ConfigError("PLOOMES_MAX_CONNECTIONS must be at least 2")
+    if settings.max_pending_per_client < 1:
+        raise ConfigError("PLOOMES_MAX_PENDING_PER_CLIENT must be at least 1")
     try:
         ZoneInfo(settings.timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 from conftest import ROOT, ReceiverProcess, make_settings, query
+from rendered import rendered_all
 from streamlit.testing.v1 import AppTest
 
 from ploomes.demo.sandbox import Sandbox
@@ -36,7 +37,7 @@ def live(tmp_path, monkeypatch, sandbox):
 
 
 def text(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
+    return rendered_all(elements)
 
 
 def submit(at: AppTest, entity: str, actions: list[str]) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, query
+from rendered import rendered_all
 from streamlit.testing.v1 import AppTest
 
 from ploomes.demo.sandbox import Sandbox
@@ -42,7 +43,7 @@ def run_page() -> AppTest:
 
 
 def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
+    return rendered_all(elements)
 
 
 def subscriptions(at: AppTest):
@@ -191,3 +192,28 @@ def test_without_user_key_shows_how_to_set_one(page_env, monkeypatch):
     assert ("PLOOMES_API_URL=http://127.0.0.1:8765 PLOOMES_USER_KEY=sandbox-key "
             "streamlit run dashboard.py") in shown
     assert len(at.dataframe) == 0
+
+
+def test_edits_a_subscription_and_the_audit_trail_says_who(page_env, tmp_path):
+    sandbox = page_env
+    [hook] = sandbox.subscribe_all(CALLBACK, "old-key-0123456789abcdef",
+                                   pairs=(("Deals", "Win"),))
+    at = run_page()
+    at.selectbox(key="manage_subscription").set_value(hook["Id"])
+    at.text_input(key=f"edit_callback_url_{hook['Id']}").set_value(CALLBACK + "/v2")
+    at.checkbox(key=f"edit_active_{hook['Id']}").set_value(False)
+    at.checkbox(key=f"edit_rekey_{hook['Id']}").set_value(True)
+    at.button(key=f"edit_submit_{hook['Id']}").click().run()
+    assert not at.exception, at.exception
+    [changed] = sandbox.webhooks()
+    assert (changed["CallbackUrl"], changed["Active"], changed["ValidationKey"]) == (
+        CALLBACK + "/v2", False, RECEIVER_KEY)
+    assert (f"Changed subscription {hook['Id']}: active, callback_url, validation_key"
+            in texts(at.success))
+    rows = query(tmp_path / "data", "SELECT actor, role, action, outcome, detail FROM audit_log")
+    assert rows == [("local", "admin", "edit_subscription", "done",
+                     f"callback_url = {CALLBACK}/v2, active = False, "
+                     f"validation_key = ••••{RECEIVER_KEY[-4:]}")]
+
+    at.button(key=f"edit_submit_{hook['Id']}").click().run()  # nothing changed this time
+    assert "Nothing was changed" in texts(at.info)

@@ -11,19 +11,24 @@ from urllib.parse import urlsplit
 
 import streamlit as st
 
+from ploomes.actions import NotAllowed
+from ploomes.actions import demo_data as demo_actions
+from ploomes.actions import keys as key_actions
 from ploomes.config import DEFAULT_DATA_DIR, Settings, mask_secret
-from ploomes.demo.load import load_demo
-from ploomes.intake.keys import accepted_keys, ensure_key, key_file
+from ploomes.intake.keys import accepted_keys, key_file
 from ploomes.model.vocabulary import WEBHOOK_PATH
 from ploomes.queries.status import event_count
 from ploomes.store import StoreError
+from views.access import Access, current
 from views.common import (
     cached_query,
     clear_query_cache,
     page_available,
     receiver_health,
     settings,
+    store,
 )
+from views.text import plain
 
 WAIT_SECONDS = 5  # how often the screen checks whether the first delivery arrived
 
@@ -72,7 +77,7 @@ def _receiver_step(config: Settings) -> None:
                    icon=":material/power_off:")
 
 
-def _key_step(config: Settings) -> None:
+def _key_step(config: Settings, access: Access) -> None:
     st.subheader("2. Give Ploomes the callback URL and the key")
     st.write("Callback URL (Ploomes must be able to reach it from the internet; set "
              "`PLOOMES_CALLBACK_URL` to the public address of a tunnel or reverse proxy):")
@@ -87,12 +92,17 @@ def _key_step(config: Settings) -> None:
     else:
         st.write("No validation key exists yet. Ploomes sends it with every delivery so "
                  "the receiver can refuse anyone else.")
-        if st.button("Generate a key", key="first_run_generate_key"):
+        if not access.is_admin:
+            st.caption("An admin can generate one here.")
+        elif st.button("Generate a key", key="first_run_generate_key"):
             try:
-                ensure_key(config)
+                key_actions.generate(access.actor, config, store())
+            except (NotAllowed, StoreError) as exc:
+                st.error(f"No key was generated: {plain(exc)}.")
+                st.stop()
             except OSError as exc:
-                st.error(f"The key could not be stored in {key_file(config)}: {exc}. "
-                         "Check that the data dir is writable.")
+                st.error(f"The key could not be stored in {plain(key_file(config))}: "
+                         f"{plain(exc)}. Check that the data dir is writable.")
                 st.stop()
             st.rerun()
     if page_available("views/webhooks.py"):
@@ -103,18 +113,21 @@ def _key_step(config: Settings) -> None:
                    "(POST /Webhooks) with this callback URL and key.")
 
 
-def _demo_step(config: Settings) -> None:
+def _demo_step(config: Settings, access: Access) -> None:
     st.subheader("Or explore with demo data")
     st.write("A realistic month of invented deliveries (contacts, deals, tasks), stored "
              "through the real ingest path, labelled as demo everywhere and removable "
              "with one click.")
+    if not access.is_admin:
+        st.caption("An admin can load it here.")
+        return
     if st.button("Load demo data", key="load_demo", type="primary",
                  icon=":material/science:"):
         with st.spinner("Loading a month of demo deliveries…"):
             try:
-                load_demo(config)
-            except StoreError as exc:
-                st.error(f"Demo data could not be loaded: {exc}")
+                demo_actions.load(access.actor, config, store())
+            except (NotAllowed, StoreError) as exc:
+                st.error(f"Demo data could not be loaded: {plain(exc)}")
                 st.stop()
         clear_query_cache()
         st.rerun()
@@ -131,13 +144,14 @@ def _wait_for_first_delivery() -> None:
 def render_first_run() -> None:
     """Show the first-run screen."""
     config = settings()
+    access = current()
     st.title("Welcome to the Ploomes webhook monitor")
     st.write("No delivery has been stored yet. Connect Ploomes in two steps, or load demo "
              "data to look around first.")
     left, right = st.columns([3, 2], gap="large")
     with left:
         _receiver_step(config)
-        _key_step(config)
+        _key_step(config, access)
     with right:
-        _demo_step(config)
+        _demo_step(config, access)
     _wait_for_first_delivery()

@@ -1,5 +1,6 @@
-"""Webhooks: the account's Ploomes subscriptions, what the receiver saw of each, and
-registering, testing and deleting them."""
+"""Webhooks: the account's Ploomes subscriptions, what the receiver saw of each, and (for
+admins) registering, editing, testing and deleting them through `ploomes.actions`, which
+checks the role again and records each change in the audit trail."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
+from ploomes.actions import NotAllowed
+from ploomes.actions import keys as key_actions
+from ploomes.actions import subscriptions as subscription_actions
 from ploomes.config import Settings, mask_secret
 from ploomes.crm import directory, subscriptions
 from ploomes.crm.api import (
@@ -20,11 +24,13 @@ from ploomes.crm.api import (
     PloomesRateLimited,
     PloomesUnavailable,
 )
-from ploomes.intake.keys import accepted_keys, add_key, generate_key
+from ploomes.intake.keys import accepted_keys
 from ploomes.queries import status as status_queries
 from ploomes.queries.users import user_names
 from ploomes.store import StoreError
 from views import common
+from views.access import Access, current
+from views.text import HEADER_LIMIT, code, cut, plain
 
 SYNC_EVERY_MINUTES = 30  # automatic users/fields sync: at most this often
 CATALOG_TTL = 3600  # entity and action names barely ever change
@@ -66,13 +72,13 @@ def _show_api_error(exc: PloomesError, doing: str, cfg: Settings) -> None:
     elif isinstance(exc, PloomesRateLimited):
         hint = "Ploomes limits calls to about 120 a minute per key: wait a minute and retry."
     elif isinstance(exc, PloomesUnavailable):
-        hint = (f"Check that {cfg.api_url} is reachable (`PLOOMES_API_URL`) and retry in a "
-                "moment.")
+        hint = (f"Check that {code(cfg.api_url)} is reachable (`PLOOMES_API_URL`) and retry "
+                "in a moment.")
     elif isinstance(exc, PloomesNotFound):
         hint = "It may have been removed meanwhile: reload the page."
     else:
         hint = "Check the values and try again."
-    st.error(f"Could not {doing}. Ploomes answered: “{_scrub(exc.message, cfg)}”"
+    st.error(f"Could not {plain(doing)}. Ploomes answered: “{plain(_scrub(exc.message, cfg))}”"
              f"{f' (HTTP {exc.status})' if exc.status else ''}. {hint}")
 
 
@@ -119,45 +125,59 @@ def _receiver_key(cfg: Settings) -> str | None:
 
 # -- sections ---------------------------------------------------------------------------
 
-def _sync(client: PloomesClient, cfg: Settings, auto: bool) -> None:
+def _refused(exc: NotAllowed | StoreError, doing: str) -> None:
+    """Say why an action was not done: not an admin, or the audit trail cannot be written."""
+    st.error(f"Could not {plain(doing)}: {plain(exc)}.")
+
+
+def _sync(client: PloomesClient, cfg: Settings, access: Access | None) -> None:
+    """Sync users and fields: automatically (access None), or an admin's audited request."""
     try:
         with st.spinner("Syncing users and custom fields from Ploomes…"):
-            result = directory.sync_directory(client, common.store())
+            if access is None:
+                result = directory.sync_directory(client, common.store())
+            else:
+                result = subscription_actions.sync_directory(access.actor, cfg,
+                                                             common.store(), client)
     except PloomesError as exc:
-        if auto:
+        if access is None:
             st.warning(f"Automatic sync of users and fields failed: "
-                       f"{_scrub(exc.message, cfg)}. Names may be missing; use the button "
-                       "to retry.")
+                       f"{plain(_scrub(exc.message, cfg))}. Names may be missing; an admin "
+                       "can retry with the button.")
         else:
             _show_api_error(exc, "sync users and fields", cfg)
         return
-    except StoreError as exc:
-        st.warning(f"Users and fields could not be saved: {exc}")
+    except NotAllowed as exc:
+        _refused(exc, "sync users and fields")
         return
-    if not auto:
+    except StoreError as exc:
+        st.warning(f"Users and fields could not be saved: {plain(exc)}")
+        return
+    if access is not None:
         st.success(f"Synced {result.users} users and {result.fields} custom fields.")
 
 
-def _sync_section(client: PloomesClient, cfg: Settings) -> None:
+def _sync_section(client: PloomesClient, cfg: Settings, access: Access) -> None:
     left, right = st.columns([3, 1])
     last = common.run_query(status_queries.last_synced_at)
-    with right:
-        pressed = st.button("Sync users and fields", key="sync_directory",
-                            help="Fetch user names and custom-field labels from Ploomes so "
-                                 "every page shows names.")
+    pressed = access.is_admin and right.button(
+        "Sync users and fields", key="sync_directory",
+        help="Fetch user names and custom-field labels from Ploomes so every page shows "
+             "names.")
     if pressed:
-        _sync(client, cfg, auto=False)
+        _sync(client, cfg, access)
         last = common.run_query(status_queries.last_synced_at)
     else:
-        # A failing automatic sync is retried at most once per interval per session.
+        # Names are kept fresh for everyone; a failing automatic sync is retried at most
+        # once per interval per session.
         tried = st.session_state.get(AUTO_SYNC_TRIED)
         if directory.sync_due(last, SYNC_EVERY_MINUTES) and (
                 tried is None or time.monotonic() - tried > SYNC_EVERY_MINUTES * 60):
             st.session_state[AUTO_SYNC_TRIED] = time.monotonic()
-            _sync(client, cfg, auto=True)
+            _sync(client, cfg, None)
             last = common.run_query(status_queries.last_synced_at)
     with left:
-        st.caption(f"Ploomes API: {cfg.api_url} · users and fields synced "
+        st.caption(f"Ploomes API: {code(cfg.api_url)} · users and fields synced "
                    f"{common.fmt_time(last) if last else 'never'} "
                    f"(automatically every {SYNC_EVERY_MINUTES} min)")
 
@@ -166,7 +186,7 @@ def _subscriptions_section(webhooks: list[dict], catalog: subscriptions.Catalog,
                            cfg: Settings) -> None:
     st.subheader("Subscriptions")
     if not webhooks:
-        st.info("This account has no webhook subscriptions yet: register one below.")
+        st.info("This account has no webhook subscriptions yet.")
         return
     now = datetime.now(UTC)
     stats = common.run_query(status_queries.webhook_stats, now=now)
@@ -193,9 +213,10 @@ def _subscriptions_section(webhooks: list[dict], catalog: subscriptions.Catalog,
                "(demo data excluded).")
     for webhook_id, why in warnings.items():
         hook = next(w for w in webhooks if int(w["Id"]) == webhook_id)
-        st.warning(f"Subscription {webhook_id} ({catalog.entity(hook.get('EntityId'))} "
-                   f"{catalog.action(hook.get('ActionId'))}) looks silent: {why}. Check that "
-                   "it is active in Ploomes and that its callback URL reaches this receiver.")
+        st.warning(f"Subscription {webhook_id} ({plain(catalog.entity(hook.get('EntityId')))} "
+                   f"{plain(catalog.action(hook.get('ActionId')))}) looks silent: "
+                   f"{plain(why)}. Check that it is active in Ploomes and that its callback URL "
+                   "reaches this receiver.")
     refused = frame[(frame["Key accepted here"] == "no") & frame["Callback URL"].map(
         lambda u: subscriptions.same_callback(u, _callback_default(cfg)))]
     if len(refused):
@@ -218,26 +239,31 @@ def _coverage_section(webhooks: list[dict], catalog: subscriptions.Catalog,
                       cfg: Settings) -> None:
     url = _callback_default(cfg)
     st.subheader("Coverage")
-    st.caption(f"Which entity × action pairs are subscribed for {url} (✓ active, "
+    st.caption(f"Which entity × action pairs are subscribed for {code(url)} (✓ active, "
                "“paused” inactive).")
     st.dataframe(subscriptions.coverage_grid(webhooks, url, catalog), key="coverage_grid")
 
 
+def _generate_key(access: Access, cfg: Settings) -> None:
+    try:
+        key = key_actions.generate(access.actor, cfg, common.store())
+    except (NotAllowed, StoreError) as exc:
+        _refused(exc, "generate a validation key")
+    except (OSError, ValueError) as exc:
+        st.error(f"The new key could not be stored in the data dir: {plain(exc)}")
+    else:
+        st.session_state[CHOSEN_KEY] = key
+        st.success(f"New validation key {plain(mask_secret(key))} stored: the receiver "
+                   "accepts it from now on.")
+
+
 def _register_section(client: PloomesClient, webhooks: list[dict],
-                      catalog: subscriptions.Catalog, cfg: Settings) -> None:
+                      catalog: subscriptions.Catalog, cfg: Settings, access: Access) -> None:
     st.subheader("Register a subscription")
     if st.button("Generate a new validation key", key="generate_key",
                  help="Create a strong key, store it so this receiver accepts it, and use "
                       "it for the subscriptions registered below."):
-        key = generate_key()
-        try:
-            add_key(cfg, key)
-        except OSError as exc:
-            st.error(f"The new key could not be stored in the data dir: {exc}")
-        else:
-            st.session_state[CHOSEN_KEY] = key
-            st.success(f"New validation key {mask_secret(key)} stored: the receiver "
-                       "accepts it from now on.")
+        _generate_key(access, cfg)
     key = _receiver_key(cfg)
     entity_ids = sorted(catalog.entities) or sorted(subscriptions.KNOWN_ENTITIES)
     action_ids = sorted(catalog.actions)
@@ -256,24 +282,24 @@ def _register_section(client: PloomesClient, webhooks: list[dict],
         submitted = st.form_submit_button("Register", key="register_submit")
     if not submitted:
         return
-    if not key:
-        key = generate_key()
-        try:
-            add_key(cfg, key)
-        except OSError as exc:
-            st.error(f"A validation key could not be stored in the data dir: {exc}")
-            return
-        st.session_state[CHOSEN_KEY] = key
     try:
-        created = subscriptions.register_subscriptions(client, webhooks, entity_id, chosen, url,
-                                                   key, catalog)
+        created, key = subscription_actions.register(
+            access.actor, cfg, common.store(), client, webhooks, entity_id, chosen, url, key,
+            catalog)
+    except (NotAllowed, StoreError) as exc:
+        _refused(exc, "register the subscription")
+        return
     except ValueError as exc:  # DuplicateSubscription too: a bad URL, no action, a duplicate
-        st.error(f"Refused: {exc}.")
+        st.error(f"Refused: {plain(exc)}.")
+        return
+    except OSError as exc:
+        st.error(f"A validation key could not be stored in the data dir: {plain(exc)}")
         return
     except PloomesError as exc:
         _show_api_error(exc, "register the subscription", cfg)
         return
-    _flash("success", f"Created {len(created)} subscription(s) for {url}.", [
+    st.session_state[CHOSEN_KEY] = key
+    _flash("success", f"Created {len(created)} subscription(s) for {code(url)}.", [
         {"Id": c.get("Id"), "Entity": catalog.entity(c.get("EntityId")),
          "Action": catalog.action(c.get("ActionId")), "Callback URL": c.get("CallbackUrl"),
          "Validation key": mask_secret(c.get("ValidationKey")), "Active": c.get("Active")}
@@ -282,10 +308,10 @@ def _register_section(client: PloomesClient, webhooks: list[dict],
 
 
 def _manage_section(client: PloomesClient, webhooks: list[dict],
-                    catalog: subscriptions.Catalog, cfg: Settings) -> None:
+                    catalog: subscriptions.Catalog, cfg: Settings, access: Access) -> None:
     if not webhooks:
         return
-    st.subheader("Test or delete a subscription")
+    st.subheader("Test, change or delete a subscription")
     by_id = {int(w["Id"]): w for w in webhooks if w.get("Id") is not None}
 
     def label(webhook_id: int) -> str:
@@ -293,14 +319,16 @@ def _manage_section(client: PloomesClient, webhooks: list[dict],
         return (f"{webhook_id} · {catalog.entity(hook.get('EntityId'))} "
                 f"{catalog.action(hook.get('ActionId'))} → {hook.get('CallbackUrl')}")
 
-    webhook_id = st.selectbox("Subscription", sorted(by_id), format_func=label,
+    # selectbox options show text as it is: cut, not escaped
+    webhook_id = st.selectbox("Subscription", sorted(by_id),
+                              format_func=lambda i: cut(label(i), HEADER_LIMIT),
                               key="manage_subscription")
     hook = by_id[webhook_id]
     test_col, delete_col = st.columns(2)
     if test_col.button("Send a test delivery", key="test_delivery",
                        help="POST an example delivery with this subscription's WebhookId "
                             "and key to its callback URL, as Ploomes would."):
-        _send_test(hook, cfg)
+        _send_test(hook, cfg, access)
     if delete_col.button("Delete…", key="delete_start"):
         st.session_state[CONFIRM_DELETE] = webhook_id
     answer = st.session_state.get(TEST_ANSWER)
@@ -312,41 +340,90 @@ def _manage_section(client: PloomesClient, webhooks: list[dict],
             st.json(body)
         else:
             st.code(str(body))
+    _edit_form(client, hook, cfg, access)
     pending = st.session_state.get(CONFIRM_DELETE)
     if pending is None:
         return
     if pending not in by_id:
         st.session_state.pop(CONFIRM_DELETE, None)
         return
-    st.warning(f"Delete subscription {label(pending)}? Ploomes stops delivering these "
+    st.warning(f"Delete subscription {plain(label(pending))}? Ploomes stops delivering these "
                "changes at once; events already stored stay.")
     yes, no = st.columns(2)
     if yes.button("Yes, delete it", key="delete_confirm", type="primary"):
         try:
-            client.delete_webhook(pending)
+            subscription_actions.delete(access.actor, cfg, common.store(), client,
+                                        by_id[pending])
+        except (NotAllowed, StoreError) as exc:
+            _refused(exc, f"delete subscription {pending}")
+            return
         except PloomesError as exc:
             _show_api_error(exc, f"delete subscription {pending}", cfg)
             return
         st.session_state.pop(CONFIRM_DELETE, None)
-        _flash("success", f"Deleted subscription {label(pending)}.")
+        _flash("success", f"Deleted subscription {plain(label(pending))}.")
         st.rerun()
     if no.button("Cancel", key="delete_cancel"):
         st.session_state.pop(CONFIRM_DELETE, None)
         st.rerun()
 
 
-def _send_test(hook: dict, cfg: Settings) -> None:
+def _edit_form(client: PloomesClient, hook: dict, cfg: Settings, access: Access) -> None:
+    """Change a subscription's callback URL, state or key (PATCH /Webhooks(id))."""
+    webhook_id = int(hook["Id"])
+    key = _receiver_key(cfg)
+    with st.expander(f"Change subscription {webhook_id}"):
+        with st.form(f"edit_form_{webhook_id}"):
+            url = st.text_input("Callback URL", value=hook.get("CallbackUrl") or "",
+                                key=f"edit_callback_url_{webhook_id}")
+            active = st.checkbox("Active", value=hook.get("Active", True) is not False,
+                                 key=f"edit_active_{webhook_id}")
+            rekey = st.checkbox(f"Give it this receiver's key ({plain(mask_secret(key))})",
+                                value=False, disabled=not key,
+                                key=f"edit_rekey_{webhook_id}")
+            saved = st.form_submit_button("Save changes", key=f"edit_submit_{webhook_id}")
+    if not saved:
+        return
+    changes: dict = {}
+    if url.strip() != (hook.get("CallbackUrl") or ""):
+        changes["callback_url"] = url.strip()
+    if active != (hook.get("Active", True) is not False):
+        changes["active"] = active
+    if rekey and key and hook.get("ValidationKey") != key:  # Ploomes may hide it: None
+        changes["validation_key"] = key
+    if not changes:
+        st.info("Nothing was changed.")
+        return
+    try:
+        subscription_actions.edit(access.actor, cfg, common.store(), client, hook, changes)
+    except (NotAllowed, StoreError) as exc:
+        _refused(exc, f"change subscription {webhook_id}")
+        return
+    except ValueError as exc:
+        st.error(f"Refused: {plain(exc)}.")
+        return
+    except PloomesError as exc:
+        _show_api_error(exc, f"change subscription {webhook_id}", cfg)
+        return
+    _flash("success", f"Changed subscription {webhook_id}: "
+                      f"{plain(', '.join(sorted(changes)))}.")
+    st.rerun()
+
+
+def _send_test(hook: dict, cfg: Settings, access: Access) -> None:
     key = hook.get("ValidationKey")
     if not key:
         key = _receiver_key(cfg)
         st.info("Ploomes does not show this subscription's validation key; the test "
                 "delivery carries this receiver's key instead.")
-    body = subscriptions.example_delivery_body(hook)
     try:
-        answer = subscriptions.send_test_delivery(hook["CallbackUrl"], key, body)
+        answer = subscription_actions.send_test(access.actor, cfg, common.store(), hook, key)
+    except (NotAllowed, StoreError) as exc:
+        _refused(exc, "send a test delivery")
+        return
     except (ValueError, subscriptions.CallbackUnreachable) as exc:
-        st.error(f"The test delivery could not be sent: {exc}. Check that the receiver is "
-                 "running and that the callback URL reaches it.")
+        st.error(f"The test delivery could not be sent: {plain(exc)}. Check that the "
+                 "receiver is running and that the callback URL reaches it.")
         return
     st.session_state[TEST_ANSWER] = (int(hook["Id"]), answer.status, answer.body)
 
@@ -356,6 +433,7 @@ def _send_test(hook: dict, cfg: Settings) -> None:
 def main() -> None:
     """Render the Webhooks page."""
     cfg = common.settings()
+    access = current()
     st.title("Webhooks")
     _show_flash()
     if not cfg.user_key:
@@ -375,11 +453,15 @@ def main() -> None:
         except PloomesError as exc:
             _show_api_error(exc, "list the subscriptions", cfg)
             return
-        _sync_section(client, cfg)
+        _sync_section(client, cfg, access)
         _subscriptions_section(webhooks, catalog, cfg)
         _coverage_section(webhooks, catalog, cfg)
-        _register_section(client, webhooks, catalog, cfg)
-        _manage_section(client, webhooks, catalog, cfg)
+        if not access.is_admin:
+            st.info("You can see everything here; registering, changing, testing and "
+                    "deleting subscriptions is for admins (PLOOMES_DASHBOARD_ADMINS).")
+            return
+        _register_section(client, webhooks, catalog, cfg, access)
+        _manage_section(client, webhooks, catalog, cfg, access)
     finally:
         client.close()
 
