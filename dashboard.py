@@ -37,12 +37,17 @@ if __name__ != "__main__":
     app = st.App(__file__, lifespan=_lifespan)
 else:
     from views import PAGES
+    from views.access import gate, page_allowed
     from views.common import demo_banner
 
-    st.set_page_config(page_title="Ploomes webhooks", page_icon=":material/webhook:",
+    # an emoji: a ":material/…:" tab icon is fetched from Google's font server
+    st.set_page_config(page_title="Ploomes webhooks", page_icon="📬",
                        layout="wide")
+    # sign-in first: someone who may not see the data gets no page at all (views/access.py)
+    access = gate()
     pages = [st.Page(path, title=title, icon=icon, default=index == 0)
-             for index, (path, title, icon) in enumerate(PAGES) if (ROOT / path).is_file()]
+             for index, (path, title, icon) in enumerate(PAGES)
+             if (ROOT / path).is_file() and page_allowed(path, access)]
     page = st.navigation(pages)
-    demo_banner()
+    demo_banner(access)
     page.run()

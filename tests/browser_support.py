@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
+import oidc_provider_mock
 import pytest
 import requests
+import werkzeug.serving
 from conftest import ROOT, free_port, stop_process, wait_for
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import BrowserContext, Locator, Page, Route, expect
 
 # The Debian package's path; CI installs it with `apt-get install chromium`.
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,25 +45,33 @@ def require_chromium() -> None:
 
 
 class StreamlitProcess:
-    """`streamlit run dashboard.py` on a free loopback port, with the given PLOOMES_* env."""
+    """`streamlit run dashboard.py` on a free loopback port, with the given PLOOMES_* env.
 
-    def __init__(self, env: dict[str, str], log_dir: Path):
+    `as_configured=True` leaves the usage statistics to `.streamlit/config.toml`, as a
+    plain `streamlit run` does, instead of turning them off on the command line.
+    """
+
+    def __init__(self, env: dict[str, str], log_dir: Path, *, as_configured: bool = False,
+                 extra_args: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
         self.log_path = log_dir / f"streamlit-{self.port}.log"
         self.proc: subprocess.Popen | None = None
+        self.as_configured = as_configured
+        self.extra_args = extra_args  # more `streamlit run` options, e.g. --secrets.files
 
     def start(self) -> StreamlitProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PLOOMES_")}
         env.update(self.env)
         self._log = self.log_path.open("ab")
+        usage_stats = [] if self.as_configured else ["--browser.gatherUsageStats", "false"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard.py"),
              "--server.port", str(self.port), "--server.address", "127.0.0.1",
-             "--server.headless", "true", "--browser.gatherUsageStats", "false",
+             "--server.headless", "true", *usage_stats,
              # other people edit views/ meanwhile; a changed file must not rerun pages
-             "--server.fileWatcherType", "none"],
+             "--server.fileWatcherType", "none", *self.extra_args],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         wait_for(self._healthy, timeout=60, interval=0.1)
         return self
@@ -164,3 +177,73 @@ def choose(page: Page, label: str, option: str) -> None:
     if widget.get_attribute("aria-expanded") == "true":
         widget.press("Escape")
     expect(page.get_by_role("listbox")).to_have_count(0)
+
+
+# What counts as this machine for a browser request; `data:` and `blob:` URLs have no host.
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", None})
+
+
+class OutsideRequests:
+    """Abort, and record, every request a browser context makes off this machine."""
+
+    def __init__(self, context: BrowserContext):
+        self.urls: list[str] = []
+        context.route("**/*", self._route)
+
+    def _route(self, route: Route) -> None:
+        url = route.request.url
+        if urlsplit(url).hostname in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            self.urls.append(url)
+            route.abort()
+
+
+class OidcProvider:
+    """A real OpenID Connect provider (oidc-provider-mock) on a free loopback port.
+
+    It runs in a thread of the test process: discovery document, authorization form
+    (type the user's `sub` and press Authorize), token endpoint with RS256-signed ID
+    tokens, JWKS and an end-session endpoint, as Google or Entra would serve them.
+    """
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.metadata_url = self.url + "/.well-known/openid-configuration"
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> OidcProvider:
+        # the nonce makes the provider check what st.login sends, as real ones do
+        app = oidc_provider_mock.app(require_nonce=True)
+        self._server = werkzeug.serving.make_server("127.0.0.1", self.port, app, threaded=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="oidc",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def add_user(self, email: str, **claims) -> None:
+        """Give the user signing in as `email` (their `sub`) these ID-token claims."""
+        answer = requests.put(f"{self.url}/users/{quote(email)}", timeout=5,
+                              json={"email": email, "email_verified": True, **claims})
+        answer.raise_for_status()
+
+    def stop(self) -> None:
+        """Stop serving; safe if never started."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(5)
+
+
+def auth_secrets(path: Path, dashboard_url: str, provider: OidcProvider) -> Path:
+    """Write a secrets.toml whose `[auth]` signs in to the dashboard through `provider`."""
+    path.write_text(
+        "[auth]\n"
+        f'redirect_uri = "{dashboard_url}/oauth2callback"\n'
+        f'cookie_secret = "{secrets.token_urlsafe(32)}"\n'
+        'client_id = "ploomes-dashboard"\n'
+        f'client_secret = "{secrets.token_urlsafe(16)}"\n'
+        f'server_metadata_url = "{provider.metadata_url}"\n', encoding="utf-8")
+    return path

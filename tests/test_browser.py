@@ -30,6 +30,7 @@ from browser_support import (
 )
 from conftest import SHARED, TEST_KEY, ReceiverProcess
 from playwright.sync_api import Page, expect, sync_playwright
+from rendered import on_screen
 
 from ploomes.demo.sandbox import DEFAULT_SUBSCRIPTIONS, Sandbox
 from ploomes.model.vocabulary import ACTION_IDS, ENTITY_IDS
@@ -215,7 +216,7 @@ def test_users(page, live):
 def test_webhooks_register_subscription(page, live):
     sandbox, callback = live.sandbox, live.receiver.webhook_url
     open_page(page, "/webhooks", "Webhooks")
-    expect(page.get_by_text(f"subscribed for {callback}")).to_be_visible()
+    expect(page.get_by_text(on_screen(f"subscribed for {callback}"))).to_be_visible()
     table = data_grid(page, "Deliveries 24 h")
     expect(table).to_have_attribute("aria-rowcount", str(len(SEEDED) + 1))
     expect(grid_rows(table, callback)).to_have_count(len(SEEDED))
@@ -224,7 +225,8 @@ def test_webhooks_register_subscription(page, live):
     choose(page, "Entity", "Deals")
     choose(page, "Actions (one subscription each)", "Win")
     page.get_by_role("button", name="Register").click()
-    expect(page.get_by_text(f"Created 1 subscription(s) for {callback}.")).to_be_visible()
+    expect(page.get_by_text(on_screen(f"Created 1 subscription(s) for {callback}."))
+           ).to_be_visible()
     [hook] = [w for w in sandbox.webhooks() if (w["EntityId"], w["ActionId"]) == (
         ENTITY_IDS["Deals"], ACTION_IDS["Win"])]
     assert hook["CallbackUrl"] == callback

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import ROOT, free_port, make_settings
+from rendered import rendered
 from streamlit.testing.v1 import AppTest
 
 from ploomes.demo.load import load_demo
@@ -18,7 +19,8 @@ from views.common import format_bytes
 
 DASHBOARD = ROOT / "dashboard.py"
 PAGE_FILES = [p for p in ("views/overview.py", "views/events.py", "views/records.py",
-                          "views/users.py", "views/webhooks.py", "views/status.py")
+                          "views/users.py", "views/webhooks.py", "views/status.py",
+                          "views/audit.py")
               if (ROOT / p).is_file()]
 
 
@@ -73,7 +75,7 @@ def texts(at: AppTest) -> str:
     parts = [e.value for kind in ("markdown", "caption", "code", "warning", "error", "info",
                                   "success", "title", "subheader")
              for e in getattr(at, kind)]
-    return "\n".join(str(p) for p in parts)
+    return "\n".join(rendered(p) for p in parts)
 
 
 def test_first_run_key_demo_and_back(data_dir):

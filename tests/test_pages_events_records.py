@@ -6,18 +6,26 @@ import copy
 import json
 from datetime import UTC, datetime, timedelta
 
+import hostile
 import pytest
 from conftest import ROOT, SHARED, make_settings
+from hostile import HUGE, NAMES, REFLECTED, SHORT
+from rendered import rendered, rendered_all
 from streamlit.testing.v1 import AppTest
 
+from ploomes.crm import directory
 from ploomes.demo.load import load_demo
 from ploomes.store import Store
+from views.text import HEADER_LIMIT
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 DEAL_ID = 517000123
 CONTACT_ID = 2630362
 EVENTS = str(ROOT / "views" / "events.py")
 RECORDS = str(ROOT / "views" / "records.py")
+DASHBOARD = str(ROOT / "dashboard.py")
+STATUS = str(ROOT / "views" / "status.py")
+HOSTILE_USERS = [7001 + i for i in range(len(NAMES))]
 
 
 def contact_update() -> dict:
@@ -68,6 +76,16 @@ def run_page(path: str, **params) -> AppTest:
     for key, value in params.items():
         at.query_params[key] = str(value)
     at.run(timeout=30)
+    assert not at.exception, at.exception
+    return at
+
+
+def run_users_page(user: int) -> AppTest:
+    """Run the Users page as the dashboard routes it (it links to the Events page)."""
+    at = AppTest.from_file(DASHBOARD, default_timeout=30)
+    at.query_params["user"] = str(user)
+    at.run(timeout=30)
+    at.switch_page("views/users.py").run(timeout=30)
     assert not at.exception, at.exception
     return at
 
@@ -139,11 +157,11 @@ def test_events_filters_come_from_the_link(data_dir):
     assert at.date_input(key="f_from").value == datetime(2026, 3, 2).date()
     at = run_page(EVENTS, user=999, record="abc")
     assert list(frame(at, "changed fields")["event"]) == [5, 4, 3, 1]  # nothing applied
-    warnings = " ".join(texts(at.warning))
+    warnings = rendered_all(at.warning)
     assert "999" in warnings and "record=abc" in warnings
     at = run_page(EVENTS, field="LastUpdateDate")  # bookkeeping: not offered as a filter
     assert list(frame(at, "changed fields")["event"]) == [5, 4, 3, 1]
-    assert "'LastUpdateDate' is not offered as a filter" in " ".join(texts(at.warning))
+    assert "“LastUpdateDate” is not offered as a filter" in rendered_all(at.warning)
 
 
 def test_a_link_setting_the_demo_toggle_raises_no_streamlit_warning(data_dir):
@@ -198,7 +216,7 @@ def test_event_repeat_gap_and_bookkeeping(data_dir):
     assert "This delivery repeats event #1" in at.warning[0].value
 
     at = run_page(EVENTS, event=5)
-    assert [w.value for w in at.warning] == [
+    assert [rendered(w.value) for w in at.warning] == [
         "Old said Amount was 1500.0 but our last delivery said 1000.0: a change was missed "
         "between event 4 and event 5."]
     assert list(frame(at, "before")["field"]) == ["StatusId"]
@@ -225,8 +243,9 @@ def test_event_selection_goes_to_the_url(data_dir):
 
 
 def test_event_bad_links(data_dir):
-    at = run_page(EVENTS, event="abc")
-    assert "is not an event id" in at.error[0].value
+    for bad in ("abc", "²", "9" * 30):  # "²".isdigit() is true, int("²") fails
+        at = run_page(EVENTS, event=bad)
+        assert "is not an event id" in at.error[0].value
     at = run_page(EVENTS, event=999)
     assert "There is no event #999" in at.warning[0].value
 
@@ -252,7 +271,7 @@ def test_events_show_user_and_field_names(tmp_path, monkeypatch):
 def test_record_page_shows_the_gap_and_timeline(data_dir):
     at = run_page(RECORDS, entity="Deals", record=DEAL_ID)
     assert f"Deals {DEAL_ID} — Implantação São Jorge" in texts(at.header)
-    assert [w.value for w in at.warning] == [
+    assert [rendered(w.value) for w in at.warning] == [
         "Old said Amount was 1500.0 but our last delivery said 1000.0: a change was missed "
         "between event 4 and event 5."]
     timeline = frame(at, "changed fields")
@@ -293,5 +312,122 @@ def test_record_search_by_name_and_no_gap(data_dir):
 def test_record_unknown_and_bad_ids(data_dir):
     at = run_page(RECORDS, entity="Deals", record=1)
     assert "No event of Deals 1 is stored" in at.warning[0].value
-    at = run_page(RECORDS, entity="Deals", record="x1")
-    assert "Record id must be a whole number" in at.error[0].value
+    for bad in ("x1", "²", "9" * 30):
+        at = run_page(RECORDS, entity="Deals", record=bad)
+        assert "Record id must be a whole number" in at.error[0].value
+
+
+# --- Text from Ploomes and from links is shown as text ---------------------------------------
+# Each value is Markdown (a link and an image, bold, LaTeX, colour, HTML) or 100 KB long;
+# AppTest gives the Markdown source of what a page shows: the value must not be in it as
+# it is, and what it renders to (escapes resolved) must be the value, whole or cut.
+# tests/test_injection_browser.py checks the same in a real browser.
+
+
+@pytest.fixture(scope="module")
+def hostile_dir(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("hostile") / "data"
+    settings = make_settings(data_dir)
+    bodies = hostile.deliveries(HOSTILE_USERS)
+    load_demo(settings, [(T0 + timedelta(minutes=i), body) for i, body in enumerate(bodies)])
+    with Store(settings).writer() as con:  # what a sync from the Ploomes API stores
+        directory.upsert_directory(con, hostile.users(HOSTILE_USERS),
+                                   [hostile.custom_field()], T0)
+    return data_dir
+
+
+@pytest.fixture
+def hostile_data(hostile_dir, monkeypatch):
+    monkeypatch.setenv("PLOOMES_DATA_DIR", str(hostile_dir))
+    return hostile_dir
+
+
+def update_event(name: str) -> int:
+    """Return the event id of the update of the record named `name` (load order)."""
+    return 2 * NAMES.index(name) + 2
+
+
+def as_json(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def shown_as_text(markdown: str, value: str) -> None:
+    """Assert the Markdown shows `value` as its text, not as Markdown."""
+    assert value not in markdown
+    assert value in rendered(markdown)
+
+
+def test_names_from_ploomes_are_shown_as_text(hostile_data):
+    """Record names, actions, entities, user and field names (problem 2)."""
+    for name in SHORT:
+        at = run_page(EVENTS, event=update_event(name))
+        what = at.markdown[0].value
+        user = HOSTILE_USERS[NAMES.index(name)]
+        for value in (f"“{name}”", f"{name} of Contacts", f"{name} ({user})"):  # title,
+            shown_as_text(what, value)  # action, and the user who made it
+        [gap] = texts(at.warning)  # it quotes the name (as JSON) and the field's name
+        shown_as_text(gap, f"Name was {as_json(f'Antes: {name}')} but our last delivery said "
+                           f"{as_json(name)}")
+        shown_as_text(gap, f"{hostile.LINK} was true")
+
+        at = run_page(RECORDS, entity="Contacts", record=hostile.record_id(name))
+        [header] = texts(at.header)
+        shown_as_text(header, f"Contacts {hostile.record_id(name)} — {name}")
+        assert len(at.warning) == 1
+        shown_as_text(at.warning[0].value, f"Name was {as_json(f'Antes: {name}')}")
+        state = [c for c in texts(at.caption) if "As known right after" in c]
+        shown_as_text(state[0], f"({name}, ")
+
+        at = run_users_page(user)
+        [subheader] = texts(at.subheader)
+        shown_as_text(subheader, f"{name} ({user})")
+        [link] = at.get("page_link")
+        shown_as_text(link.value, f"See {name} ({user})'s events")
+
+    at = run_page(EVENTS, event=2 * len(NAMES) + 1)  # the record of an entity named LINK
+    shown_as_text(at.markdown[0].value, f"Create of {hostile.LINK} {hostile.ENTITY_RECORD}")
+    at = run_page(RECORDS, entity=hostile.LINK, record=hostile.ENTITY_RECORD)
+    shown_as_text(texts(at.header)[0], f"{hostile.LINK} {hostile.ENTITY_RECORD} — {hostile.RED}")
+
+
+def test_values_from_the_link_are_shown_as_text(hostile_data):
+    """`?event=`, `?entity=`, `?from=` (inside backticks), `/records?entity=`,
+    `/status?user=` (problem 3)."""
+    cases = [(EVENTS, {"event": REFLECTED}, "error"),
+             (EVENTS, {"entity": REFLECTED}, "warning"),
+             (EVENTS, {"from": REFLECTED}, "warning"),
+             (EVENTS, {"to": REFLECTED}, "warning"),
+             (EVENTS, {"user": REFLECTED}, "warning"),
+             (EVENTS, {"field": REFLECTED}, "warning"),
+             (RECORDS, {"entity": REFLECTED, "record": 1}, "warning"),
+             (STATUS, {"user": REFLECTED}, "warning"),
+             (STATUS, {"from": REFLECTED}, "warning")]
+    for page, params, kind in cases:
+        at = run_page(page, **params)
+        messages = texts(getattr(at, kind))
+        assert [m for m in messages if REFLECTED in rendered(m)], (params, messages)
+        for message in messages:
+            assert REFLECTED not in message, (params, message)
+
+
+def test_a_long_name_is_cut_in_headers_and_whole_in_the_detail(hostile_data):
+    """A 100 KB Name (problem 13)."""
+    record = hostile.record_id(HUGE)
+    at = run_page(RECORDS, entity="Contacts", record=record)
+    [header] = [rendered(h) for h in texts(at.header)]
+    prefix = f"Contacts {record} — "
+    assert header.startswith(prefix + HUGE[:HEADER_LIMIT - 1].rstrip())
+    assert header.endswith("…") and len(header) == len(prefix) + HEADER_LIMIT
+    assert all(len(w) < 2000 for w in texts(at.warning))  # the gap quotes it cut too
+    assert json.loads(at.json[0].value)["Name"] == HUGE  # the state shows it whole
+
+    at = run_page(EVENTS, event=update_event(HUGE))
+    what = rendered(at.markdown[0].value)
+    assert f"“{HUGE[:HEADER_LIMIT - 1].rstrip()}…”" in what and len(what) < 1000
+    assert all(len(w) < 2000 for w in texts(at.warning))
+    diff = frame(at, "before")
+    assert diff.set_index("key").loc["Name", "after"] == HUGE  # the field changes: whole
+
+    at = run_users_page(HOSTILE_USERS[NAMES.index(HUGE)])
+    [subheader] = [rendered(s) for s in texts(at.subheader)]
+    assert subheader.startswith(HUGE[:50]) and len(subheader) < HEADER_LIMIT + 30

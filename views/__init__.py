@@ -1,12 +1,15 @@
 """Streamlit pages of the dashboard: thin views over query functions in `ploomes/`."""
 
 # The dashboard's pages as `dashboard.py` routes them: (file, title, icon); the first
-# one is the default page. bench/dashboard.py visits the same list.
+# one is the default page. bench/dashboard.py visits the same list. Icons are emoji: a
+# page's `:material/…:` icon can become the tab's icon, which the browser then fetches
+# from Google's font server, and the dashboard must make no request off the machine.
 PAGES = (
-    ("views/overview.py", "Overview", ":material/dashboard:"),
-    ("views/events.py", "Events", ":material/list_alt:"),
-    ("views/records.py", "Records", ":material/history:"),
-    ("views/users.py", "Users", ":material/group:"),
-    ("views/webhooks.py", "Webhooks", ":material/webhook:"),
-    ("views/status.py", "Status", ":material/monitor_heart:"),
+    ("views/overview.py", "Overview", "📊"),
+    ("views/events.py", "Events", "📋"),
+    ("views/records.py", "Records", "🗂️"),
+    ("views/users.py", "Users", "👥"),
+    ("views/webhooks.py", "Webhooks", "🔗"),
+    ("views/status.py", "Status", "🩺"),
+    ("views/audit.py", "Audit", "🧾"),  # admins only (views.access.ADMIN_PAGES)
 )

@@ -5,17 +5,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pandas as pd
 import streamlit as st
 
+from ploomes.actions import NotAllowed
+from ploomes.actions import demo_data as demo_actions
 from ploomes.config import PROJECT_ROOT, ConfigError, Settings, load_settings
-from ploomes.demo.load import remove_demo
 from ploomes.ingest.upgrade import UPGRADES
 from ploomes.intake.probe import receiver_health as fetch_receiver_health
 from ploomes.queries.status import demo_count
 from ploomes.store import Store, StoreBusy, StoreError
+from views.text import plain
+
+if TYPE_CHECKING:  # views.access imports this module
+    from views.access import Access
 
 T = TypeVar("T")
 QUERY_TTL = 5  # seconds: data on screen is at most this old
@@ -26,7 +31,7 @@ def settings() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        st.error(f"Configuration problem: {exc}. Fix the setting and reload the page.")
+        st.error(f"Configuration problem: {plain(exc)}. Fix the setting and reload the page.")
         st.stop()
         raise  # unreachable: st.stop() ends the script run
 
@@ -46,9 +51,9 @@ def store() -> Store:
 
 def _stop_on_store_error(exc: StoreError) -> None:
     if isinstance(exc, StoreBusy):
-        st.error(f"The data store is busy: {exc}")
+        st.error(f"The data store is busy: {plain(exc)}")
     else:
-        st.error(f"The data store cannot be read: {exc}. Check the data dir in Status, "
+        st.error(f"The data store cannot be read: {plain(exc)}. Check the data dir in Status, "
                  "or rebuild it with `python -m ploomes rebuild`.")
     st.stop()
 
@@ -104,8 +109,9 @@ def page_available(path: str) -> bool:
     return (PROJECT_ROOT / path).is_file()
 
 
-def demo_banner() -> None:
-    """Say that demo data is shown, with one button that removes it (no-op without demo)."""
+def demo_banner(access: Access) -> None:
+    """Say that demo data is shown, with a button that removes it for admins (no-op
+    without demo)."""
     count = cached_query(demo_count)
     if not count:
         return
@@ -113,12 +119,18 @@ def demo_banner() -> None:
     text.warning(f"**Demo data is shown — remove it** when you are done exploring: "
                  f"{count:,} invented events are mixed with any real ones and marked as demo.",
                  icon=":material/science:")
+    if not access.is_admin:
+        return
     if action.button("Remove demo data", key="remove_demo", type="primary"):
         with st.spinner("Removing demo data…"):
             try:
-                remove_demo(settings())
+                demo_actions.remove(access.actor, settings(), store())
+            except NotAllowed as exc:
+                st.error(f"Demo data was not removed: {plain(exc)}.")
+                st.stop()
             except StoreError as exc:
-                st.error(f"Demo data could not be removed: {exc}. Try again in a moment.")
+                st.error(f"Demo data could not be removed: {plain(exc)}. Try again in a "
+                         "moment.")
                 st.stop()
         clear_query_cache()
         st.rerun()

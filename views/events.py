@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -10,6 +11,7 @@ import streamlit as st
 
 from ploomes.queries import base, events
 from views.common import QUERY_TTL, fmt_time, run_query, settings, to_local
+from views.text import HEADER_LIMIT, VALUE_LIMIT, cut, gap_message, plain
 
 PAGE_SIZES = (25, 50, 100, 200)
 ANY = "Any"
@@ -36,8 +38,10 @@ def _detail(data_dir: str, event_id: int) -> events.EventDetail | None:
 
 
 def _int_or_none(text: str | None) -> int | None:
+    # ASCII digits only, and few enough for a BIGINT: `str.isdigit` also takes "²", which
+    # int() refuses
     text = (text or "").strip()
-    return int(text) if text.lstrip("-").isdigit() else None
+    return int(text) if re.fullmatch(r"-?[0-9]{1,18}", text) else None
 
 
 def _day_bounds(day: date | None, zone: str, next_day: bool) -> datetime | None:
@@ -48,8 +52,9 @@ def _day_bounds(day: date | None, zone: str, next_day: bool) -> datetime | None:
 
 
 def _choose(label: str, options: list, key: str, fmt=str):
+    # options show as text (no Markdown): only cut, so a long name keeps the menu usable
     return st.selectbox(label, [None, *options], key=key,
-                        format_func=lambda v: ANY if v is None else fmt(v))
+                        format_func=lambda v: ANY if v is None else cut(fmt(v), HEADER_LIMIT))
 
 
 def _seed_from_link(options: dict, data_dir: str, zone: str) -> None:
@@ -59,7 +64,7 @@ def _seed_from_link(options: dict, data_dir: str, zone: str) -> None:
     st.session_state["_filters_seeded"] = True
     parsed = events.filter_from_params(st.query_params.to_dict(), zone)
     for problem in parsed.problems:
-        st.warning(f"Ignored in the link: {problem}.")
+        st.warning(f"Ignored in the link: {plain(problem, VALUE_LIMIT)}.")
     f = parsed.filter
     users = dict(options["users"])
     choices = {"f_entity": (f.entity, options["entities"]),
@@ -69,14 +74,16 @@ def _seed_from_link(options: dict, data_dir: str, zone: str) -> None:
         if value is not None and value in allowed:
             st.session_state[key] = value
         elif value is not None:
-            st.warning(f"No event has {value!r} yet; that filter from the link was left out.")
+            st.warning(f"No event has “{plain(value, VALUE_LIMIT)}” yet; that filter from the "
+                       "link was left out.")
     if f.record_id is not None:
         st.session_state["f_record"] = str(f.record_id)
     if f.field and f.field in dict(_fields(data_dir, st.session_state.get("f_entity"))):
         st.session_state["f_field"] = f.field
     elif f.field:
-        st.warning(f"The field {f.field!r} is not offered as a filter (no change to it yet, "
-                   "or a bookkeeping field); that filter from the link was left out.")
+        st.warning(f"The field “{plain(f.field, VALUE_LIMIT)}” is not offered as a filter (no "
+                   "change to it yet, or a bookkeeping field); that filter from the link was "
+                   "left out.")
     if f.text:
         st.session_state["f_text"] = f.text
     if f.start is not None:
@@ -105,7 +112,7 @@ def _filters(data_dir: str, zone: str) -> events.EventFilter | None:
         with c5:
             user = _choose("User", list(users), "f_user",
                            fmt=lambda uid: users[uid] if users[uid] == str(uid)
-                           else f"{users[uid]} ({uid})")
+                           else f"{cut(users[uid], HEADER_LIMIT)} ({uid})")
         record_text = c6.text_input("Record id", key="f_record")
         field_labels = dict(_fields(data_dir, entity))
         with c7:
@@ -167,17 +174,20 @@ def _table(page: events.EventsPage, zone: str) -> None:
 
 
 def _who_when_what(event: dict) -> None:
-    user = event["user_name"] or "unknown user"
-    if event["action_user_id"] is not None and user != str(event["action_user_id"]):
+    # names and titles come from Ploomes: shown as text, cut like a header (the field
+    # changes and the raw payload below show them whole)
+    user = plain(event["user_name"] or "unknown user", HEADER_LIMIT)
+    if event["action_user_id"] is not None and event["user_name"] != str(event["action_user_id"]):
         user = f"{user} ({event['action_user_id']})"
-    title = f" “{event['title']}”" if event["title"] else ""
+    title = f" “{plain(event['title'], HEADER_LIMIT)}”" if event["title"] else ""
     hook = (f"WebhookId {event['webhook_id']}" if event["webhook_id"] is not None
             else "not named in the delivery")
     account = f", account {event['account_id']}" if event["account_id"] is not None else ""
     st.markdown(
         f"**Who:** {user}  \n"
         f"**When:** {fmt_time(event['received_at'])} (received)  \n"
-        f"**What:** {event['action']} of {event['entity']} {event['record_id']}{title}  \n"
+        f"**What:** {plain(event['action'])} of {plain(event['entity'])} "
+        f"{event['record_id']}{title}  \n"
         f"**Subscription:** {hook}{account}")
     if event["is_demo"]:
         st.info("Demo event: generated sample data, not a delivery from Ploomes.")
@@ -245,7 +255,7 @@ def _detail_view(event_id: int, data_dir: str, zone: str) -> None:
     if not detail.gaps.empty:
         st.subheader("Continuity gaps")
         for gap in detail.gaps.itertuples(index=False):
-            st.warning(gap.explanation)
+            st.warning(gap_message(gap.fields, gap.previous_event_id, gap.event_id))
     with st.expander("Raw payload (JSON as received)"):
         st.json(detail.payload)
 
@@ -280,7 +290,8 @@ if event_filter is not None:
                        f"{fmt_time(result.searched_since)}; {more}. Times in {zone}.")
         _table(result, zone)
         ids = [int(i) for i in result.rows["event_id"]]
-        labels = {int(r.event_id): f"#{r.event_id} · {r.action} {r.entity} {r.record_id}"
+        labels = {int(r.event_id): cut(f"#{r.event_id} · {r.action} {r.entity} {r.record_id}",
+                                       HEADER_LIMIT)
                   for r in result.rows.itertuples(index=False)}
         p1, p2 = st.columns(2)
         p1.selectbox("Show event", [None, *ids], key="pick_event", on_change=_on_pick,
@@ -290,7 +301,8 @@ if event_filter is not None:
                         key="open_event", on_change=_on_open)
 
 if selected_raw is not None and selected is None:
-    st.error(f"“{selected_raw}” in the link is not an event id. Use a link like ?event=123.")
+    st.error(f"“{plain(selected_raw, VALUE_LIMIT)}” in the link is not an event id. Use a link "
+             "like ?event=123.")
 elif selected is not None:
     _detail_view(selected, data_dir, zone)
 else:

@@ -16,6 +16,7 @@ from ploomes.queries.status import (
 )
 from views.common import cached_query, fmt_ago, fmt_time, receiver_health, settings
 from views.first_run import render_first_run
+from views.text import MESSAGE_LIMIT, VALUE_LIMIT, code, plain
 
 REFRESH_SECONDS = 10
 RANGES = {"24 h": timedelta(hours=24), "2 d": timedelta(days=2), "7 d": timedelta(days=7),
@@ -46,19 +47,21 @@ def _health() -> None:
     if not health["reachable"]:
         second.metric("Receiver", "not reachable")
         third.metric("Ingest lag", "—")
-        st.error(f"Receiver not reachable at {settings().receiver_url}: Ploomes' deliveries "
+        st.error(f"Receiver not reachable at {code(settings().receiver_url)}: Ploomes' deliveries "
                  "are lost while it is down. Start it with `python receiver.py` (see "
                  "Status), or set PLOOMES_RECEIVER_URL if it runs elsewhere.",
                  icon=":material/power_off:")
         return
-    second.metric("Receiver", str(health.get("status", "unknown")),
-                  help=f"Uptime {health.get('uptime_seconds', '?')} s")
+    # what the receiver answers is shown as text (a metric's value is Markdown too)
+    second.metric("Receiver", plain(health.get("status", "unknown"), VALUE_LIMIT),
+                  help=f"Uptime {plain(health.get('uptime_seconds', '?'))} s")
     lag = float(health.get("ingest_lag_seconds") or 0.0)
     third.metric("Ingest lag", f"{lag:.1f} s",
-                 help=f"{health.get('backlog', 0)} journal records waiting to be stored")
+                 help=f"{plain(health.get('backlog', 0))} journal records waiting to be stored")
     problem = health.get("journal_error") or health.get("ingest_error")
     if problem:
-        st.error(f"The receiver reports a problem: {problem}. See Status for details.")
+        st.error(f"The receiver reports a problem: {plain(problem, MESSAGE_LIMIT)}. See Status "
+                 "for details.")
 
 
 def _timeline(include_duplicates: bool) -> None:

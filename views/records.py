@@ -5,12 +5,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import streamlit as st
 
 from ploomes.queries import events as event_queries
 from ploomes.queries import records
 from views.common import QUERY_TTL, fmt_time, run_query, settings, to_local
+from views.text import HEADER_LIMIT, VALUE_LIMIT, cut, gap_message, plain
 
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
@@ -61,11 +64,13 @@ def _search(data_dir: str) -> tuple[str, int] | None:
     choices = sorted(set(entities) | ({wanted_entity} if wanted_entity else set()))
     c1, c2, c3 = st.columns([1, 1, 2])
     entity = c1.selectbox("Entity", choices or ["Deals"], key="r_entity",
-                          index=choices.index(wanted_entity) if wanted_entity in choices else 0)
+                          index=choices.index(wanted_entity) if wanted_entity in choices else 0,
+                          format_func=lambda name: cut(name, HEADER_LIMIT))
     record_text = c2.text_input("Record id", key="r_record").strip()
     text = c3.text_input("…or a name or title in the record", key="r_text").strip()
     if record_text:
-        if not record_text.isdigit():
+        # ASCII digits that fit a BIGINT: `str.isdigit` also takes "²", which int() refuses
+        if not re.fullmatch(r"[0-9]{1,18}", record_text):
             st.error("Record id must be a whole number, such as 405531355.")
             return None
         return entity, int(record_text)
@@ -75,10 +80,10 @@ def _search(data_dir: str) -> tuple[str, int] | None:
         return None
     found = _find(data_dir, entity, None, text)
     if found.empty:
-        st.warning(f"No {entity} record has “{text}” in its name or title. Try another "
-                   "entity or fewer letters.")
+        st.warning(f"No {plain(entity, VALUE_LIMIT)} record has “{plain(text, VALUE_LIMIT)}” "
+                   "in its name or title. Try another entity or fewer letters.")
         return None
-    labels = {int(r.record_id): f"{r.record_id} · {r.title or 'untitled'}"
+    labels = {int(r.record_id): f"{r.record_id} · {cut(r.title or 'untitled', HEADER_LIMIT)}"
               for r in found.itertuples(index=False)}
     chosen = st.selectbox(f"{len(found)} record(s) found", list(labels), key="r_pick",
                           format_func=labels.get)
@@ -117,7 +122,9 @@ def _changes(data_dir: str, entity: str, record_id: int) -> None:
 def _state_view(data_dir: str, entity: str, record_id: int, events: pd.DataFrame) -> None:
     st.subheader("State at a moment")
     ids = [int(i) for i in events["event_id"]]
-    labels = {int(r.event_id): f"#{r.event_id} · {fmt_time(r.received_at)} · {r.action}"
+    # a select_slider shows its options as Markdown (unlike a selectbox)
+    labels = {int(r.event_id): f"#{r.event_id} · {fmt_time(r.received_at)} · "
+                               f"{plain(r.action, HEADER_LIMIT)}"
               for r in events.itertuples(index=False)}
     if len(ids) > 1:
         chosen = st.select_slider("After event", ids, value=ids[-1], key="r_moment",
@@ -126,7 +133,8 @@ def _state_view(data_dir: str, entity: str, record_id: int, events: pd.DataFrame
         chosen = ids[0]
     snapshot = _state(data_dir, entity, record_id, chosen)
     note = " — the record was deleted here" if snapshot.deleted else ""
-    st.caption(f"As known right after event #{snapshot.event_id} ({snapshot.action}, "
+    st.caption(f"As known right after event #{snapshot.event_id} "
+               f"({plain(snapshot.action, HEADER_LIMIT)}, "
                f"{fmt_time(snapshot.received_at)}), folding {snapshot.events_folded} "
                f"event(s){note}. [Open the event](events?event={snapshot.event_id})")
     st.json(snapshot.state or {}, expanded=False)
@@ -141,12 +149,14 @@ if chosen is not None:
     _select(entity, record_id)
     events = _events(data_dir, entity, record_id)
     if events.empty:
-        st.warning(f"No event of {entity} {record_id} is stored. Check the entity and id, "
-                   "or search by name.")
+        st.warning(f"No event of {plain(entity, VALUE_LIMIT)} {record_id} is stored. Check the "
+                   "entity and id, or search by name.")
     else:
         found = _find(data_dir, entity, record_id, None)
         title = found["title"].iloc[0] if not found.empty else None
-        st.header(f"{entity} {record_id}" + (f" — {title}" if title else ""))
+        # the name is cut here; the state below and the field changes show it whole
+        st.header(f"{plain(entity, HEADER_LIMIT)} {record_id}"
+                  + (f" — {plain(title, HEADER_LIMIT)}" if title else ""))
         if bool(events["is_demo"].any()):
             st.info("Demo record: generated sample data.")
         if not found.empty and bool(found["deleted"].iloc[0]):
@@ -159,7 +169,7 @@ if chosen is not None:
         else:
             st.subheader("Continuity gaps")
             for gap in gaps.itertuples(index=False):
-                st.warning(gap.explanation)
+                st.warning(gap_message(gap.fields, gap.previous_event_id, gap.event_id))
         _timeline(events, zone)
         _changes(data_dir, entity, record_id)
         _state_view(data_dir, entity, record_id, events)

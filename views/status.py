@@ -19,6 +19,7 @@ from ploomes.queries.events import (
 from ploomes.queries.status import ingest_positions, table_counts
 from ploomes.store import SCHEMA_VERSION, Store, StoreError, schema_version
 from views.common import cached_query, fmt_time, format_bytes, receiver_health, settings, store
+from views.text import HEADER_LIMIT, MESSAGE_LIMIT, VALUE_LIMIT, code, cut, plain
 
 ANY = "Any"
 
@@ -26,7 +27,7 @@ ANY = "Any"
 def _storage() -> None:
     config = settings()
     st.subheader("Storage")
-    st.write(f"Data dir: `{config.data_dir}`")
+    st.write(f"Data dir: {code(config.data_dir)}")
     version = cached_query(schema_version)
     first, second, third = st.columns(3)
     first.metric("Database size", format_bytes(store().size_bytes()),
@@ -51,22 +52,25 @@ def _receiver() -> None:
     st.subheader("Receiver")
     health = receiver_health()
     if not health["reachable"]:
-        st.error(f"Receiver not reachable at {config.receiver_url} ({health['error']}). "
+        st.error(f"Receiver not reachable at {code(config.receiver_url)} "
+                 f"({plain(health['error'], MESSAGE_LIMIT)}). "
                  "Start it with `python receiver.py`, or set PLOOMES_RECEIVER_URL if it runs "
                  "elsewhere. Journal backlog and ingest lag are unknown while it is down.",
                  icon=":material/power_off:")
         return
     first, second, third, fourth = st.columns(4)
-    first.metric("Receiver", str(health.get("status", "unknown")),
-                 help=f"{health['url']} answered HTTP {health.get('http_status')}")
+    # what the receiver answers is shown as text (a metric's value is Markdown too)
+    first.metric("Receiver", plain(health.get("status", "unknown"), VALUE_LIMIT),
+                 help=f"{code(health['url'])} answered HTTP {plain(health.get('http_status'))}")
     second.metric("Journal backlog", f"{int(health.get('backlog') or 0):,}",
                   help="Durable journal records not yet in the database")
     third.metric("Ingest lag", f"{float(health.get('ingest_lag_seconds') or 0):.1f} s")
     fourth.metric("Journal sequence", f"{int(health.get('journal_seq') or 0):,}",
-                  help=f"ingested up to {health.get('ingested_seq')}")
+                  help=f"ingested up to {plain(health.get('ingested_seq'))}")
     for name in ("journal_error", "ingest_error"):
         if health.get(name):
-            st.error(f"{name.replace('_', ' ').capitalize()}: {health[name]}")
+            st.error(f"{name.replace('_', ' ').capitalize()}: "
+                     f"{plain(health[name], MESSAGE_LIMIT)}")
     if health.get("worker_alive") is False:
         st.error("The receiver's ingest worker is not running: restart the receiver.")
 
@@ -82,7 +86,7 @@ def _int_or_error(raw: str, name: str) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        st.error(f"{name} must be a number, got “{raw}”.")
+        st.error(f"{name} must be a number, got “{plain(raw, VALUE_LIMIT)}”.")
         st.stop()
     raise RuntimeError("unreachable")
 
@@ -92,7 +96,7 @@ def _filter_widgets() -> EventFilter:
     tz = settings().timezone
     parsed = filter_from_params(st.query_params.to_dict(), tz)
     for problem in parsed.problems:
-        st.warning(f"Ignored a filter from the address: {problem}.")
+        st.warning(f"Ignored a filter from the address: {plain(problem, VALUE_LIMIT)}.")
     base = parsed.filter
     entities = [ANY, *cached_query(distinct_values, "entity")]
     actions = [ANY, *cached_query(distinct_values, "action")]
@@ -102,12 +106,13 @@ def _filter_widgets() -> EventFilter:
     end_default = _day(base.end - timedelta(microseconds=1)) if base.end else None
     end = second.date_input("To (included)", value=end_default, key="export_to",
                             format="DD/MM/YYYY")
+    # options show as text (no Markdown): only cut, so a long name keeps the menu usable
     entity = third.selectbox("Entity", entities, key="export_entity",
                              index=entities.index(base.entity) if base.entity in entities
-                             else 0)
+                             else 0, format_func=lambda name: cut(name, HEADER_LIMIT))
     action = fourth.selectbox("Action", actions, key="export_action",
                               index=actions.index(base.action) if base.action in actions
-                              else 0)
+                              else 0, format_func=lambda name: cut(name, HEADER_LIMIT))
     first, second, third, fourth = st.columns(4)
     user = first.text_input("ActionUserId", value=str(base.action_user_id or ""),
                             key="export_user")

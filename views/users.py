@@ -15,6 +15,7 @@ from ploomes.queries.users import (
     users_summary,
 )
 from views.common import cached_query, page_available, settings, to_local
+from views.text import HEADER_LIMIT, cut, plain
 
 RANGES = {"7 d": timedelta(days=7), "30 d": timedelta(days=30),
           "90 d": timedelta(days=90), "All": None}
@@ -22,9 +23,10 @@ EVENTS_PAGE = "views/events.py"
 
 
 def _user_label(user_id, name: str) -> str:
+    """Return the user's name (from Ploomes, cut) and id as text; not yet Markdown."""
     if user_id is None:
         return "(no ActionUserId)"
-    return name if name == str(user_id) else f"{name} ({user_id})"
+    return name if name == str(user_id) else f"{cut(name, HEADER_LIMIT)} ({user_id})"
 
 
 def _id(value) -> int | None:
@@ -53,10 +55,10 @@ def _events_link(user_id: int | None, label: str) -> None:
     if user_id is None:
         return
     if page_available(EVENTS_PAGE):
-        st.page_link(EVENTS_PAGE, label=f"See {label}'s events", icon=":material/list_alt:",
-                     query_params={"user": str(user_id)})
+        st.page_link(EVENTS_PAGE, label=f"See {plain(label)}'s events",
+                     icon=":material/list_alt:", query_params={"user": str(user_id)})
     else:
-        st.markdown(f"[See {label}'s events](/events?user={user_id})")
+        st.markdown(f"[See {plain(label)}'s events](/events?user={user_id})")
 
 
 def _heatmap(user_id: int | None, since: datetime | None, include: bool) -> None:
@@ -133,7 +135,7 @@ def render() -> None:
                                                                  strict=True)}
     user_id = st.selectbox("User", ids, index=_selected_user(ids),
                            format_func=lambda uid: labels[uid], key="users_selected")
-    st.subheader(labels[user_id])
+    st.subheader(plain(labels[user_id]))
     _events_link(user_id, labels[user_id])
     first, second = st.columns([3, 2], gap="large")
     with first:
