@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import settings
+
 
 from ploomes.config import load_settings
 from ploomes.model.delivery import InvalidDelivery
@@ -20,6 +22,12 @@ from ploomes.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT / "tests" / "data"  # copies of ../shared/ploomes examples
 TEST_KEY = "test-validation-key-0123456789abcdef"
+
+# The same examples on every run: a property that breaks is found by a developer
+# exploring (HYPOTHESIS_PROFILE=explore), not by chance in the run that lands a change.
+settings.register_profile("default", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True)

@@ -207,7 +207,9 @@ def _identical(a: object, b: object) -> bool:
         return a == b
     if kind is list or kind is dict:
         try:  # same text means same value; different text falls back to the full compare
-            return orjson.dumps(a) == orjson.dumps(b)
+            text = orjson.dumps(a)
+            # orjson writes NaN and ±Infinity as null: text with a null proves nothing
+            return text == orjson.dumps(b) and b"null" not in text
         except (TypeError, orjson.JSONEncodeError):
             return False
     return False
