@@ -35,12 +35,21 @@ from werkzeug.wsgi import get_content_length
 from ploomes.config import ConfigError, Settings, load_settings, mask_secret
 from ploomes.ingest.worker import IngestProcess
 from ploomes.intake.datadir import make_private
-from ploomes.intake.journal import Entry, Journal, JournalBusy, JournalWriteError
+from ploomes.intake.journal import FLAG_TEST, Entry, Journal, JournalBusy, JournalWriteError
 from ploomes.intake.keys import ensure_key, key_file
 from ploomes.intake.service import DeliveryService
-from ploomes.model.vocabulary import DEMO_PATH, VALIDATION_HEADER, VALIDATION_QUERY, WEBHOOK_PATH
+from ploomes.model.vocabulary import (
+    DEMO_PATH,
+    TEST_HEADER,
+    VALIDATION_HEADER,
+    VALIDATION_QUERY,
+    WEBHOOK_PATH,
+)
+from ploomes.relay.forwarder import ForwarderProcess
+from ploomes.relay.metrics import RelayCollector
 
 KEY_ENVIRON = "HTTP_" + VALIDATION_HEADER.upper().replace("-", "_")  # as WSGI names it
+TEST_ENVIRON = "HTTP_" + TEST_HEADER.upper().replace("-", "_")
 _DEFAULTS = Settings()
 HEADER_TIMEOUT = _DEFAULTS.header_timeout_seconds
 MAX_CONNECTIONS = _DEFAULTS.max_connections
@@ -611,15 +620,20 @@ class GroupCommit:
 
 
 def create_app(settings: Settings | None = None, start_ingest: bool = True) -> Flask:
-    """Create the receiver app for one data dir (and start its ingest process)."""
+    """Create the receiver app for one data dir (and start its ingest process and the
+    relay's forwarder)."""
     settings = settings or load_settings()
     service = DeliveryService(settings)
     ingest = IngestProcess(settings, service.shared)
+    relay = ForwarderProcess(settings, service.shared)
     if start_ingest:
         ingest.start()
+        relay.start()
+    service.registry.register(RelayCollector(relay.relay, relay.alive))
     app = Flask(__name__)
     app.extensions["ploomes"] = service
     app.extensions["ploomes.ingest"] = ingest
+    app.extensions["ploomes.relay"] = relay
     # Flask must not buffer more than the limit; the handler reads at most limit + 1.
     app.config["MAX_CONTENT_LENGTH"] = None
 
@@ -654,7 +668,9 @@ def create_app(settings: Settings | None = None, start_ingest: bool = True) -> F
         if len(raw) > limit:
             return answer(service.reject_authenticated(
                 "too_large", 413, f"body is larger than {limit} bytes", raw, source))
-        return answer(service.accept(raw, source, started))
+        # the Webhooks page's test deliveries say so: journaled as tests, not changes
+        flags = FLAG_TEST if environ.get(TEST_ENVIRON) else 0
+        return answer(service.accept(raw, source, started, flags))
 
     @app.post(DEMO_PATH)
     def demo() -> Response:
@@ -675,7 +691,14 @@ def create_app(settings: Settings | None = None, start_ingest: bool = True) -> F
     @app.get("/healthz")
     def healthz() -> Response:
         # paths and error texts only for this machine's own clients
-        status, body = service.health(ingest.alive(), detailed=local_client(request.environ))
+        detailed = local_client(request.environ)
+        status, body = service.health(ingest.alive(), detailed=detailed)
+        if start_ingest and not relay.alive():
+            body["reasons"] = [*body["reasons"], "the relay's forwarder is not running"]
+        if detailed:
+            body["relay_pid"] = relay.pid
+            body["outbox_seq"] = service.shared.outbox_synced_seq.value
+            body["outbox_ingested_seq"] = service.shared.outbox_ingested_seq.value
         response = jsonify(body)
         response.status_code = status
         return response
@@ -739,15 +762,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     service = app.extensions["ploomes"]
+    relay = app.extensions["ploomes.relay"]
     commit = GroupCommit(service.journal)
     service.appender, service.run_cpu = commit, offload
     guard = ConnectionGuard(settings.header_timeout_seconds, IDLE_TIMEOUT,
                             settings.max_connections, settings.max_pending_per_client)
     try:
         serve(app, args.host, args.port, guard=guard, redact=service.keys.redact,
-              on_ready=lambda port: log.info(
-                  "Receiver listening on http://%s:%s%s (data dir %s)", args.host, port,
-                  WEBHOOK_PATH, settings.data_dir))
+              on_ready=lambda port: _ready(port, relay, log, args.host, settings))
     except KeyboardInterrupt:
         pass
     finally:
@@ -755,10 +777,18 @@ def main(argv: list[str] | None = None) -> int:
             commit.close()  # what requests queued before the server stopped
         finally:
             try:
+                relay.stop()  # it writes where it stands; the rest goes at the next start
                 app.extensions["ploomes.ingest"].stop()  # it drains what is durable
             finally:
                 service.close()
     return 0
+
+
+def _ready(port: int, relay: ForwarderProcess, log: logging.Logger, host: str,
+           settings: Settings) -> None:
+    relay.relay.receiver_port.value = port  # the forwarder never sends to it
+    log.info("Receiver listening on http://%s:%s%s (data dir %s)", host, port, WEBHOOK_PATH,
+             settings.data_dir)
 
 
 if __name__ == "__main__":

@@ -67,15 +67,29 @@ def _resync_directory(settings: Settings) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the store's schema version and row counts as JSON."""
+    """Print the store's schema version and row counts as JSON, with what the refused
+    counts include (the Status page counts the same)."""
+    from ploomes.queries.status import (
+        KEY_ATTEMPTS_MEANING,
+        REFUSED_DELIVERIES_MEANING,
+        refused_counts,
+    )
+
     try:
         settings = _settings(args)
         with Store(settings, upgrades=UPGRADES).reader() as con:
             info: dict[str, object] = {"data_dir": str(settings.data_dir),
                                        "schema_version": schema_version(con)}
-            for table in ("events", "field_changes", "continuity_gaps", "rejected_deliveries"):
+            for table in ("events", "field_changes", "continuity_gaps"):
                 row = fetch_one(con, f"SELECT count(*) FROM {table}")  # names from the tuple
                 info[table] = row[0] if row else 0
+            row = fetch_one(con, "SELECT count(*) FILTER (WHERE is_test), "
+                                 "count(*) FILTER (WHERE is_demo) FROM events")
+            info["test_deliveries"], info["demo_events"] = row if row else (0, 0)
+            info.update(refused_counts(con))
+            info["counts_include"] = [
+                "events: every stored delivery, test deliveries and demo events included",
+                REFUSED_DELIVERIES_MEANING, KEY_ATTEMPTS_MEANING]
     except (ConfigError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

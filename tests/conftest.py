@@ -14,7 +14,6 @@ import pytest
 import requests
 from hypothesis import settings
 
-
 from ploomes.config import load_settings
 from ploomes.model.delivery import InvalidDelivery
 from ploomes.store import Store

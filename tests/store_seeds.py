@@ -45,8 +45,10 @@ def run(settings, fn, *args, **kwargs):
 def label(settings, users=(), fields=()):
     """Name users (id, name) and custom fields (key, entity id, name), as a sync would."""
     with Store(settings).writer() as con:
-        con.executemany("INSERT INTO users VALUES (?, ?, NULL, false, NULL)", list(users))
-        con.executemany("INSERT INTO fields VALUES (?, ?, ?, NULL, NULL)", list(fields))
+        con.executemany("INSERT INTO users (id, name, email, suspended, synced_at) "
+                        "VALUES (?, ?, NULL, false, NULL)", list(users))
+        con.executemany("INSERT INTO fields (key, entity_id, name, type_id, synced_at) "
+                        "VALUES (?, ?, ?, NULL, NULL)", list(fields))
 
 
 def contact_update() -> dict:
@@ -171,9 +173,10 @@ def seed_activity(data_dir: Path) -> Store:
         Pipeline().apply(con, [], auth_failures=[
             (NOW - timedelta(hours=2), "10.0.0.1", "wrong key"),
             (NOW - timedelta(days=5), "10.0.0.2", "missing key")])
-        con.execute("INSERT INTO users VALUES (10, 'João Araújo', 'joao@example.com', false, "
-                    "now())")
-        con.execute("INSERT INTO fields VALUES ('contact_vip', 1, 'Cliente VIP', 10, now())")
+        con.execute("INSERT INTO users (id, name, email, suspended, synced_at) "
+                    "VALUES (10, 'João Araújo', 'joao@example.com', false, now())")
+        con.execute("INSERT INTO fields (key, entity_id, name, type_id, synced_at) "
+                    "VALUES ('contact_vip', 1, 'Cliente VIP', 10, now())")
     return store
 
 

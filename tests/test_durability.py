@@ -246,7 +246,8 @@ def test_a_reader_lets_a_writer_in_and_then_sees_its_rows(settings, keep_reader)
         assert fetch_one(con, "SELECT count(*) FROM users")[0] == 0
     other = Store(settings)  # another program's writer (the receiver's worker)
     with other.writer() as con:
-        con.execute("INSERT INTO users VALUES (1, 'Conceição', NULL, false, now())")
+        con.execute("INSERT INTO users (id, name, email, suspended, synced_at) "
+                    "VALUES (1, 'Conceição', NULL, false, now())")
     with dashboard.reader() as con:
         assert fetch_one(con, "SELECT name FROM users") == ("Conceição",)
 
@@ -265,8 +266,8 @@ def test_readers_never_see_lock_errors_while_a_writer_works(settings, keep_reade
         try:
             for i in range(writes):
                 with store.writer() as con:
-                    con.execute("INSERT INTO users VALUES (?, 'Usuário', NULL, false, now())",
-                                [i])
+                    con.execute("INSERT INTO users (id, name, email, suspended, "
+                                "synced_at) VALUES (?, 'Usuário', NULL, false, now())", [i])
         finally:
             written.set()
 

@@ -255,8 +255,10 @@ def test_events_show_user_and_field_names(tmp_path, monkeypatch):
     settings = make_settings(data)
     load_demo(settings, [(T0, contact_update())])
     with Store(settings).writer() as con:
-        con.execute("INSERT INTO users VALUES (116, 'Márcia Conceição', NULL, false, NULL)")
-        con.execute("INSERT INTO fields VALUES ('contact_check', 1, 'Cliente verificado', "
+        con.execute("INSERT INTO users (id, name, email, suspended, synced_at) "
+                    "VALUES (116, 'Márcia Conceição', NULL, false, NULL)")
+        con.execute("INSERT INTO fields (key, entity_id, name, type_id, synced_at) "
+                    "VALUES ('contact_check', 1, 'Cliente verificado', "
                     "10, NULL)")
     monkeypatch.setenv("PLOOMES_DATA_DIR", str(data))
     at = run_page(EVENTS, event=1)

@@ -59,14 +59,17 @@ def test_seed_payload_event_detail(tmp_path):
     assert detail.event["record_id"] == CONTACT_ID and detail.event["user_name"] == "116"
     assert detail.event["title"] == "Ploomes Sistemas Empresariais"
     assert detail.event["received_at"] == T0 and detail.event["is_demo"] is True
-    assert rows(detail.changes, ["field", "before", "after", "added_items", "removed_items"]) == [
-        ("OtherProperties.contact_check", "false", "true", [], []),
-        ("Phones", '[{"PhoneNumber":"(11) 3842-6673","TypeId":1,"CountryId":76}]',
+    # built-in fields as Ploomes names them; ids no lookup names (tags here) stay ids
+    assert rows(detail.changes, ["field", "field_label", "before", "after", "added_items",
+                                 "removed_items"]) == [
+        ("OtherProperties.contact_check", "OtherProperties.contact_check", "false", "true",
+         [], []),
+        ("Phones", "Telefones", '[{"PhoneNumber":"(11) 3842-6673","TypeId":1,"CountryId":76}]',
          '[{"PhoneNumber":"(11) 4380-7749","TypeId":1,"CountryId":76}]',
-         [{"PhoneNumber": "(11) 4380-7749", "TypeId": 1, "CountryId": 76}],
-         [{"PhoneNumber": "(11) 3842-6673", "TypeId": 1, "CountryId": 76}]),
-        ("Tags", "[290]", "[287]", [287], [290]),
-        ("LegalName", "Ploomes", "Ploomes Sistemas Empresariais", [], []),
+         ['{"PhoneNumber":"(11) 4380-7749","TypeId":1,"CountryId":76}'],
+         ['{"PhoneNumber":"(11) 3842-6673","TypeId":1,"CountryId":76}']),
+        ("Tags", "Marcadores", "290", "287", ["287"], ["290"]),
+        ("LegalName", "Razão social", "Ploomes", "Ploomes Sistemas Empresariais", [], []),
     ]
     assert detail.duplicates.empty and detail.gaps.empty
     assert detail.payload == contact_update()
@@ -103,11 +106,12 @@ def test_labels_from_users_and_fields(tmp_path):
     assert run(settings, qevents.filter_options) == {
         "entities": ["Contacts"], "actions": ["Update"], "users": [(116, "Márcia Conceição")]}
     assert run(settings, qevents.field_options) == [
-        ("OtherProperties.contact_check", "Cliente verificado"), ("LegalName", "LegalName"),
-        ("Phones", "Phones"), ("Tags", "Tags")]
+        ("OtherProperties.contact_check", "Cliente verificado"), ("Tags", "Marcadores"),
+        ("LegalName", "Razão social"), ("Phones", "Telefones")]
     assert run(settings, qevents.field_options, "Deals") == []
     page = run(settings, qevents.events_page, EventFilter())
-    assert page.rows["changed_fields"].iloc[0] == "Cliente verificado, Phones, Tags, LegalName"
+    assert page.rows["changed_fields"].iloc[0] == (
+        "Cliente verificado, Telefones, Marcadores, Razão social")
     assert page.rows["user_name"].iloc[0] == "Márcia Conceição"
 
 
@@ -157,7 +161,7 @@ def test_events_page_filters_and_paging(mixed):
     top = run(mixed, qevents.list_events, EventFilter(), limit=1)
     assert rows(top, ["event_id", "entity", "action", "record_id", "title", "user_name",
                       "changed_fields", "webhook_id", "duplicate_of", "is_demo"]) == [
-        (6, "Deals", "Win", DEAL_ID, "Implantação São Jorge", "7", "StatusId", 55, None, True)]
+        (6, "Deals", "Win", DEAL_ID, "Implantação São Jorge", "7", "Situação", 55, None, True)]
     assert top["received_at"].iloc[0] == pd.Timestamp(T0 + timedelta(minutes=3))
     assert str(top["received_at"].dt.tz) == "UTC"
 
@@ -180,7 +184,7 @@ def test_real_wins_show_only_real_changes(real):
     first = run(real, qevents.event_detail, 1)
     shown = first.changes[~first.changes["bookkeeping"]]
     assert rows(shown, ["field", "before", "after"]) == [
-        ("StatusId", "1", "2"), ("LastStageId", "(empty)", "40114886"),
+        ("StatusId", "Em aberto (1)", "Ganho (2)"), ("LastStageId", "(empty)", "40114886"),
         ("FinishDate", "(empty)", "2024-03-18T19:32:40.31")]
     assert list(first.changes[first.changes["bookkeeping"]]["field"]) == ["LastUpdateDate"]
     assert first.event["title"] == "Negócio #1"

@@ -47,7 +47,9 @@ def test_seed_payload_history_and_state(tmp_path):
     assert history["received_at"].iloc[0] == pd.Timestamp(T0)
     assert str(history["received_at"].dt.tz) == "UTC"
     assert list(history["user_name"]) == ["116"] * 4  # no users table: the raw id as text
-    assert list(history["field_label"]) == [r[0] for r in SEED_CHANGES]
+    # built-in fields as Ploomes names them; a custom field without a name keeps its path
+    assert list(history["field_label"]) == ["OtherProperties.contact_check", "Telefones",
+                                            "Marcadores", "Razão social"]
 
     snap = run(settings, qrecords.state_at, "Contacts", CONTACT_ID)
     assert snap.state == {
@@ -102,10 +104,10 @@ def test_deal_life_history(deal):
     events = run(deal, qrecords.record_events, "Deals", DEAL_ID)
     assert rows(events, ["event_id", "action", "action_user_id", "changes",
                          "changed_fields"]) == [
-        (1, "Create", 7, 5, "Title, StatusId, StageId, Amount, OwnerId"),
-        (2, "Update", 7, 1, "StageId"),
-        (3, "Update", 8, 2, "Amount, OtherProperties.deal_plan"),
-        (4, "Win", 7, 1, "StatusId"),
+        (1, "Create", 7, 5, "Título, Situação, Estágio, Valor, Responsável"),
+        (2, "Update", 7, 1, "Estágio"),
+        (3, "Update", 8, 2, "Valor, OtherProperties.deal_plan"),
+        (4, "Win", 7, 1, "Situação"),
     ]
     assert run(deal, qrecords.continuity_gaps, "Deals", DEAL_ID).empty
 
@@ -185,9 +187,9 @@ def test_gap_from_a_missing_delivery(tmp_path):
     settings = seed(tmp_path, [life[0], life[1], life[3]])  # the price update never arrived
     gaps = run(settings, qrecords.continuity_gaps, "Deals", DEAL_ID)
     assert rows(gaps, ["event_id", "previous_event_id", "entity", "record_id", "field_labels",
-                       "is_demo"]) == [(3, 2, "Deals", DEAL_ID, "Amount", True)]
+                       "is_demo"]) == [(3, 2, "Deals", DEAL_ID, "Valor", True)]
     assert gaps["fields"].iloc[0] == [
-        {"field": "Amount", "expected": 1000.0, "found": 1500.0, "label": "Amount"}]
+        {"field": "Amount", "expected": 1000.0, "found": 1500.0, "label": "Valor"}]
     assert gaps["explanation"].iloc[0] == (
         "Old said Amount was 1500.0 but our last delivery said 1000.0: a change was missed "
         "between event 2 and event 3.")
@@ -219,7 +221,8 @@ def test_labels_from_users_and_fields(tmp_path):
     assert run(settings, qrecords.field_changes_of, "OtherProperties.contact_check",
                new_value=False).empty
     history = run(settings, qrecords.record_history, "Contacts", CONTACT_ID)
-    assert list(history["field_label"]) == ["Cliente verificado", "Phones", "Tags", "LegalName"]
+    assert list(history["field_label"]) == ["Cliente verificado", "Telefones", "Marcadores",
+                                            "Razão social"]
 
 
 def test_gap_explanation_uses_field_labels():
@@ -234,16 +237,17 @@ def test_gap_explanation_uses_field_labels():
 # --- the 51 real Win deliveries ---------------------------------------------------------
 
 
-REAL_GAPS = [  # (event, previous event, record, fields Old contradicted)
-    (32, 28, 406209818, "StatusId, LastStageId, LastOrderId"),
+# (event, previous event, record, fields Old contradicted, as Ploomes names them)
+REAL_GAPS = [
+    (32, 28, 406209818, "Situação, Último estágio, LastOrderId"),
     (31, 29, 406210482,
-     "OtherProperties.deal_3D4D7304-3FA7-443F-A5C9-7DCD48214720, StatusId, LastStageId"),
-    (25, 24, 406194462, "StatusId, LastQuoteId, LastStageId, Amount, LastOrderId"),
-    (23, 22, 405401505, "StatusId, LastQuoteId, LastStageId, Amount"),
-    (21, 20, 406019119, "StatusId, LastStageId"),
-    (20, 19, 406019119, "StatusId, LastStageId, OwnerId"),
-    (17, 16, 406008051, "StatusId, LastStageId"),
-    (16, 15, 406008051, "StatusId, LastQuoteId, LastStageId"),
+     "OtherProperties.deal_3D4D7304-3FA7-443F-A5C9-7DCD48214720, Situação, Último estágio"),
+    (25, 24, 406194462, "Situação, LastQuoteId, Último estágio, Valor, LastOrderId"),
+    (23, 22, 405401505, "Situação, LastQuoteId, Último estágio, Valor"),
+    (21, 20, 406019119, "Situação, Último estágio"),
+    (20, 19, 406019119, "Situação, Último estágio, Responsável"),
+    (17, 16, 406008051, "Situação, Último estágio"),
+    (16, 15, 406008051, "Situação, LastQuoteId, Último estágio"),
 ]
 
 
@@ -263,14 +267,14 @@ def test_real_won_reopened_and_won_again_is_a_gap(real):
     assert rows(gaps, ["event_id", "previous_event_id", "record_id", "field_labels"]) == REAL_GAPS
     mine = run(real, qrecords.continuity_gaps, "Deals", 406008051)
     assert mine["explanation"].iloc[-1] == (
-        "Old said StatusId was 1 but our last delivery said 2; LastQuoteId was 402954823 but "
-        "our last delivery said 402945475; LastStageId was null but our last delivery said "
+        "Old said Situação was 1 but our last delivery said 2; LastQuoteId was 402954823 but "
+        "our last delivery said 402945475; Último estágio was null but our last delivery said "
         "40054572: a change was missed between event 15 and event 16.")
     events = run(real, qrecords.record_events, "Deals", 406008051)
     assert rows(events, ["event_id", "action", "changed_fields"]) == [
-        (15, "Win", "StatusId, LastStageId, FinishDate, LastOrderId"),
-        (16, "Win", "StatusId, LastStageId, FinishDate, LastOrderId"),
-        (17, "Win", "StatusId, WonQuoteId, LastStageId, FinishDate, LastOrderId"),
+        (15, "Win", "Situação, Último estágio, Data de finalização, LastOrderId"),
+        (16, "Win", "Situação, Último estágio, Data de finalização, LastOrderId"),
+        (17, "Win", "Situação, WonQuoteId, Último estágio, Data de finalização, LastOrderId"),
     ]
     assert run(real, qrecords.state_at, "Deals", 406008051, event_id=16).state["StatusId"] == 2
     found = run(real, qrecords.find_records, text="NEGÓCIO #2", limit=3)  # most recent first

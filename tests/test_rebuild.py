@@ -128,7 +128,8 @@ def ingested(tmp_path):
     settings = make_settings(tmp_path / "data")
     journal_and_ingest(settings, demo_deliveries(seed=8, days=10, end=END))
     with Store(settings).writer() as con:
-        con.execute("INSERT INTO users VALUES (1, 'Sincronizada', NULL, false, now())")
+        con.execute("INSERT INTO users (id, name, email, suspended, synced_at) "
+                    "VALUES (1, 'Sincronizada', NULL, false, now())")
     return settings
 
 

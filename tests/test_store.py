@@ -274,7 +274,8 @@ def test_rebuild_refuses_while_a_receiver_writes(settings):
 
 def test_default_demo_names_its_users_and_removal_takes_them(settings):
     with Store(settings).writer() as con:
-        con.execute("INSERT INTO users VALUES (1, 'Sincronizado', NULL, false, now())")
+        con.execute("INSERT INTO users (id, name, email, suspended, synced_at) "
+                    "VALUES (1, 'Sincronizado', NULL, false, now())")
     count = load_demo(settings)
     store = Store(settings)
     with store.reader() as con:

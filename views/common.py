@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
@@ -15,15 +16,20 @@ from ploomes.actions import demo_data as demo_actions
 from ploomes.config import PROJECT_ROOT, ConfigError, Settings, load_settings
 from ploomes.ingest.upgrade import UPGRADES
 from ploomes.intake.probe import receiver_health as fetch_receiver_health
-from ploomes.queries.status import demo_count
+from ploomes.model.names import action_label, entity_label
+from ploomes.queries.names import ALL_ACCOUNTS, AccountScope
+from ploomes.queries.status import accounts_seen, demo_count
 from ploomes.store import Store, StoreBusy, StoreError
-from views.text import plain
+from views.text import HEADER_LIMIT, cut, plain
 
 if TYPE_CHECKING:  # views.access imports this module
     from views.access import Access
 
 T = TypeVar("T")
 QUERY_TTL = 5  # seconds: data on screen is at most this old
+LIVE_TTL = 1  # seconds: what a live list (Events, a record's history) shows
+LIVE_SECONDS = 2  # how often a live list refreshes: a new delivery shows within ~4 s
+ACCOUNT_KEY = "account"  # the account choice (sidebar), and its query parameter
 
 
 def settings() -> Settings:
@@ -93,6 +99,22 @@ def _cached_health(receiver_url: str) -> dict:
     return fetch_receiver_health(receiver_url, timeout=1.5)
 
 
+@st.cache_data(ttl=LIVE_TTL, show_spinner=False, max_entries=200)
+def _cached_live(data_dir: str, name: str, _fn: Callable, args: tuple, kwargs: dict):
+    with _store(data_dir).reader() as con:
+        return _fn(con, *args, **kwargs)
+
+
+def live_query(fn: Callable[..., T], *args, **kwargs) -> T:
+    """Like cached_query, for what a live list shows: at most LIVE_TTL seconds old."""
+    data_dir = str(settings().data_dir)
+    try:
+        return _cached_live(data_dir, f"{fn.__module__}.{fn.__qualname__}", fn, args, kwargs)
+    except StoreError as exc:
+        _stop_on_store_error(exc)
+    raise RuntimeError("unreachable")
+
+
 def receiver_health() -> dict:
     """Return the receiver's /healthz body plus `reachable`; cached for QUERY_TTL seconds."""
     return _cached_health(settings().receiver_url)
@@ -101,6 +123,7 @@ def receiver_health() -> dict:
 def clear_query_cache() -> None:
     """Forget cached query results, e.g. after loading or removing demo data."""
     _cached_query.clear()
+    _cached_live.clear()
     _cached_health.clear()
 
 
@@ -172,3 +195,91 @@ def format_bytes(size: float) -> str:
         return f"{int(size)} B"
     exponent = min(int(math.log(size, 1024)), 4)
     return f"{size / 1024 ** exponent:.1f} {('B', 'KB', 'MB', 'GB', 'TB')[exponent]}"
+
+
+# -- Ploomes' names -------------------------------------------------------------------
+
+def entity_name(entity: object) -> str:
+    """Return an entity as Ploomes names it (Negócios for Deals); plain text."""
+    return entity_label(None if entity is None else str(entity))
+
+
+def action_name(action: object) -> str:
+    """Return an action as Ploomes names it (Ganho for Win); plain text."""
+    return action_label(None if action is None else str(action))
+
+
+# -- accounts -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AccountChoice:
+    """The Ploomes account the pages show.
+
+    `scope` narrows queries: ALL_ACCOUNTS while the store holds one account (or none),
+    the chosen AccountId once it holds several. `account_id` is the account whose names
+    label what is shown (None: deliveries without an AccountId, or no data yet).
+    """
+
+    scope: AccountScope
+    account_id: int | None
+    accounts: int
+
+
+def _account_text(account_id: int | None, name: str | None) -> str:
+    if account_id is None:
+        return "No AccountId"
+    return f"{cut(name, HEADER_LIMIT)} ({account_id})" if name else f"Account {account_id}"
+
+
+def account_choice() -> AccountChoice:
+    """Offer the accounts seen when there are several (sidebar); return the one shown.
+
+    The choice is kept for the session and in the link (`?account=<id>`, `none` for
+    deliveries without an AccountId).
+    """
+    seen = cached_query(accounts_seen)
+    ids = [None if v is None or v != v else int(v) for v in seen["account_id"]]
+    if len(ids) <= 1:
+        return AccountChoice(ALL_ACCOUNTS, ids[0] if ids else None, len(ids))
+    names = {i: n for i, n in zip(ids, seen["name"], strict=True)}
+    if ACCOUNT_KEY not in st.session_state:
+        wanted = (st.query_params.get(ACCOUNT_KEY) or "").strip().lower()
+        for account_id in ids:
+            if wanted == str(account_id).lower():
+                st.session_state[ACCOUNT_KEY] = account_id
+                break
+    if st.session_state.get(ACCOUNT_KEY, ids[0]) not in ids:
+        st.session_state.pop(ACCOUNT_KEY, None)  # an account no longer in the store
+    # selectbox options show text as it is: account names are cut, never escaped
+    chosen = st.sidebar.selectbox(
+        "Ploomes account", ids, key=ACCOUNT_KEY,
+        format_func=lambda i: _account_text(i, names.get(i)),
+        help="This store holds deliveries from several Ploomes accounts; the pages show "
+             "one account at a time, named with that account's own users and fields.")
+    st.query_params[ACCOUNT_KEY] = "none" if chosen is None else str(chosen)
+    return AccountChoice(chosen, chosen, len(ids))
+
+
+# -- the callback URL -----------------------------------------------------------------
+
+CALLBACK_MISSING = (
+    "PLOOMES_CALLBACK_URL is not set. Ploomes posts every delivery to this receiver from "
+    "the internet, so it needs the receiver's public HTTPS address, for example "
+    "https://hooks.empresa.com.br/ploomes/webhook: a reverse proxy or tunnel in front of "
+    "the receiver (see README, “Expose it safely”). Set PLOOMES_CALLBACK_URL to that "
+    "address and restart the dashboard.")
+
+
+def callback_url() -> str | None:
+    """Return the callback URL to give Ploomes (PLOOMES_CALLBACK_URL), or None if unset."""
+    return settings().callback_url or None
+
+
+def show_callback_url() -> str | None:
+    """Show the callback URL to give Ploomes, or why there is none yet; return it."""
+    url = callback_url()
+    if url:
+        st.code(url, language=None)
+    else:
+        st.warning(CALLBACK_MISSING, icon=":material/link_off:")
+    return url

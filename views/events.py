@@ -1,7 +1,9 @@
-"""Events: every delivery, filtered and paged, and one event in detail (`?event=<id>`)."""
+"""Events: every delivery, filtered and paged, refreshed live; a row opens one event in
+detail (`?event=<id>`); the list exports as CSV or Parquet with exactly its filters."""
 
 from __future__ import annotations
 
+import io
 import re
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -9,32 +11,29 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import streamlit as st
 
-from ploomes.queries import base, events
-from views.common import QUERY_TTL, fmt_time, run_query, settings, to_local
+from ploomes.queries import events
+from ploomes.queries.events import EXPORT_LIMIT, export_events
+from ploomes.store import Store, StoreError
+from views.common import (
+    LIVE_SECONDS,
+    AccountChoice,
+    account_choice,
+    action_name,
+    cached_query,
+    entity_name,
+    fmt_time,
+    live_query,
+    settings,
+    store,
+    to_local,
+)
 from views.text import HEADER_LIMIT, VALUE_LIMIT, cut, gap_message, plain
 
 PAGE_SIZES = (25, 50, 100, 200)
 ANY = "Any"
-
-
-@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
-def _options(data_dir: str) -> dict:
-    return run_query(events.filter_options)
-
-
-@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
-def _fields(data_dir: str, entity: str | None) -> list[tuple[str, str]]:
-    return run_query(events.field_options, entity)
-
-
-@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
-def _page(data_dir: str, f: events.EventFilter, page: int, size: int) -> events.EventsPage:
-    return run_query(events.events_page, f, page, size)
-
-
-@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
-def _detail(data_dir: str, event_id: int) -> events.EventDetail | None:
-    return run_query(events.event_detail, event_id)
+TABLE_KEY = "events_table"
+SHOWN_KEY = "events_table_shown"  # (event ids, selected rows) as last drawn
+TEST_MARK, DEMO_MARK = "test", "demo"
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -57,7 +56,15 @@ def _choose(label: str, options: list, key: str, fmt=str):
                         format_func=lambda v: ANY if v is None else cut(fmt(v), HEADER_LIMIT))
 
 
-def _seed_from_link(options: dict, data_dir: str, zone: str) -> None:
+def _user_text(users: dict[int, str], uid: int) -> str:
+    return users[uid] if users[uid] == str(uid) else f"{cut(users[uid], HEADER_LIMIT)} ({uid})"
+
+
+def _field_text(labels: dict[str, str], path: str) -> str:
+    return labels[path] if labels[path] == path else f"{labels[path]} ({path})"
+
+
+def _seed_from_link(options: dict, choice: AccountChoice, zone: str) -> None:
     """Fill the filter widgets once from the link (`?user=7&entity=Deals…`)."""
     if st.session_state.get("_filters_seeded"):
         return
@@ -78,7 +85,9 @@ def _seed_from_link(options: dict, data_dir: str, zone: str) -> None:
                        "link was left out.")
     if f.record_id is not None:
         st.session_state["f_record"] = str(f.record_id)
-    if f.field and f.field in dict(_fields(data_dir, st.session_state.get("f_entity"))):
+    fields = dict(cached_query(events.field_options, st.session_state.get("f_entity"),
+                               choice.account_id))
+    if f.field and f.field in fields:
         st.session_state["f_field"] = f.field
     elif f.field:
         st.warning(f"The field “{plain(f.field, VALUE_LIMIT)}” is not offered as a filter (no "
@@ -92,41 +101,44 @@ def _seed_from_link(options: dict, data_dir: str, zone: str) -> None:
         st.session_state["f_to"] = (to_local(f.end, zone) - timedelta(microseconds=1)).date()
     st.session_state["f_dups"] = f.include_duplicates
     st.session_state["f_demo"] = f.include_demo
+    st.session_state["f_tests"] = f.include_tests
 
 
-def _filters(data_dir: str, zone: str) -> events.EventFilter | None:
+def _filters(choice: AccountChoice, zone: str) -> events.EventFilter | None:
     """Draw the filter widgets; return the filter, or None when an input is invalid."""
-    options = _options(data_dir)
+    options = cached_query(events.filter_options, choice.scope)
     users = dict(options["users"])
-    _seed_from_link(options, data_dir, zone)
+    _seed_from_link(options, choice, zone)
     with st.expander("Filters", expanded=True):
         c1, c2, c3, c4 = st.columns(4)
         start_day = c1.date_input("From (day)", value=None, key="f_from", format="DD/MM/YYYY")
         end_day = c2.date_input("To (day, inclusive)", value=None, key="f_to",
                                 format="DD/MM/YYYY")
         with c3:
-            entity = _choose("Entity", options["entities"], "f_entity")
+            entity = _choose("Entity", options["entities"], "f_entity", fmt=entity_name)
         with c4:
-            action = _choose("Action", options["actions"], "f_action")
+            action = _choose("Action", options["actions"], "f_action", fmt=action_name)
         c5, c6, c7, c8 = st.columns(4)
         with c5:
             user = _choose("User", list(users), "f_user",
-                           fmt=lambda uid: users[uid] if users[uid] == str(uid)
-                           else f"{cut(users[uid], HEADER_LIMIT)} ({uid})")
+                           fmt=lambda uid: _user_text(users, uid))
         record_text = c6.text_input("Record id", key="f_record")
-        field_labels = dict(_fields(data_dir, entity))
+        field_labels = dict(cached_query(events.field_options, entity, choice.account_id))
         with c7:
             field = _choose("Changed field", list(field_labels), "f_field",
-                            fmt=lambda path: field_labels[path] if field_labels[path] == path
-                            else f"{field_labels[path]} ({path})")
+                            fmt=lambda path: _field_text(field_labels, path))
         text = c8.text_input("Text in payload", key="f_text",
                              help="Any case; accents count. Slow on large stores without "
                                   "other filters.")
-        c9, c10 = st.columns(2)
+        c9, c10, c11 = st.columns(3)
         include_duplicates = c9.toggle("Show repeated deliveries", key="f_dups")
         # on by default; a value passed here as well would clash with a link's (a warning)
         st.session_state.setdefault("f_demo", True)
         include_demo = c10.toggle("Show demo events", key="f_demo")
+        include_tests = c11.toggle("Show test deliveries", key="f_tests",
+                                   help="Deliveries sent with “Send a test delivery” on the "
+                                        "Webhooks page: marked “test”, left out of every "
+                                        "count and history unless shown here.")
     record_id = _int_or_none(record_text)
     if record_text.strip() and record_id is None:
         st.error("Record id must be a whole number, such as 405531355. Fix it to filter.")
@@ -138,8 +150,48 @@ def _filters(data_dir: str, zone: str) -> events.EventFilter | None:
         start=_day_bounds(start_day, zone, False), end=_day_bounds(end_day, zone, True),
         entity=entity, action=action, action_user_id=user, record_id=record_id,
         field=field, text=text.strip() or None, include_duplicates=include_duplicates,
-        include_demo=include_demo)
+        include_demo=include_demo, include_tests=include_tests, account=choice.scope)
 
+
+# -- export -----------------------------------------------------------------------------
+
+def _exporter(target: Store, flt: events.EventFilter, payload: bool, tz: str, kind: str):
+    """Return a callable building the export file when the user clicks download."""
+    def build() -> bytes:
+        # runs on its own thread after the click, outside the page script
+        try:
+            with target.reader() as con:
+                frame = export_events(con, flt, include_payload=payload, tz=tz)
+        except StoreError as exc:
+            return f"error\nthe export failed: {exc}; try again\n".encode()
+        if kind == "csv":
+            return frame.to_csv(index=False).encode("utf-8")
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        return buffer.getvalue()
+    return build
+
+
+def _export(flt: events.EventFilter, zone: str) -> None:
+    with st.expander("Export these events"):
+        payload = st.checkbox("Include the full delivery body (payload column)", value=False,
+                              key="export_payload", help="Makes the file much larger.")
+        st.caption(f"The file holds the events of the list below, with exactly its filters, "
+                   f"newest first, times in {zone}: at most the newest {EXPORT_LIMIT:,} (narrow "
+                   "the dates to export more in several files).")
+        stamp = datetime.now(ZoneInfo(zone)).strftime("%Y%m%d-%H%M")
+        first, second = st.columns(2)
+        first.download_button("Download CSV", _exporter(store(), flt, payload, zone, "csv"),
+                              file_name=f"ploomes-events-{stamp}.csv", mime="text/csv",
+                              key="export_csv", icon=":material/download:", on_click="ignore")
+        second.download_button("Download Parquet",
+                               _exporter(store(), flt, payload, zone, "parquet"),
+                               file_name=f"ploomes-events-{stamp}.parquet",
+                               mime="application/vnd.apache.parquet", key="export_parquet",
+                               icon=":material/download:", on_click="ignore")
+
+
+# -- the list ---------------------------------------------------------------------------
 
 def _select_event(event_id: int | None) -> None:
     if event_id is None:
@@ -148,30 +200,83 @@ def _select_event(event_id: int | None) -> None:
         st.query_params["event"] = str(event_id)
 
 
-def _on_pick() -> None:
-    _select_event(st.session_state.get("pick_event"))
-
-
 def _on_open() -> None:
     _select_event(st.session_state.get("open_event") or None)
 
 
-def _table(page: events.EventsPage, zone: str) -> None:
+def _marks(row) -> list[str]:
+    return [mark for mark, on in ((TEST_MARK, row.is_test), (DEMO_MARK, row.is_demo)) if on]
+
+
+def _table(page: events.EventsPage, zone: str, selected: int | None) -> int | None:
+    """Draw the page's events; a row picked opens its event. Return the event to show."""
     rows = page.rows
+    ids = [int(i) for i in rows["event_id"]]
     shown = pd.DataFrame({
         "event": rows["event_id"],
         "received": to_local(rows["received_at"], zone).dt.strftime("%d/%m/%Y %H:%M:%S"),
-        "entity": rows["entity"],
-        "action": rows["action"],
+        "entity": rows["entity"].map(entity_name),
+        "action": rows["action"].map(action_name),
         "record": rows["record_id"],
         "title": rows["title"],
         "user": rows["user_name"],
         "changed fields": rows["changed_fields"],
-        "repeat of": rows["duplicate_of"],
-        "demo": rows["is_demo"],
+        "repeat of": rows["duplicate_of"].astype("Int64"),
+        "marks": [_marks(r) for r in rows.itertuples(index=False)],
     })
-    st.dataframe(shown, hide_index=True, width="stretch", key="events_table")
+    wanted = [ids.index(selected)] if selected in ids else []
+    previous = st.session_state.get(SHOWN_KEY)
+    if previous is None or previous[0] != ids:
+        # other rows than last time (new deliveries, another page or filter): keep the
+        # open event's row selected, wherever it moved
+        st.session_state[TABLE_KEY] = {"selection": {"rows": wanted, "columns": []}}
+        before = wanted
+    else:
+        before = previous[1]
+    state = st.dataframe(
+        shown, hide_index=True, width="stretch", key=TABLE_KEY, on_select="rerun",
+        selection_mode="single-row", placeholder="—", column_config={
+            "event": st.column_config.NumberColumn("event", format="%d", width="small",
+                                                   pinned=True),
+            "received": st.column_config.TextColumn("received", width="medium"),
+            "record": st.column_config.NumberColumn("record", format="%d"),
+            "title": st.column_config.TextColumn("title", width="medium"),
+            "user": st.column_config.TextColumn(
+                "user", width="medium",
+                help="The Ploomes user who made the change, named from this account's "
+                     "users; the id (ActionUserId) is in the event's detail."),
+            "changed fields": st.column_config.TextColumn("changed fields", width="large"),
+            "repeat of": st.column_config.NumberColumn(
+                "repeat of", format="%d", help="The event this delivery repeats."),
+            "marks": st.column_config.MultiselectColumn(
+                "marks", options=[TEST_MARK, DEMO_MARK], color=["orange", "blue"],
+                help="test: sent from the Webhooks page; demo: generated sample data."),
+        })
+    picked = [i for i in state.selection.rows if 0 <= i < len(ids)]
+    if picked != before:  # the user picked a row, or unpicked the open one
+        selected = ids[picked[0]] if picked else None
+        _select_event(selected)
+    st.session_state[SHOWN_KEY] = (ids, picked)
+    return selected
 
+
+def _caption(result: events.EventsPage, zone: str) -> None:
+    first = (result.page - 1) * result.page_size + 1
+    if result.exact:
+        st.caption(f"Events {first}–{first + len(result.rows) - 1} of {result.total} "
+                   f"(page {result.page} of {result.pages}), newest first; times in {zone}. "
+                   f"Refreshes every {LIVE_SECONDS} s; pick a row to open its event.")
+    else:
+        # the text search stopped early (page filled, or time up): a lower bound
+        more = ("it stopped once this page was full: the next page searches further"
+                if result.total > result.page * result.page_size else
+                "it stopped there to answer quickly: choose dates to search older events")
+        st.caption(f"Events {first}–{first + len(result.rows) - 1} of at least "
+                   f"{result.total}, newest first. The text search read events back to "
+                   f"{fmt_time(result.searched_since)}; {more}. Times in {zone}.")
+
+
+# -- one event --------------------------------------------------------------------------
 
 def _who_when_what(event: dict) -> None:
     # names and titles come from Ploomes: shown as text, cut like a header (the field
@@ -182,15 +287,45 @@ def _who_when_what(event: dict) -> None:
     title = f" “{plain(event['title'], HEADER_LIMIT)}”" if event["title"] else ""
     hook = (f"WebhookId {event['webhook_id']}" if event["webhook_id"] is not None
             else "not named in the delivery")
-    account = f", account {event['account_id']}" if event["account_id"] is not None else ""
+    account = ""
+    if event["account_id"] is not None:
+        name = event.get("account_name")
+        account = (f", account {plain(name, HEADER_LIMIT)} ({event['account_id']})" if name
+                   else f", account {event['account_id']}")
     st.markdown(
         f"**Who:** {user}  \n"
         f"**When:** {fmt_time(event['received_at'])} (received)  \n"
-        f"**What:** {plain(event['action'])} of {plain(event['entity'])} "
-        f"{event['record_id']}{title}  \n"
+        f"**What:** {plain(action_name(event['action']))} of "
+        f"{plain(entity_name(event['entity']))} ({plain(event['action'])} "
+        f"{plain(event['entity'])}) {event['record_id']}{title}  \n"
         f"**Subscription:** {hook}{account}")
+    if event.get("is_test"):
+        st.warning("Test delivery: sent from the Webhooks page (“Send a test delivery”), not "
+                   "a change made in Ploomes. It is left out of histories, counts and the "
+                   "subscription's health.", icon=":material/science:")
     if event["is_demo"]:
         st.info("Demo event: generated sample data, not a delivery from Ploomes.")
+
+
+def _diff_columns(changes: pd.DataFrame) -> pd.DataFrame:
+    """The columns that mean something for the kinds of change this event holds."""
+    kinds = set(changes["kind"])
+    items = bool(changes["added_items"].map(len).sum() or changes["removed_items"].map(len).sum())
+    table = pd.DataFrame({"field": changes["field_label"]})
+    if kinds <= {"set"}:  # a creation: what each field was set to
+        table["value"] = changes["after"].to_numpy()
+    elif kinds <= {"cleared"}:  # a deletion: what each field held
+        table["value before"] = changes["before"].to_numpy()
+    elif kinds <= {"tags"}:
+        pass
+    else:
+        table["before"] = changes["before"].to_numpy()
+        table["after"] = changes["after"].to_numpy()
+    if (items or kinds & {"tags"}) and not (kinds <= {"set"} or kinds <= {"cleared"}):
+        table["added"] = changes["added_items"].map(", ".join).to_numpy()
+        table["removed"] = changes["removed_items"].map(", ".join).to_numpy()
+    table["API name"] = changes["field"].to_numpy()
+    return table
 
 
 def _diff(changes: pd.DataFrame) -> None:
@@ -205,21 +340,21 @@ def _diff(changes: pd.DataFrame) -> None:
         st.write("No field changed in this delivery" +
                  (f" (besides {hidden} bookkeeping fields)." if hidden else "."))
         return
-
-    table = pd.DataFrame({
-        "field": changes["field_label"],
-        "before": changes["before"],
-        "after": changes["after"],
-        "added": changes["added_items"].map(base.show_items),
-        "removed": changes["removed_items"].map(base.show_items),
-        "key": changes["field"],
-    })
+    table = _diff_columns(changes)
     if show_bookkeeping:
         table["bookkeeping"] = changes["bookkeeping"].to_numpy()
-    st.dataframe(table, hide_index=True, width="stretch", key="diff_table")
+    wide = {name: st.column_config.TextColumn(name, width="large")
+            for name in ("before", "after", "value", "value before") if name in table}
+    st.dataframe(table, hide_index=True, width="stretch", key="diff_table", placeholder="—",
+                 column_config={
+                     "field": st.column_config.TextColumn("field", width="medium",
+                                                          pinned=True),
+                     "API name": st.column_config.TextColumn(
+                         "API name", help="The field as the API and deliveries name it."),
+                     **wide})
     if hidden and not show_bookkeeping:
         st.caption(f"{hidden} bookkeeping field(s) hidden.")
-    if (~changes["old_known"]).any():
+    if (~changes["old_known"]).any() and "before" in table:
         st.caption("“previous value unknown”: Ploomes sent no Old value for that field.")
 
 
@@ -236,13 +371,13 @@ def _copies(event: dict, duplicates: pd.DataFrame, zone: str) -> None:
             "event": duplicates["event_id"],
             "received": to_local(duplicates["received_at"], zone).dt.strftime(
                 "%d/%m/%Y %H:%M:%S"),
-            "webhook": duplicates["webhook_id"],
+            "webhook": duplicates["webhook_id"].astype("Int64"),
             "original": duplicates["is_original"],
-        }), hide_index=True, key="copies_table")
+        }), hide_index=True, key="copies_table", placeholder="—")
 
 
-def _detail_view(event_id: int, data_dir: str, zone: str) -> None:
-    detail = _detail(data_dir, event_id)
+def _detail_view(event_id: int, zone: str) -> None:
+    detail = live_query(events.event_detail, event_id)
     if detail is None:
         st.warning(f"There is no event #{event_id} in this store. Pick one from the table, "
                    "or check the link.")
@@ -260,50 +395,44 @@ def _detail_view(event_id: int, data_dir: str, zone: str) -> None:
         st.json(detail.payload)
 
 
-st.title("Events")
-config = settings()
-data_dir, zone = str(config.data_dir), config.timezone
-selected_raw = st.query_params.get("event")
-selected = _int_or_none(selected_raw)
-
-event_filter = _filters(data_dir, zone)
-if event_filter is not None:
-    c1, c2 = st.columns(2)
-    size = c1.selectbox("Rows per page", PAGE_SIZES, index=1, key="page_size")
-    number = c2.number_input("Page", min_value=1, value=1, step=1, key="page_number")
-    result = _page(data_dir, event_filter, int(number), int(size))
-    if result.total == 0:
-        st.info("No event matches these filters. Widen the time range or clear a filter.")
-    else:
-        first = (result.page - 1) * result.page_size + 1
-        if result.exact:
-            st.caption(f"Events {first}–{first + len(result.rows) - 1} of {result.total} "
-                       f"(page {result.page} of {result.pages}), newest first; times in "
-                       f"{zone}.")
+@st.fragment(run_every=LIVE_SECONDS)
+def _live(event_filter: events.EventFilter | None, size: int, number: int, zone: str) -> None:
+    """The list and the open event; reruns by itself every LIVE_SECONDS seconds."""
+    selected_raw = st.query_params.get("event")
+    selected = _int_or_none(selected_raw)
+    if event_filter is not None:
+        result = live_query(events.events_page, event_filter, number, size)
+        if result.total == 0:
+            st.info("No event matches these filters. Widen the time range or clear a filter.")
         else:
-            # the text search stopped early (page filled, or time up): a lower bound
-            more = ("it stopped once this page was full: the next page searches further"
-                    if result.total > result.page * result.page_size else
-                    "it stopped there to answer quickly: choose dates to search older events")
-            st.caption(f"Events {first}–{first + len(result.rows) - 1} of at least "
-                       f"{result.total}, newest first. The text search read events back to "
-                       f"{fmt_time(result.searched_since)}; {more}. Times in {zone}.")
-        _table(result, zone)
-        ids = [int(i) for i in result.rows["event_id"]]
-        labels = {int(r.event_id): cut(f"#{r.event_id} · {r.action} {r.entity} {r.record_id}",
-                                       HEADER_LIMIT)
-                  for r in result.rows.itertuples(index=False)}
-        p1, p2 = st.columns(2)
-        p1.selectbox("Show event", [None, *ids], key="pick_event", on_change=_on_pick,
-                     index=ids.index(selected) + 1 if selected in ids else 0,
-                     format_func=lambda v: "—" if v is None else labels[v])
-        p2.number_input("…or open event id", min_value=0, value=None, step=1,
-                        key="open_event", on_change=_on_open)
+            _caption(result, zone)
+            selected = _table(result, zone, selected)
+            selected_raw = None if selected is None else str(selected)
+    if selected_raw is not None and selected is None:
+        st.error(f"“{plain(selected_raw, VALUE_LIMIT)}” in the link is not an event id. Use "
+                 "a link like ?event=123.")
+    elif selected is not None:
+        _detail_view(selected, zone)
+    else:
+        st.caption("Pick a row to see who changed what; the link then points to it.")
 
-if selected_raw is not None and selected is None:
-    st.error(f"“{plain(selected_raw, VALUE_LIMIT)}” in the link is not an event id. Use a link "
-             "like ?event=123.")
-elif selected is not None:
-    _detail_view(selected, data_dir, zone)
-else:
-    st.caption("Choose an event to see who changed what; the link then points to it.")
+
+def render() -> None:
+    """Render the Events page."""
+    st.title("Events")
+    config = settings()
+    zone = config.timezone
+    choice = account_choice()
+    event_filter = _filters(choice, zone)
+    size, number = 50, 1
+    if event_filter is not None:
+        c1, c2, c3 = st.columns(3)
+        size = int(c1.selectbox("Rows per page", PAGE_SIZES, index=1, key="page_size"))
+        number = int(c2.number_input("Page", min_value=1, value=1, step=1, key="page_number"))
+        c3.number_input("Open event by id", min_value=0, value=None, step=1,
+                        key="open_event", on_change=_on_open)
+        _export(event_filter, zone)
+    _live(event_filter, size, number, zone)
+
+
+render()

@@ -6,9 +6,6 @@ and offers demo data to explore the dashboard before real deliveries arrive.
 
 from __future__ import annotations
 
-import socket
-from urllib.parse import urlsplit
-
 import streamlit as st
 
 from ploomes.actions import NotAllowed
@@ -16,7 +13,6 @@ from ploomes.actions import demo_data as demo_actions
 from ploomes.actions import keys as key_actions
 from ploomes.config import DEFAULT_DATA_DIR, Settings, mask_secret
 from ploomes.intake.keys import accepted_keys, key_file
-from ploomes.model.vocabulary import WEBHOOK_PATH
 from ploomes.queries.status import event_count
 from ploomes.store import StoreError
 from views.access import Access, current
@@ -26,6 +22,7 @@ from views.common import (
     page_available,
     receiver_health,
     settings,
+    show_callback_url,
     store,
 )
 from views.text import plain
@@ -39,26 +36,6 @@ def receiver_command(config: Settings) -> str:
     if config.data_dir != DEFAULT_DATA_DIR:
         command += f' --data-dir "{config.data_dir}"'
     return command
-
-
-def _this_host() -> str:
-    # the name the browser used to reach the dashboard is the best guess of a public name
-    try:
-        host = st.context.headers.get("Host") or ""
-    except Exception:  # no request context (tests, bare mode)
-        host = ""
-    host = host.rsplit(":", 1)[0] if host and not host.startswith("[") else host
-    if not host or host in ("localhost", "127.0.0.1"):
-        host = socket.gethostname() or "<this host>"
-    return host
-
-
-def callback_url(config: Settings) -> str:
-    """Return the callback URL to give Ploomes: the configured one, else this host's."""
-    if config.callback_url:
-        return config.callback_url
-    port = urlsplit(config.receiver_url).port or 8000
-    return f"http://{_this_host()}:{port}{WEBHOOK_PATH}"
 
 
 def _receiver_step(config: Settings) -> None:
@@ -79,9 +56,9 @@ def _receiver_step(config: Settings) -> None:
 
 def _key_step(config: Settings, access: Access) -> None:
     st.subheader("2. Give Ploomes the callback URL and the key")
-    st.write("Callback URL (Ploomes must be able to reach it from the internet; set "
-             "`PLOOMES_CALLBACK_URL` to the public address of a tunnel or reverse proxy):")
-    st.code(callback_url(config), language=None)
+    st.write("Callback URL (`PLOOMES_CALLBACK_URL`: the receiver's public HTTPS address, "
+             "which Ploomes reaches from the internet):")
+    show_callback_url()
     keys = accepted_keys(config)
     if keys:
         source = ("PLOOMES_VALIDATION_KEYS" if keys[0] in config.validation_keys

@@ -14,11 +14,22 @@ from ploomes.queries.status import (
     overview_summary,
     timeline,
 )
-from views.common import cached_query, fmt_ago, fmt_time, receiver_health, settings
+from views.common import (
+    AccountChoice,
+    account_choice,
+    action_name,
+    cached_query,
+    entity_name,
+    fmt_ago,
+    fmt_time,
+    live_query,
+    receiver_health,
+    settings,
+)
 from views.first_run import render_first_run
 from views.text import MESSAGE_LIMIT, VALUE_LIMIT, code, plain
 
-REFRESH_SECONDS = 10
+REFRESH_SECONDS = 5
 RANGES = {"24 h": timedelta(hours=24), "2 d": timedelta(days=2), "7 d": timedelta(days=7),
           "30 d": timedelta(days=30), "90 d": timedelta(days=90),
           "1 year": timedelta(days=365)}
@@ -27,8 +38,9 @@ METRICS = (("deliveries", "Deliveries", "Events received, repeated deliveries le
            ("records_changed", "Records changed", "Distinct records with an event."),
            ("active_users", "Active users", "Distinct ActionUserIds."),
            ("duplicates", "Duplicates", "Repeated deliveries of a change already stored."),
-           ("refused", "Refused", "Deliveries refused: invalid bodies plus failed "
-            "authentication (wrong or missing key)."))
+           ("refused", "Refused", "Refused deliveries (a valid key, but not a delivery or "
+            "too large: HTTP 400/413) plus failed key attempts (missing or wrong key: 401), "
+            "of every account. The Status page lists them."))
 
 
 def _metrics(summary: pd.DataFrame) -> None:
@@ -38,9 +50,9 @@ def _metrics(summary: pd.DataFrame) -> None:
             column.metric(f"{label} ({window})", f"{int(row[name]):,}", help=help_text)
 
 
-def _health() -> None:
+def _health(choice: AccountChoice) -> None:
     health = receiver_health()
-    last = cached_query(last_delivery_at)
+    last = live_query(last_delivery_at, choice.scope)
     age = (datetime.now(UTC) - last).total_seconds() if last is not None else None
     first, second, third = st.columns(3)
     first.metric("Last delivery", fmt_ago(age), help=f"Received {fmt_time(last)}")
@@ -64,7 +76,7 @@ def _health() -> None:
                  "for details.")
 
 
-def _timeline(include_duplicates: bool) -> None:
+def _timeline(include_duplicates: bool, account: AccountChoice) -> None:
     st.subheader("Timeline")
     left, right = st.columns([3, 2])
     with left:
@@ -79,10 +91,13 @@ def _timeline(include_duplicates: bool) -> None:
     start = end - RANGES[choice or "7 d"]
     bucket = bucket_for(start, end)
     data = cached_query(timeline, start, end, by=by or "entity", bucket=bucket,
-                        tz=settings().timezone, include_duplicates=include_duplicates)
+                        tz=settings().timezone, include_duplicates=include_duplicates,
+                        account=account.scope)
     if data.empty:
         st.info(f"No events in the last {choice}.")
         return
+    # Ploomes' own names for entities and actions
+    data = data.assign(group=data["group"].map(entity_name if by != "action" else action_name))
     # buckets are local wall-clock times; tagging them UTC and plotting on a UTC scale
     # shows them unchanged, whatever the browser's time zone. Each bar spans its bucket.
     starts = pd.to_datetime(data["bucket"])
@@ -117,18 +132,19 @@ def _timeline(include_duplicates: bool) -> None:
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
-def live_overview() -> None:
+def live_overview(choice: AccountChoice) -> None:
     """Render the numbers and the chart; reruns by itself every REFRESH_SECONDS."""
     include = st.toggle("Include duplicates", key="overview_duplicates",
                         help="Count every delivery, repeated ones too.")
-    _metrics(cached_query(overview_summary, include_duplicates=include))
-    _health()
-    _timeline(include)
-    st.caption(f"Refreshes every {REFRESH_SECONDS} s.")
+    _metrics(live_query(overview_summary, include_duplicates=include, account=choice.scope))
+    _health(choice)
+    _timeline(include, choice)
+    st.caption(f"Refreshes every {REFRESH_SECONDS} s. Test deliveries (Webhooks page) are "
+               "not counted.")
 
 
 if cached_query(event_count) == 0:
     render_first_run()
 else:
     st.title("Overview")
-    live_overview()
+    live_overview(account_choice())

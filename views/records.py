@@ -1,6 +1,7 @@
 """Records: one record's change history, its state at a moment, and its continuity gaps.
 
-`?entity=Deals&record=123` in the URL selects a record.
+`?entity=Deals&record=123` in the URL selects a record. The history refreshes by itself;
+a row of its timeline opens that event on the Events page.
 """
 
 from __future__ import annotations
@@ -12,8 +13,23 @@ import streamlit as st
 
 from ploomes.queries import events as event_queries
 from ploomes.queries import records
-from views.common import QUERY_TTL, fmt_time, run_query, settings, to_local
+from views.common import (
+    LIVE_SECONDS,
+    QUERY_TTL,
+    account_choice,
+    action_name,
+    entity_name,
+    fmt_time,
+    live_query,
+    page_available,
+    run_query,
+    settings,
+    to_local,
+)
 from views.text import HEADER_LIMIT, VALUE_LIMIT, cut, gap_message, plain
+
+EVENTS_PAGE = "views/events.py"
+TIMELINE_KEY = "timeline_table"
 
 
 @st.cache_data(ttl=QUERY_TTL, show_spinner=False)
@@ -27,26 +43,21 @@ def _find(data_dir: str, entity: str | None, record_id: int | None, text: str | 
     return run_query(records.find_records, entity=entity, record_id=record_id, text=text)
 
 
-@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
-def _events(data_dir: str, entity: str, record_id: int) -> pd.DataFrame:
-    return run_query(records.record_events, entity, record_id)
+def _events(entity: str, record_id: int) -> pd.DataFrame:
+    return live_query(records.record_events, entity, record_id)
 
 
-@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
-def _history(data_dir: str, entity: str, record_id: int, bookkeeping: bool) -> pd.DataFrame:
-    return run_query(records.record_history, entity, record_id,
-                     include_bookkeeping=bookkeeping)
+def _history(entity: str, record_id: int, bookkeeping: bool) -> pd.DataFrame:
+    return live_query(records.record_history, entity, record_id,
+                      include_bookkeeping=bookkeeping)
 
 
-@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
-def _gaps(data_dir: str, entity: str, record_id: int) -> pd.DataFrame:
-    return run_query(records.continuity_gaps, entity, record_id)
+def _gaps(entity: str, record_id: int) -> pd.DataFrame:
+    return live_query(records.continuity_gaps, entity, record_id)
 
 
-@st.cache_data(ttl=QUERY_TTL, show_spinner=False)
-def _state(data_dir: str, entity: str, record_id: int, event_id: int
-           ) -> records.RecordSnapshot:
-    return run_query(records.state_at, entity, record_id, event_id=event_id)
+def _state(entity: str, record_id: int, event_id: int) -> records.RecordSnapshot:
+    return live_query(records.state_at, entity, record_id, event_id=event_id)
 
 
 def _select(entity: str, record_id: int) -> None:
@@ -65,7 +76,7 @@ def _search(data_dir: str) -> tuple[str, int] | None:
     c1, c2, c3 = st.columns([1, 1, 2])
     entity = c1.selectbox("Entity", choices or ["Deals"], key="r_entity",
                           index=choices.index(wanted_entity) if wanted_entity in choices else 0,
-                          format_func=lambda name: cut(name, HEADER_LIMIT))
+                          format_func=lambda name: cut(entity_name(name), HEADER_LIMIT))
     record_text = c2.text_input("Record id", key="r_record").strip()
     text = c3.text_input("…or a name or title in the record", key="r_text").strip()
     if record_text:
@@ -80,8 +91,9 @@ def _search(data_dir: str) -> tuple[str, int] | None:
         return None
     found = _find(data_dir, entity, None, text)
     if found.empty:
-        st.warning(f"No {plain(entity, VALUE_LIMIT)} record has “{plain(text, VALUE_LIMIT)}” "
-                   "in its name or title. Try another entity or fewer letters.")
+        st.warning(f"No record of {plain(entity_name(entity), VALUE_LIMIT)} has "
+                   f"“{plain(text, VALUE_LIMIT)}” in its name or title. Try another entity or "
+                   "fewer letters.")
         return None
     labels = {int(r.record_id): f"{r.record_id} · {cut(r.title or 'untitled', HEADER_LIMIT)}"
               for r in found.itertuples(index=False)}
@@ -90,22 +102,37 @@ def _search(data_dir: str) -> tuple[str, int] | None:
     return entity, int(chosen)
 
 
+def _open_event(event_id: int) -> None:
+    """Show one event of the history on the Events page."""
+    if page_available(EVENTS_PAGE):
+        st.switch_page(EVENTS_PAGE, query_params={"event": str(event_id)})
+    st.markdown(f"[Open event #{event_id}](events?event={event_id})")
+
+
 def _timeline(events: pd.DataFrame, zone: str) -> None:
     st.subheader("Timeline")
-    st.dataframe(pd.DataFrame({
+    state = st.dataframe(pd.DataFrame({
         "event": events["event_id"],
         "received": to_local(events["received_at"], zone).dt.strftime("%d/%m/%Y %H:%M:%S"),
-        "action": events["action"],
+        "action": events["action"].map(action_name),
         "user": events["user_name"],
         "changed fields": events["changed_fields"],
         "demo": events["is_demo"],
-    }), hide_index=True, width="stretch", key="timeline_table")
+    }), hide_index=True, width="stretch", key=TIMELINE_KEY, on_select="rerun",
+        selection_mode="single-row", placeholder="—", column_config={
+            "event": st.column_config.NumberColumn("event", format="%d", pinned=True),
+            "changed fields": st.column_config.TextColumn("changed fields", width="large")})
+    st.caption("Pick a row to open that event.")
+    picked = [i for i in state.selection.rows if 0 <= i < len(events)]
+    if picked:
+        st.session_state.pop(TIMELINE_KEY, None)  # back on this page, nothing is picked
+        _open_event(int(events["event_id"].iloc[picked[0]]))
 
 
-def _changes(data_dir: str, entity: str, record_id: int) -> None:
+def _changes(entity: str, record_id: int) -> None:
     with st.expander("Every field change"):
         bookkeeping = st.toggle("Show bookkeeping fields", key="r_bookkeeping")
-        rows = _history(data_dir, entity, record_id, bookkeeping)
+        rows = _history(entity, record_id, bookkeeping)
         rows = rows[rows["field"].notna()]
         if rows.empty:
             st.write("No field changes to show.")
@@ -115,61 +142,77 @@ def _changes(data_dir: str, entity: str, record_id: int) -> None:
             "received": to_local(rows["received_at"]).dt.strftime("%d/%m/%Y %H:%M:%S"),
             "user": rows["user_name"],
             "field": rows["field_label"],
-            "change": rows["summary"],
-        }), hide_index=True, width="stretch", key="changes_table")
+            "before": rows["before"],
+            "after": rows["after"],
+            "API name": rows["field"],
+        }), hide_index=True, width="stretch", key="changes_table", placeholder="—",
+            column_config={"event": st.column_config.NumberColumn("event", format="%d",
+                                                                  pinned=True),
+                           "before": st.column_config.TextColumn("before", width="large"),
+                           "after": st.column_config.TextColumn("after", width="large")})
 
 
-def _state_view(data_dir: str, entity: str, record_id: int, events: pd.DataFrame) -> None:
+def _state_view(entity: str, record_id: int, events: pd.DataFrame) -> None:
     st.subheader("State at a moment")
     ids = [int(i) for i in events["event_id"]]
     # a select_slider shows its options as Markdown (unlike a selectbox)
     labels = {int(r.event_id): f"#{r.event_id} · {fmt_time(r.received_at)} · "
-                               f"{plain(r.action, HEADER_LIMIT)}"
+                               f"{plain(action_name(r.action), HEADER_LIMIT)}"
               for r in events.itertuples(index=False)}
     if len(ids) > 1:
+        if st.session_state.get("r_moment") not in labels:
+            st.session_state.pop("r_moment", None)  # a refresh brought a newer event
         chosen = st.select_slider("After event", ids, value=ids[-1], key="r_moment",
                                   format_func=labels.get)
     else:
         chosen = ids[0]
-    snapshot = _state(data_dir, entity, record_id, chosen)
+    snapshot = _state(entity, record_id, chosen)
     note = " — the record was deleted here" if snapshot.deleted else ""
     st.caption(f"As known right after event #{snapshot.event_id} "
-               f"({plain(snapshot.action, HEADER_LIMIT)}, "
+               f"({plain(action_name(snapshot.action), HEADER_LIMIT)}, "
                f"{fmt_time(snapshot.received_at)}), folding {snapshot.events_folded} "
                f"event(s){note}. [Open the event](events?event={snapshot.event_id})")
     st.json(snapshot.state or {}, expanded=False)
 
 
+@st.fragment(run_every=LIVE_SECONDS)
+def _record(data_dir: str, entity: str, record_id: int, zone: str) -> None:
+    """One record's history; reruns by itself every LIVE_SECONDS seconds."""
+    events = _events(entity, record_id)
+    if events.empty:
+        st.warning(f"No event of {plain(entity_name(entity), VALUE_LIMIT)} {record_id} is "
+                   "stored. Check the entity and id, or search by name.")
+        return
+    found = _find(data_dir, entity, record_id, None)
+    title = found["title"].iloc[0] if not found.empty else None
+    # the name is cut here; the state below and the field changes show it whole
+    st.header(f"{plain(entity_name(entity), HEADER_LIMIT)} {record_id}"
+              + (f" — {plain(title, HEADER_LIMIT)}" if title else ""))
+    if bool(events["is_demo"].any()):
+        st.info("Demo record: generated sample data.")
+    if not found.empty and bool(found["deleted"].iloc[0]):
+        st.caption("This record was deleted.")
+    st.caption(f"{len(events)} event(s), first {fmt_time(events['received_at'].iloc[0])}, "
+               f"last {fmt_time(events['received_at'].iloc[-1])}; times in {zone}. "
+               f"Refreshes every {LIVE_SECONDS} s.")
+    gaps = _gaps(entity, record_id)
+    if gaps.empty:
+        st.success("No continuity gap: each delivery's Old matched what we knew.")
+    else:
+        st.subheader("Continuity gaps")
+        for gap in gaps.itertuples(index=False):
+            st.warning(gap_message(gap.fields, gap.previous_event_id, gap.event_id))
+    _timeline(events, zone)
+    _changes(entity, record_id)
+    _state_view(entity, record_id, events)
+
+
 config = settings()
 data_dir, zone = str(config.data_dir), config.timezone
 st.title("Records")
+account_choice()  # the sidebar's account choice stays in place on every page
 chosen = _search(data_dir)
 if chosen is not None:
     entity, record_id = chosen
     _select(entity, record_id)
-    events = _events(data_dir, entity, record_id)
-    if events.empty:
-        st.warning(f"No event of {plain(entity, VALUE_LIMIT)} {record_id} is stored. Check the "
-                   "entity and id, or search by name.")
-    else:
-        found = _find(data_dir, entity, record_id, None)
-        title = found["title"].iloc[0] if not found.empty else None
-        # the name is cut here; the state below and the field changes show it whole
-        st.header(f"{plain(entity, HEADER_LIMIT)} {record_id}"
-                  + (f" — {plain(title, HEADER_LIMIT)}" if title else ""))
-        if bool(events["is_demo"].any()):
-            st.info("Demo record: generated sample data.")
-        if not found.empty and bool(found["deleted"].iloc[0]):
-            st.caption("This record was deleted.")
-        st.caption(f"{len(events)} event(s), first {fmt_time(events['received_at'].iloc[0])}, "
-                   f"last {fmt_time(events['received_at'].iloc[-1])}; times in {zone}.")
-        gaps = _gaps(data_dir, entity, record_id)
-        if gaps.empty:
-            st.success("No continuity gap: each delivery's Old matched what we knew.")
-        else:
-            st.subheader("Continuity gaps")
-            for gap in gaps.itertuples(index=False):
-                st.warning(gap_message(gap.fields, gap.previous_event_id, gap.event_id))
-        _timeline(events, zone)
-        _changes(data_dir, entity, record_id)
-        _state_view(data_dir, entity, record_id, events)
+    _record(data_dir, entity, record_id, zone)

@@ -1,27 +1,32 @@
-"""Status: where the data lives, how healthy the pipeline is, and exports of events."""
+"""Status: where the data lives, how healthy the pipeline and the store are, and the
+requests the receiver refused (events are exported from the Events page)."""
 
 from __future__ import annotations
 
-import io
-from datetime import date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
-
+import pandas as pd
 import streamlit as st
 
-from ploomes.queries.events import (
-    EXPORT_LIMIT,
-    EventFilter,
-    count_events,
-    distinct_values,
-    export_events,
-    filter_from_params,
+from ploomes.queries.status import (
+    KEY_ATTEMPTS_MEANING,
+    REFUSED_DELIVERIES_MEANING,
+    ingest_positions,
+    refused_counts,
+    refused_requests,
+    table_counts,
 )
-from ploomes.queries.status import ingest_positions, table_counts
-from ploomes.store import SCHEMA_VERSION, Store, StoreError, schema_version
-from views.common import cached_query, fmt_time, format_bytes, receiver_health, settings, store
-from views.text import HEADER_LIMIT, MESSAGE_LIMIT, VALUE_LIMIT, code, cut, plain
+from ploomes.store import SCHEMA_VERSION, schema_version
+from views.common import (
+    cached_query,
+    fmt_time,
+    format_bytes,
+    receiver_health,
+    settings,
+    store,
+    to_local,
+)
+from views.text import MESSAGE_LIMIT, VALUE_LIMIT, code, plain
 
-ANY = "Any"
+REFUSED_SHOWN = 500  # newest refused requests listed
 
 
 def _storage() -> None:
@@ -71,116 +76,78 @@ def _receiver() -> None:
         if health.get(name):
             st.error(f"{name.replace('_', ' ').capitalize()}: "
                      f"{plain(health[name], MESSAGE_LIMIT)}")
+    _store_state(health)
     if health.get("worker_alive") is False:
         st.error("The receiver's ingest worker is not running: restart the receiver.")
 
 
-def _day(value: datetime | None) -> date | None:
-    return value.date() if value is not None else None
-
-
-def _int_or_error(raw: str, name: str) -> int | None:
-    raw = raw.strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        st.error(f"{name} must be a number, got “{plain(raw, VALUE_LIMIT)}”.")
-        st.stop()
-    raise RuntimeError("unreachable")
-
-
-def _filter_widgets() -> EventFilter:
-    """Read the Events filter from the URL, let the user adjust it, and return it."""
-    tz = settings().timezone
-    parsed = filter_from_params(st.query_params.to_dict(), tz)
-    for problem in parsed.problems:
-        st.warning(f"Ignored a filter from the address: {plain(problem, VALUE_LIMIT)}.")
-    base = parsed.filter
-    entities = [ANY, *cached_query(distinct_values, "entity")]
-    actions = [ANY, *cached_query(distinct_values, "action")]
-    first, second, third, fourth = st.columns(4)
-    start = first.date_input("From", value=_day(base.start), key="export_from",
-                             format="DD/MM/YYYY")
-    end_default = _day(base.end - timedelta(microseconds=1)) if base.end else None
-    end = second.date_input("To (included)", value=end_default, key="export_to",
-                            format="DD/MM/YYYY")
-    # options show as text (no Markdown): only cut, so a long name keeps the menu usable
-    entity = third.selectbox("Entity", entities, key="export_entity",
-                             index=entities.index(base.entity) if base.entity in entities
-                             else 0, format_func=lambda name: cut(name, HEADER_LIMIT))
-    action = fourth.selectbox("Action", actions, key="export_action",
-                              index=actions.index(base.action) if base.action in actions
-                              else 0, format_func=lambda name: cut(name, HEADER_LIMIT))
-    first, second, third, fourth = st.columns(4)
-    user = first.text_input("ActionUserId", value=str(base.action_user_id or ""),
-                            key="export_user")
-    record = second.text_input("Record id", value=str(base.record_id or ""),
-                               key="export_record")
-    field = third.text_input("Changed field", value=base.field or "", key="export_field",
-                             help="A field path such as StageId or OtherProperties.<key>")
-    text = fourth.text_input("Free text", value=base.text or "", key="export_text",
-                             help="Any part of the delivery body, any case")
-    first, second, third = st.columns(3)
-    duplicates = first.checkbox("Include duplicates", value=base.include_duplicates,
-                                key="export_duplicates")
-    demo = second.checkbox("Include demo data", value=base.include_demo, key="export_demo")
-    zone = ZoneInfo(tz)
-    return EventFilter(
-        start=datetime.combine(start, time(), tzinfo=zone) if start else None,
-        end=datetime.combine(end + timedelta(days=1), time(), tzinfo=zone) if end else None,
-        entity=None if entity == ANY else entity, action=None if action == ANY else action,
-        action_user_id=_int_or_error(user, "ActionUserId"),
-        record_id=_int_or_error(record, "Record id"),
-        field=field.strip() or None, text=text.strip() or None,
-        include_duplicates=duplicates, include_demo=demo)
-
-
-def _exporter(target: Store, flt: EventFilter, payload: bool, tz: str, kind: str):
-    """Return a callable building the export file when the user clicks download."""
-    def build() -> bytes:
-        # runs on its own thread after the click, outside the page script
-        try:
-            with target.reader() as con:
-                frame = export_events(con, flt, include_payload=payload, tz=tz)
-        except StoreError as exc:
-            return f"error\nthe export failed: {exc}; try again\n".encode()
-        if kind == "csv":
-            return frame.to_csv(index=False).encode("utf-8")
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        return buffer.getvalue()
-    return build
-
-
-def _export() -> None:
-    st.subheader("Export events")
-    st.caption("The Events page's filter; an Events address such as "
-               "`?user=31007702&entity=Deals&from=2026-11-01` opens this page pre-filled.")
-    flt = _filter_widgets()
-    payload = st.checkbox("Include the full delivery body (payload column)", value=False,
-                          key="export_payload", help="Makes the file much larger.")
-    matched = cached_query(count_events, flt)
-    if matched == 0:
-        st.info("No events match this filter.")
+def _store_state(health: dict) -> None:
+    """What the receiver says of the DuckDB file: ok, failing or damaged, and why."""
+    state = health.get("store")
+    if state is None:
         return
-    rows = min(matched, EXPORT_LIMIT)
-    note = (f" Only the newest {EXPORT_LIMIT:,} are exported: narrow the filter (e.g. "
-            "the dates) and export the rest separately." if matched > EXPORT_LIMIT else "")
-    st.write(f"**{matched:,}** events match; the file holds {rows:,} rows, newest first, "
-             f"times in {settings().timezone}.{note}")
-    tz = settings().timezone
-    stamp = datetime.now(ZoneInfo(tz)).strftime("%Y%m%d-%H%M")
+    problem = health.get("store_error")
+    if state == "ok" and not problem:
+        st.caption("Data store: ok (the ingest stores deliveries in the DuckDB file).")
+        return
+    text = f"Data store: {plain(state, VALUE_LIMIT)}"
+    if problem:
+        text += f" — {plain(problem, MESSAGE_LIMIT)}"
+    if state == "damaged":
+        text += (". Deliveries are kept in the journal; `python -m ploomes rebuild` (receiver "
+                 "stopped) recreates the file from it.")
+    else:
+        text += ". Deliveries are kept in the journal meanwhile."
+    st.error(text, icon=":material/database:")
+
+
+def _refused() -> None:
+    st.subheader("Refused requests")
+    counts = cached_query(refused_counts)
     first, second = st.columns(2)
-    first.download_button("Download CSV", _exporter(store(), flt, payload, tz, "csv"),
-                          file_name=f"ploomes-events-{stamp}.csv", mime="text/csv",
-                          key="export_csv", icon=":material/download:", on_click="ignore")
-    second.download_button("Download Parquet",
-                           _exporter(store(), flt, payload, tz, "parquet"),
-                           file_name=f"ploomes-events-{stamp}.parquet",
-                           mime="application/vnd.apache.parquet", key="export_parquet",
-                           icon=":material/download:", on_click="ignore")
+    first.metric("Refused deliveries", f"{counts['refused_deliveries']:,}",
+                 help="HTTP 400 or 413 with an accepted validation key")
+    second.metric("Failed key attempts", f"{counts['failed_key_attempts']:,}",
+                  help="HTTP 401: missing or wrong validation key")
+    st.caption(f"Counts: {REFUSED_DELIVERIES_MEANING}; {KEY_ATTEMPTS_MEANING}. "
+               "`python -m ploomes status` counts the same.")
+    rows = cached_query(refused_requests, limit=REFUSED_SHOWN)
+    if rows.empty:
+        st.info("No request has been refused.")
+        return
+    zone = settings().timezone
+    shown = pd.DataFrame({
+        "received": to_local(rows["received_at"], zone).dt.strftime("%d/%m/%Y %H:%M:%S"),
+        "kind": rows["kind"].map({"delivery": "refused delivery", "key": "key attempt"}),
+        "source": rows["source"],
+        "status": rows["status"],
+        "reason": rows["reason"],
+        "size (bytes)": rows["raw_size"].astype("Int64"),
+    })
+    state = st.dataframe(shown, hide_index=True, width="stretch", key="refused_table",
+                         on_select="rerun", selection_mode="single-row", placeholder="—",
+                         column_config={"reason": st.column_config.TextColumn("reason",
+                                                                             width="large")})
+    st.caption(f"The newest {min(len(rows), REFUSED_SHOWN):,}, times in {zone}. Pick a "
+               "refused delivery to see what was sent.")
+    picked = [i for i in state.selection.rows if 0 <= i < len(rows)]
+    if not picked:
+        return
+    row = rows.iloc[picked[0]]
+    raw = row["raw"]
+    if raw is None or (not isinstance(raw, bytes | bytearray | memoryview) and pd.isna(raw)):
+        st.write("A failed key attempt: its body is not kept.")
+        return
+    body = bytes(raw)
+    size = int(row["raw_size"]) if not pd.isna(row["raw_size"]) else len(body)
+    kept = "" if size <= len(body) else f" (the first {len(body):,} of {size:,} bytes)"
+    st.markdown(f"**Body as received{kept}**, shown as text:")
+    # st.code shows text as it is: nothing in the body is read as Markdown or HTML
+    st.code(body.decode("utf-8", errors="replace"), language=None, wrap_lines=True)
+    st.download_button("Download the body", body, key="refused_download",
+                       file_name=f"refused-{row['journal_seq'] or 'request'}.bin",
+                       mime="application/octet-stream", icon=":material/download:",
+                       on_click="ignore")
 
 
 def render() -> None:
@@ -188,7 +155,7 @@ def render() -> None:
     st.title("Status")
     _storage()
     _receiver()
-    _export()
+    _refused()
 
 
 render()

@@ -14,7 +14,16 @@ from ploomes.queries.users import (
     user_top_fields,
     users_summary,
 )
-from views.common import cached_query, page_available, settings, to_local
+from views.common import (
+    AccountChoice,
+    account_choice,
+    action_name,
+    cached_query,
+    entity_name,
+    page_available,
+    settings,
+    to_local,
+)
 from views.text import HEADER_LIMIT, cut, plain
 
 RANGES = {"7 d": timedelta(days=7), "30 d": timedelta(days=30),
@@ -43,7 +52,8 @@ def _table(summary: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
     })
     if not counts.empty:
         counts = counts.assign(key=counts["action_user_id"].astype("Int64").astype(str),
-                               column=counts["entity"] + " · " + counts["action"])
+                               column=counts["entity"].map(entity_name) + " · "
+                               + counts["action"].map(action_name))
         wide = counts.pivot_table(index="key", columns="column", values="events",
                                   aggfunc="sum", fill_value=0)
         wide = wide.reindex(key).fillna(0).astype(int).reset_index(drop=True)
@@ -61,9 +71,11 @@ def _events_link(user_id: int | None, label: str) -> None:
         st.markdown(f"[See {plain(label)}'s events](/events?user={user_id})")
 
 
-def _heatmap(user_id: int | None, since: datetime | None, include: bool) -> None:
+def _heatmap(user_id: int | None, since: datetime | None, include: bool,
+             account: AccountChoice) -> None:
     tz = settings().timezone
-    grid = cached_query(user_heatmap, user_id, tz=tz, since=since, include_duplicates=include)
+    grid = cached_query(user_heatmap, user_id, tz=tz, since=since, include_duplicates=include,
+                        account=account.scope)
     st.markdown(f"**When they work** (hour × weekday, {tz})")
     # a plain Vega-Lite spec: importing altair would slow the page's first render
     spec = {
@@ -83,8 +95,10 @@ def _heatmap(user_id: int | None, since: datetime | None, include: bool) -> None
     st.vega_lite_chart(grid, spec, width="stretch")
 
 
-def _top_fields(user_id: int | None, since: datetime | None) -> None:
-    fields = cached_query(user_top_fields, user_id, limit=10, since=since)
+def _top_fields(user_id: int | None, since: datetime | None, account: AccountChoice) -> None:
+    fields = cached_query(user_top_fields, user_id, limit=10, since=since,
+                          account=account.account_id)
+    fields = fields.assign(entity=fields["entity"].map(entity_name))
     st.markdown("**Fields they change most** (bookkeeping fields and duplicates left out)")
     if fields.empty:
         st.caption("No field changes.")
@@ -107,6 +121,7 @@ def _selected_user(ids: list[int | None]) -> int:
 def render() -> None:
     """Render the Users page."""
     st.title("Users")
+    account = account_choice()
     if cached_query(event_count) == 0:
         st.info("No events yet: the Overview page shows how to connect Ploomes or load "
                 "demo data.")
@@ -121,14 +136,21 @@ def render() -> None:
     span = RANGES.get(choice or "All")
     # whole minutes keep the cache key stable between reruns
     since = (datetime.now(UTC).replace(second=0, microsecond=0) - span) if span else None
-    summary = cached_query(users_summary, since=since, include_duplicates=include)
+    summary = cached_query(users_summary, since=since, include_duplicates=include,
+                           account=account.scope)
     if summary.empty:
         st.info(f"No events in the last {choice}.")
         return
-    counts = cached_query(user_entity_actions, since=since, include_duplicates=include)
+    counts = cached_query(user_entity_actions, since=since, include_duplicates=include,
+                          account=account.scope)
     st.caption("Events per user (ActionUserId: the Ploomes user who made the change, an "
                "integration user included), by entity and action.")
-    st.dataframe(_table(summary, counts), hide_index=True, key="users_table")
+    # wide (a column per entity · action): the user stays in view while scrolling
+    st.dataframe(_table(summary, counts), hide_index=True, key="users_table",
+                 placeholder="—", column_config={
+                     "User": st.column_config.TextColumn("User", pinned=True),
+                     "ActionUserId": st.column_config.NumberColumn("ActionUserId",
+                                                                   format="%d")})
 
     ids = [_id(v) for v in summary["action_user_id"]]
     labels = {uid: _user_label(uid, name) for uid, name in zip(ids, summary["user"],
@@ -139,9 +161,9 @@ def render() -> None:
     _events_link(user_id, labels[user_id])
     first, second = st.columns([3, 2], gap="large")
     with first:
-        _heatmap(user_id, since, include)
+        _heatmap(user_id, since, include, account)
     with second:
-        _top_fields(user_id, since)
+        _top_fields(user_id, since, account)
 
 
 render()

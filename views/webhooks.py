@@ -1,6 +1,7 @@
 """Webhooks: the account's Ploomes subscriptions, what the receiver saw of each, and (for
-admins) registering, editing, testing and deleting them through `ploomes.actions`, which
-checks the role again and records each change in the audit trail."""
+admins) registering, pausing and re-activating, editing, testing and deleting them
+through `ploomes.actions`, which checks the role again and records each change in the
+audit trail. Every change asks for a confirmation first."""
 
 from __future__ import annotations
 
@@ -32,10 +33,15 @@ from views import common
 from views.access import Access, current
 from views.text import HEADER_LIMIT, code, cut, plain
 
+EVENTS_PAGE = "views/events.py"
+
 SYNC_EVERY_MINUTES = 30  # automatic users/fields sync: at most this often
 CATALOG_TTL = 3600  # entity and action names barely ever change
 FLASH = "webhooks_flash"
 CONFIRM_DELETE = "webhooks_confirm_delete"
+CONFIRM_ACTIVE = "webhooks_confirm_active"  # (webhook id, the Active it would get)
+CONFIRM_EDIT = "webhooks_confirm_edit"  # (webhook id, {change: value})
+KEEP_KEY, RECEIVER_KEY, NEW_KEY = "keep", "receiver", "new"
 CHOSEN_KEY = "webhooks_validation_key"
 TEST_ANSWER = "webhooks_test_answer"
 AUTO_SYNC_TRIED = "webhooks_auto_sync_tried"
@@ -108,6 +114,14 @@ def _catalog(api_url: str, account: str, _client: PloomesClient) -> subscription
     return subscriptions.load_catalog(_client)
 
 
+def _named(catalog: subscriptions.Catalog) -> subscriptions.Catalog:
+    """The catalog with Ploomes' own names for the entities and actions it knows."""
+    entity_ids = set(catalog.entities) | set(subscriptions.KNOWN_ENTITIES)
+    return subscriptions.Catalog(
+        {i: common.entity_name(catalog.entity(i)) for i in entity_ids},
+        {i: common.action_name(catalog.action(i)) for i in catalog.actions})
+
+
 def _fmt_local(value: datetime | None, tz: str) -> str:
     if value is None or pd.isna(value):
         return "—"
@@ -154,7 +168,12 @@ def _sync(client: PloomesClient, cfg: Settings, access: Access | None) -> None:
         st.warning(f"Users and fields could not be saved: {plain(exc)}")
         return
     if access is not None:
-        st.success(f"Synced {result.users} users and {result.fields} custom fields.")
+        account = (f" of account {plain(result.account_name, HEADER_LIMIT)} "
+                   f"({result.account_id})" if result.account_name else
+                   f" of account {result.account_id}" if result.account_id is not None
+                   else " (Ploomes did not say which account: kept as “unknown account”)")
+        st.success(f"Synced {result.users} users, {result.fields} custom fields and "
+                   f"{result.lookups} names of stages, pipelines, tags…{account}.")
 
 
 def _sync_section(client: PloomesClient, cfg: Settings, access: Access) -> None:
@@ -190,7 +209,8 @@ def _subscriptions_section(webhooks: list[dict], catalog: subscriptions.Catalog,
         return
     now = datetime.now(UTC)
     stats = common.run_query(status_queries.webhook_stats, now=now)
-    users = common.run_query(user_names)
+    # subscriptions are the User-Key's account's: its users name their creators
+    users = common.run_query(user_names, common.run_query(status_queries.synced_account))
     created = {int(w["Id"]): subscriptions.parse_ploomes_time(w.get("CreateDate"), cfg.timezone)
                for w in webhooks if w.get("Id") is not None}
     # An inactive subscription is silent on purpose.
@@ -210,7 +230,7 @@ def _subscriptions_section(webhooks: list[dict], catalog: subscriptions.Catalog,
                                       "validation key (unknown when Ploomes hides it)"),
     })
     st.caption(f"Times in {cfg.timezone}. Deliveries counted from what this receiver stored "
-               "(demo data excluded).")
+               "(demo data and test deliveries excluded).")
     for webhook_id, why in warnings.items():
         hook = next(w for w in webhooks if int(w["Id"]) == webhook_id)
         st.warning(f"Subscription {webhook_id} ({plain(catalog.entity(hook.get('EntityId')))} "
@@ -237,10 +257,14 @@ def _callback_default(cfg: Settings) -> str:
 
 def _coverage_section(webhooks: list[dict], catalog: subscriptions.Catalog,
                       cfg: Settings) -> None:
-    url = _callback_default(cfg)
+    url = common.callback_url()
     st.subheader("Coverage")
-    st.caption(f"Which entity × action pairs are subscribed for {code(url)} (✓ active, "
-               "“paused” inactive).")
+    if url:
+        st.caption(f"Which entity × action pairs are subscribed for {code(url)} (✓ active, "
+                   "“paused” inactive).")
+    else:
+        st.caption("Which entity × action pairs are subscribed, for any callback URL "
+                   "(✓ active, “paused” inactive): PLOOMES_CALLBACK_URL is not set.")
     st.dataframe(subscriptions.coverage_grid(webhooks, url, catalog), key="coverage_grid")
 
 
@@ -260,6 +284,9 @@ def _generate_key(access: Access, cfg: Settings) -> None:
 def _register_section(client: PloomesClient, webhooks: list[dict],
                       catalog: subscriptions.Catalog, cfg: Settings, access: Access) -> None:
     st.subheader("Register a subscription")
+    configured = common.callback_url()
+    if not configured:
+        st.warning(common.CALLBACK_MISSING, icon=":material/link_off:")
     if st.button("Generate a new validation key", key="generate_key",
                  help="Create a strong key, store it so this receiver accepts it, and use "
                       "it for the subscriptions registered below."):
@@ -273,10 +300,11 @@ def _register_section(client: PloomesClient, webhooks: list[dict],
             index=entity_ids.index(2) if 2 in entity_ids else 0)
         chosen = st.multiselect("Actions (one subscription each)", action_ids,
                                 format_func=catalog.action, key="register_actions")
-        url = st.text_input("Callback URL", value=_callback_default(cfg),
+        url = st.text_input("Callback URL", value=configured or "",
                             key="register_callback_url",
-                            help="https:// (plain http only for localhost). Set "
-                                 "PLOOMES_CALLBACK_URL to change the default.")
+                            placeholder="https://hooks.empresa.com.br/ploomes/webhook",
+                            help="The receiver's public HTTPS address, from "
+                                 "PLOOMES_CALLBACK_URL (plain http only for localhost).")
         st.markdown(f"Validation key: `{mask_secret(key)}`"
                     + ("" if key else " — none yet: one is generated and stored on submit"))
         submitted = st.form_submit_button("Register", key="register_submit")
@@ -311,36 +339,99 @@ def _manage_section(client: PloomesClient, webhooks: list[dict],
                     catalog: subscriptions.Catalog, cfg: Settings, access: Access) -> None:
     if not webhooks:
         return
-    st.subheader("Test, change or delete a subscription")
+    st.subheader("Test, pause, change or delete a subscription")
     by_id = {int(w["Id"]): w for w in webhooks if w.get("Id") is not None}
 
     def label(webhook_id: int) -> str:
         hook = by_id[webhook_id]
+        state = "" if hook.get("Active", True) is not False else " (paused)"
         return (f"{webhook_id} · {catalog.entity(hook.get('EntityId'))} "
-                f"{catalog.action(hook.get('ActionId'))} → {hook.get('CallbackUrl')}")
+                f"{catalog.action(hook.get('ActionId'))}{state} → {hook.get('CallbackUrl')}")
 
     # selectbox options show text as it is: cut, not escaped
     webhook_id = st.selectbox("Subscription", sorted(by_id),
                               format_func=lambda i: cut(label(i), HEADER_LIMIT),
                               key="manage_subscription")
     hook = by_id[webhook_id]
-    test_col, delete_col = st.columns(2)
+    active = hook.get("Active", True) is not False
+    test_col, pause_col, delete_col = st.columns(3)
     if test_col.button("Send a test delivery", key="test_delivery",
                        help="POST an example delivery with this subscription's WebhookId "
-                            "and key to its callback URL, as Ploomes would."):
+                            "and key to its callback URL, as Ploomes would. The receiver "
+                            "stores it as a test: left out of histories, counts and health."):
         _send_test(hook, cfg, access)
+    if pause_col.button("Pause…" if active else "Re-activate…", key="active_start",
+                        help="Ploomes stops delivering while a subscription is paused; it "
+                             "keeps its settings." if active else
+                             "Ploomes delivers this subscription's changes again."):
+        st.session_state[CONFIRM_ACTIVE] = (webhook_id, not active)
     if delete_col.button("Delete…", key="delete_start"):
         st.session_state[CONFIRM_DELETE] = webhook_id
+    _test_answer(webhook_id)
+    _edit_form(hook, cfg)
+    _confirm_active(client, by_id, label, cfg, access)
+    _confirm_edit(client, by_id, label, cfg, access)
+    _confirm_delete(client, by_id, label, cfg, access)
+
+
+def _test_answer(webhook_id: int) -> None:
     answer = st.session_state.get(TEST_ANSWER)
-    if answer and answer[0] == webhook_id:
-        _, status, body = answer
-        (st.success if 200 <= status < 300 else st.error)(
-            f"The receiver answered HTTP {status} to the test delivery for {webhook_id}.")
-        if isinstance(body, dict | list):
-            st.json(body)
-        else:
-            st.code(str(body))
-    _edit_form(client, hook, cfg, access)
+    if not answer or answer[0] != webhook_id:
+        return
+    _, status, body = answer
+    (st.success if 200 <= status < 300 else st.error)(
+        f"The receiver answered HTTP {status} to the test delivery for {webhook_id}.")
+    if isinstance(body, dict | list):
+        st.json(body)
+    else:
+        st.code(str(body))
+    delivery_id = body.get("delivery_id") if isinstance(body, dict) else None
+    if isinstance(delivery_id, int) and common.page_available(EVENTS_PAGE):
+        st.page_link(EVENTS_PAGE, label="Open the test delivery (marked “test”)",
+                     icon=":material/science:",
+                     query_params={"event": str(delivery_id), "tests": "1"})
+
+
+def _confirm_active(client: PloomesClient, by_id: dict[int, dict], label, cfg: Settings,
+                    access: Access) -> None:
+    pending = st.session_state.get(CONFIRM_ACTIVE)
+    if pending is None:
+        return
+    webhook_id, active = pending
+    if webhook_id not in by_id:
+        st.session_state.pop(CONFIRM_ACTIVE, None)
+        return
+    if active:
+        st.info(f"Re-activate subscription {plain(label(webhook_id))}? Ploomes delivers its "
+                "changes again from now on (what happened while it was paused is not sent).")
+    else:
+        st.warning(f"Pause subscription {plain(label(webhook_id))}? Ploomes stops delivering "
+                   "these changes until it is re-activated; changes made meanwhile are never "
+                   "delivered.")
+    yes, no = st.columns(2)
+    doing = f"{'re-activate' if active else 'pause'} subscription {webhook_id}"
+    if yes.button("Yes, re-activate it" if active else "Yes, pause it",
+                  key="active_confirm", type="primary"):
+        try:
+            subscription_actions.set_active(access.actor, cfg, common.store(), client,
+                                            by_id[webhook_id], active)
+        except (NotAllowed, StoreError) as exc:
+            _refused(exc, doing)
+            return
+        except PloomesError as exc:
+            _show_api_error(exc, doing, cfg)
+            return
+        st.session_state.pop(CONFIRM_ACTIVE, None)
+        _flash("success", f"{'Re-activated' if active else 'Paused'} subscription "
+                          f"{plain(label(webhook_id))}.")
+        st.rerun()
+    if no.button("Cancel", key="active_cancel"):
+        st.session_state.pop(CONFIRM_ACTIVE, None)
+        st.rerun()
+
+
+def _confirm_delete(client: PloomesClient, by_id: dict[int, dict], label, cfg: Settings,
+                    access: Access) -> None:
     pending = st.session_state.get(CONFIRM_DELETE)
     if pending is None:
         return
@@ -368,46 +459,90 @@ def _manage_section(client: PloomesClient, webhooks: list[dict],
         st.rerun()
 
 
-def _edit_form(client: PloomesClient, hook: dict, cfg: Settings, access: Access) -> None:
-    """Change a subscription's callback URL, state or key (PATCH /Webhooks(id))."""
+def _edit_form(hook: dict, cfg: Settings) -> None:
+    """Ask for a subscription's new callback URL or validation key; confirmed below."""
     webhook_id = int(hook["Id"])
     key = _receiver_key(cfg)
+    choices = [KEEP_KEY, RECEIVER_KEY, NEW_KEY] if key else [KEEP_KEY, NEW_KEY]
+    shown = {KEEP_KEY: "Keep its key",
+             RECEIVER_KEY: f"This receiver's key ({mask_secret(key)})",
+             NEW_KEY: "A new key, generated and stored here"}
     with st.expander(f"Change subscription {webhook_id}"):
         with st.form(f"edit_form_{webhook_id}"):
             url = st.text_input("Callback URL", value=hook.get("CallbackUrl") or "",
-                                key=f"edit_callback_url_{webhook_id}")
-            active = st.checkbox("Active", value=hook.get("Active", True) is not False,
-                                 key=f"edit_active_{webhook_id}")
-            rekey = st.checkbox(f"Give it this receiver's key ({plain(mask_secret(key))})",
-                                value=False, disabled=not key,
-                                key=f"edit_rekey_{webhook_id}")
-            saved = st.form_submit_button("Save changes", key=f"edit_submit_{webhook_id}")
+                                key=f"edit_callback_url_{webhook_id}",
+                                help="The receiver's public HTTPS address (plain http only "
+                                     "for localhost).")
+            # radio options are Markdown: the masked key is escaped
+            rekey = st.radio("Validation key", choices, key=f"edit_key_{webhook_id}",
+                             format_func=lambda c: plain(shown[c]), horizontal=True)
+            saved = st.form_submit_button("Save changes…", key=f"edit_submit_{webhook_id}")
     if not saved:
         return
     changes: dict = {}
     if url.strip() != (hook.get("CallbackUrl") or ""):
         changes["callback_url"] = url.strip()
-    if active != (hook.get("Active", True) is not False):
-        changes["active"] = active
-    if rekey and key and hook.get("ValidationKey") != key:  # Ploomes may hide it: None
-        changes["validation_key"] = key
+    if rekey == RECEIVER_KEY and key and hook.get("ValidationKey") != key:
+        changes["validation_key"] = key  # Ploomes may hide the current one: None
+    elif rekey == NEW_KEY:
+        changes["validation_key"] = NEW_KEY
     if not changes:
         st.info("Nothing was changed.")
         return
-    try:
-        subscription_actions.edit(access.actor, cfg, common.store(), client, hook, changes)
-    except (NotAllowed, StoreError) as exc:
-        _refused(exc, f"change subscription {webhook_id}")
+    st.session_state[CONFIRM_EDIT] = (webhook_id, changes)
+
+
+def _confirm_edit(client: PloomesClient, by_id: dict[int, dict], label, cfg: Settings,
+                  access: Access) -> None:
+    pending = st.session_state.get(CONFIRM_EDIT)
+    if pending is None:
         return
-    except ValueError as exc:
-        st.error(f"Refused: {plain(exc)}.")
+    webhook_id, changes = pending
+    if webhook_id not in by_id:
+        st.session_state.pop(CONFIRM_EDIT, None)
         return
-    except PloomesError as exc:
-        _show_api_error(exc, f"change subscription {webhook_id}", cfg)
-        return
-    _flash("success", f"Changed subscription {webhook_id}: "
-                      f"{plain(', '.join(sorted(changes)))}.")
-    st.rerun()
+    said = []
+    if "callback_url" in changes:
+        said.append(f"callback URL → {code(changes['callback_url'])}")
+    if changes.get("validation_key") == NEW_KEY:
+        said.append("validation key → a new one, generated and stored here")
+    elif "validation_key" in changes:
+        said.append(f"validation key → {plain(mask_secret(changes['validation_key']))}")
+    st.warning(f"Change subscription {plain(label(webhook_id))}: {'; '.join(said)}? "
+               "Ploomes uses the new values for its next deliveries.")
+    yes, no = st.columns(2)
+    doing = f"change subscription {webhook_id}"
+    if yes.button("Yes, change it", key="edit_confirm", type="primary"):
+        if changes.get("validation_key") == NEW_KEY:
+            try:
+                changes = {**changes, "validation_key": key_actions.generate(
+                    access.actor, cfg, common.store())}
+            except (NotAllowed, StoreError) as exc:
+                _refused(exc, "generate a validation key")
+                return
+            except (OSError, ValueError) as exc:
+                st.error(f"The new key could not be stored in the data dir: {plain(exc)}")
+                return
+            st.session_state[CHOSEN_KEY] = changes["validation_key"]
+        try:
+            subscription_actions.edit(access.actor, cfg, common.store(), client,
+                                      by_id[webhook_id], changes)
+        except (NotAllowed, StoreError) as exc:
+            _refused(exc, doing)
+            return
+        except ValueError as exc:
+            st.error(f"Refused: {plain(exc)}.")
+            return
+        except PloomesError as exc:
+            _show_api_error(exc, doing, cfg)
+            return
+        st.session_state.pop(CONFIRM_EDIT, None)
+        _flash("success", f"Changed subscription {webhook_id}: "
+                          f"{plain(', '.join(sorted(changes)))}.")
+        st.rerun()
+    if no.button("Cancel", key="edit_cancel"):
+        st.session_state.pop(CONFIRM_EDIT, None)
+        st.rerun()
 
 
 def _send_test(hook: dict, cfg: Settings, access: Access) -> None:
@@ -416,8 +551,10 @@ def _send_test(hook: dict, cfg: Settings, access: Access) -> None:
         key = _receiver_key(cfg)
         st.info("Ploomes does not show this subscription's validation key; the test "
                 "delivery carries this receiver's key instead.")
+    account = common.run_query(status_queries.synced_account)
     try:
-        answer = subscription_actions.send_test(access.actor, cfg, common.store(), hook, key)
+        answer = subscription_actions.send_test(access.actor, cfg, common.store(), hook, key,
+                                                account)
     except (NotAllowed, StoreError) as exc:
         _refused(exc, "send a test delivery")
         return
@@ -448,7 +585,7 @@ def main() -> None:
     try:
         account = hashlib.sha256(cfg.user_key.encode("utf-8")).hexdigest()[:16]
         try:
-            catalog = _catalog(cfg.api_url, account, client)
+            catalog = _named(_catalog(cfg.api_url, account, client))
             webhooks = client.list_webhooks()
         except PloomesError as exc:
             _show_api_error(exc, "list the subscriptions", cfg)

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 ACTIONS = {
     "register_subscription": "register subscriptions",
     "edit_subscription": "change subscriptions",
+    "pause_subscription": "pause subscriptions",
+    "activate_subscription": "re-activate subscriptions",
     "delete_subscription": "delete subscriptions",
     "test_delivery": "send test deliveries",
     "sync_directory": "sync users and fields",

@@ -1,4 +1,5 @@
-"""Subscription changes from the Webhooks page: register, edit, delete, test, sync names.
+"""Subscription changes from the Webhooks page: register, edit, pause and re-activate,
+delete, test, sync names.
 
 Each is an admin action (`admin_action`): checked, then recorded in the audit trail.
 """
@@ -62,6 +63,19 @@ def edit(actor: Actor, settings: Settings, store: Store, client: PloomesClient,
     return updated
 
 
+def set_active(actor: Actor, settings: Settings, store: Store, client: PloomesClient,
+               webhook: dict, active: bool) -> dict | None:
+    """Pause (`active` False) or re-activate a subscription: Ploomes' `Active`, through
+    PATCH /Webhooks(id). A paused subscription keeps its settings and delivers nothing."""
+    webhook_id = int(webhook["Id"])
+    action = "activate_subscription" if active else "pause_subscription"
+    with admin_action(store, settings, actor, action,
+                      f"subscription {webhook_id} → {webhook.get('CallbackUrl')}") as entry:
+        updated = client.update_webhook(webhook_id, active=bool(active))
+        entry.detail = f"active = {bool(active)}"
+    return updated
+
+
 def delete(actor: Actor, settings: Settings, store: Store, client: PloomesClient,
            webhook: dict) -> None:
     """Delete a subscription in Ploomes."""
@@ -74,17 +88,19 @@ def delete(actor: Actor, settings: Settings, store: Store, client: PloomesClient
 
 
 def send_test(actor: Actor, settings: Settings, store: Store, webhook: dict,
-              validation_key: str | None) -> crm_subscriptions.DeliveryAnswer:
+              validation_key: str | None, account_id: int | None = None
+              ) -> crm_subscriptions.DeliveryAnswer:
     """POST an example delivery for a subscription to its callback URL; return the answer.
 
-    It is an admin action: the receiver stores the delivery like any other.
+    It is an admin action. The delivery says it is a test, and the receiver stores it as
+    one (`events.is_test`), out of histories, counts and the subscription's health.
     """
     with admin_action(store, settings, actor, "test_delivery",
                       f"subscription {webhook.get('Id')} → {webhook.get('CallbackUrl')}"
                       ) as entry:
         answer = crm_subscriptions.send_test_delivery(
             webhook["CallbackUrl"], validation_key,
-            crm_subscriptions.example_delivery_body(webhook))
+            crm_subscriptions.example_delivery_body(webhook, account_id))
         entry.detail = f"HTTP {answer.status}"
     return answer
 

@@ -27,6 +27,7 @@ from ploomes.config import mask_secret
 __all__ = [
     "DEFAULT_BASE_URL",
     "KNOWN_ACTIONS",
+    "LOOKUP_PATHS",
     "MAX_PAGE_SIZE",
     "PloomesAuthError",
     "PloomesClient",
@@ -36,6 +37,7 @@ __all__ = [
     "PloomesUnavailable",
     "error_message_from_body",
     "fetch_directory",
+    "fetch_lookups",
     "mask_secret",
     "validate_callback_url",
 ]
@@ -55,6 +57,20 @@ KNOWN_ACTIONS: tuple[dict, ...] = (
     {"Id": 5, "Name": "Lose"},
     {"Id": 6, "Name": "Reopen"},
 )
+# The API's lookups that name the ids built-in fields hold (`ploomes.model.names` kinds):
+# the first four are documented, the others answer in integrations; one that answers 404
+# (or refuses the query) is left out of a sync.
+LOOKUP_PATHS: dict[str, str] = {
+    "stage": "Deals@Stages",
+    "pipeline": "Deals@Pipelines",
+    "deal_status": "Deals@Status",
+    "task_type": "Tasks@Types",
+    "tag": "Tags",
+    "loss_reason": "Deals@LossReasons",
+    "order_stage": "Orders@Stages",
+    "product_group": "Products@Groups",
+    "product_family": "Products@Families",
+}
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _MESSAGE_LIMIT = 300
 _SNAKE_TO_PLOOMES = {
@@ -423,6 +439,20 @@ class PloomesClient:
         """Return the entities (`Id`, `Name`) that fields and webhooks refer to."""
         return self._paged("Fields@Entities", order_by=None)
 
+    def get_account(self) -> dict | None:
+        """Return the account the User-Key belongs to (`Id`, `Name`), or None if the API
+        has no such answer."""
+        try:
+            body = self._request("GET", "Account", params={"$select": "Id,Name"})
+        except PloomesNotFound:
+            return None
+        found = [item for item in _values(body) if isinstance(item, dict)]
+        return found[0] if found else None
+
+    def list_lookup(self, path: str) -> list[dict]:
+        """Return every row of a lookup such as `Deals@Stages` (`Id`, `Name`, …)."""
+        return self._paged(path)
+
     def list_users(self) -> list[dict]:
         """Return every user of the account (no $select: `Active` does not exist there)."""
         return self._paged("Users")
@@ -441,7 +471,7 @@ class PloomesClient:
         return self._paged(entity, {"$filter": filter})
 
 
-_USER_KEYS = ("Id", "Name", "Email", "Suspended", "AvatarUrl")
+_USER_KEYS = ("Id", "Name", "Email", "Suspended", "AvatarUrl", "AccountId")
 _FIELD_KEYS = ("Key", "Name", "EntityId", "TypeId")
 
 
@@ -454,3 +484,26 @@ def fetch_directory(client: PloomesClient) -> tuple[list[dict], list[dict]]:
     users = _pick(client.list_users(), _USER_KEYS)
     by_key = {f["Key"]: f for f in _pick(client.list_fields(), _FIELD_KEYS) if f["Key"]}
     return users, list(by_key.values())
+
+
+def fetch_lookups(client: PloomesClient) -> dict[str, list[dict]]:
+    """Return {kind: rows} of the lookups in LOOKUP_PATHS the API answers.
+
+    A lookup the API does not have (404) or refuses to page (400) is left out; a refused
+    key or a limit reached is raised, as for any call.
+    """
+    found: dict[str, list[dict]] = {}
+    for kind, path in LOOKUP_PATHS.items():
+        try:
+            rows = client.list_lookup(path)
+        except PloomesNotFound:
+            continue
+        except PloomesError as exc:
+            if exc.status != 400:
+                raise
+            log.info("GET /%s refused (%s); its names are left out", path, exc.message)
+            continue
+        found[kind] = [{"Id": row.get("Id"), "Name": row.get("Name"),
+                        "PipelineId": row.get("PipelineId")}
+                       for row in rows if isinstance(row, dict)]
+    return found

@@ -20,7 +20,13 @@ import requests
 
 from ploomes.config import mask_secret
 from ploomes.crm.api import KNOWN_ACTIONS, PloomesClient, PloomesNotFound, validate_callback_url
-from ploomes.model.vocabulary import ACTION_NAMES, ENTITY_NAMES, VALIDATION_HEADER, WEBHOOK_PATH
+from ploomes.model.vocabulary import (
+    ACTION_NAMES,
+    ENTITY_NAMES,
+    TEST_HEADER,
+    VALIDATION_HEADER,
+    WEBHOOK_PATH,
+)
 
 log = logging.getLogger(__name__)
 _V = TypeVar("_V")
@@ -233,8 +239,12 @@ def subscriptions_frame(webhooks: list[dict], catalog: Catalog, users: Mapping[i
 
 def coverage_grid(webhooks: list[dict], callback_url: str | None,
                   catalog: Catalog) -> pd.DataFrame:
-    """Return an entity × action grid: '✓' subscribed (active), 'paused' (inactive), ''."""
-    mine = [w for w in webhooks if same_callback(w.get("CallbackUrl"), callback_url)]
+    """Return an entity × action grid: '✓' subscribed (active), 'paused' (inactive), ''.
+
+    Only subscriptions for `callback_url` count; None counts every subscription.
+    """
+    mine = [w for w in webhooks
+            if callback_url is None or same_callback(w.get("CallbackUrl"), callback_url)]
     entity_ids = list(GRID_ENTITIES)
     entity_ids += sorted({e for w in mine if (e := _int_or_none(w.get("EntityId"))) is not None}
                          - set(entity_ids))
@@ -310,15 +320,17 @@ _TEST_SIDES: dict[str, tuple[dict | None, dict | None]] = {
 }
 
 
-def example_delivery_body(webhook: dict) -> dict:
-    """Return a test delivery for a subscription, shaped as Ploomes sends its action."""
+def example_delivery_body(webhook: dict, account_id: int | None = None) -> dict:
+    """Return a test delivery for a subscription, shaped as Ploomes sends its action
+    (`account_id`: the subscription's account, when known)."""
     entity_id = _int_or_none(webhook.get("EntityId"))
     action_id = _int_or_none(webhook.get("ActionId"))
     entity = _get(ENTITY_NAMES, entity_id) or _get(KNOWN_ENTITIES, entity_id) or "Contacts"
     action = _get(ACTION_NAMES, action_id) or "Update"
     # copies: a caller changing its body must not change the next one
     old, new = copy.deepcopy(_TEST_SIDES[action])
-    return {"Action": action, "Entity": entity, "SecondaryEntityId": None, "AccountId": None,
+    return {"Action": action, "Entity": entity, "SecondaryEntityId": None,
+            "AccountId": account_id,
             "ActionUserId": _int_or_none(webhook.get("CreatorId")),
             "WebhookId": _int_or_none(webhook.get("Id")),
             "WebhookCreatorId": _int_or_none(webhook.get("CreatorId")), "Old": old, "New": new}
@@ -334,9 +346,11 @@ class DeliveryAnswer:
 
 def send_test_delivery(callback_url: str, validation_key: str | None, body: dict,
                        timeout: float = 10.0) -> DeliveryAnswer:
-    """POST a delivery body to a callback URL as Ploomes does; return the answer."""
+    """POST a delivery body to a callback URL as Ploomes does, marked as a test (the
+    receiver journals it as one: left out of histories, counts and health); return the
+    answer."""
     callback_url = validate_callback_url(callback_url)
-    headers = {"Content-Type": "application/json; charset=utf-8"}
+    headers = {"Content-Type": "application/json; charset=utf-8", TEST_HEADER: "1"}
     if validation_key:
         headers[VALIDATION_HEADER] = validation_key
     data = json.dumps(body, ensure_ascii=False).encode("utf-8")

@@ -51,6 +51,19 @@ _USER_NAMES = (
     "Fernanda Brandão",
 )
 _INTEGRATION_USER = "Integração ERP"
+# The sandbox's account has people of its own: a store holding both demo data and
+# sandbox deliveries shows two accounts, never one person under two ids.
+SANDBOX_USER_NAMES = (
+    "Rafael Teixeira",
+    "Juliana Castro",
+    "Paulo Henrique Dias",
+    "Beatriz Moura",
+    "Tiago Nogueira",
+    "Camila Rezende",
+)
+SANDBOX_INTEGRATION_USER = "Integração Site"
+DEMO_ACCOUNT_ID = 3100210  # the demo data's account (and the default one)
+SANDBOX_ACCOUNT_ID = 3104480  # the sandbox's account: distinct ids, names and records
 _COMPANY_KINDS = (
     "Padaria",
     "Clínica",
@@ -163,6 +176,8 @@ _PIPELINES = (
     ("Renovações", ("Contato inicial", "Proposta", "Fechamento")),
 )
 _LOSS_REASONS = (1, 2, 3, 4)
+_LOSS_REASON_NAMES = ("Preço", "Concorrência", "Sem orçamento", "Sem retorno")
+_TASK_TYPES = ("Ligação", "E-mail", "Reunião", "Visita")  # TypeId 1–4
 
 # (action, weight) per entity when nothing is forced
 _ENTITY_WEIGHTS = (("Contacts", 0.3), ("Deals", 0.45), ("Tasks", 0.25))
@@ -314,8 +329,10 @@ class Simulation:
         self,
         seed: int = 0,
         start: datetime | None = None,
-        account_id: int = 3100210,
+        account_id: int = DEMO_ACCOUNT_ID,
         mean_gap_seconds: float = 600.0,
+        user_names: tuple[str, ...] = _USER_NAMES,
+        integration_user: str = _INTEGRATION_USER,
     ) -> None:
         start = DEFAULT_START if start is None else start
         if start.tzinfo is None:
@@ -330,6 +347,7 @@ class Simulation:
         # real ids share the account's leading digits (account 3100210 → user 31007781)
         self._prefix = prefix = (account_id // 1000) * 10000
         company = rng.choice(_COMPANY_NAMES)
+        self.company = company
         self.domain = _ascii_slug(company, "") + ".com.br"
         # Ploomes' JSON objects: values of mixed types, looked up by key
         self.users: list[dict[str, Any]] = [
@@ -339,12 +357,12 @@ class Simulation:
                 "Email": f"{_ascii_slug(name)}@{self.domain}",
                 "Suspended": False,
             }
-            for i, name in enumerate(_USER_NAMES)
+            for i, name in enumerate(user_names)
         ]
         self.users.append(
             {
                 "Id": prefix + 7799,
-                "Name": _INTEGRATION_USER,
+                "Name": integration_user,
                 "Email": f"integracao@{self.domain}",
                 "Suspended": False,
             }
@@ -405,15 +423,24 @@ class Simulation:
                 )
             self._pipeline_stages[pipeline_id] = stage_ids
 
+        self.loss_reasons: list[dict[str, Any]] = [
+            {"Id": prefix + 6600 + i, "Name": name}
+            for i, name in zip(_LOSS_REASONS, _LOSS_REASON_NAMES, strict=True)
+        ]
+        self.task_types: list[dict[str, Any]] = [
+            {"Id": i, "Name": name} for i, name in enumerate(_TASK_TYPES, 1)
+        ]
         self._records: dict[str, dict[int, dict]] = {e: {} for e in SIMULATED_ENTITIES}
         self._pools: dict[str, _Pool] = {e: _Pool() for e in SIMULATED_ENTITIES}
         self._open_deals = _Pool()
         self._closed_deals = _Pool()
         self._stage_since: dict[int, float] = {}
+        # record ids apart per account: two simulated accounts in one store never share one
+        offset = (account_id % 1000) * 10_000
         self._next_id = {
-            "Contacts": 509_900_000 + rng.randint(0, 9999),
-            "Deals": 517_000_000 + rng.randint(0, 9999),
-            "Tasks": 612_000_000 + rng.randint(0, 9999),
+            "Contacts": 509_900_000 + offset + rng.randint(0, 9999),
+            "Deals": 517_000_000 + offset + rng.randint(0, 9999),
+            "Tasks": 612_000_000 + offset + rng.randint(0, 9999),
         }
         self._seed_existing_records()
 
@@ -963,7 +990,7 @@ _DEMO_SUBSCRIPTIONS = (
 )
 
 
-def demo_subscriptions(account_id: int = 3100210) -> dict[tuple[str, str], int]:
+def demo_subscriptions(account_id: int = DEMO_ACCOUNT_ID) -> dict[tuple[str, str], int]:
     """Return the demo account's WebhookId for each subscribed (entity, action)."""
     prefix = (account_id // 1000) * 10000
     return {pair: prefix + 5110 + i for i, pair in enumerate(_DEMO_SUBSCRIPTIONS)}

@@ -15,6 +15,7 @@ from datetime import datetime
 import requests
 
 from ploomes.config import Settings
+from ploomes.crm.directory import upsert_directory
 from ploomes.demo.generator import Simulation, demo_deliveries
 from ploomes.ingest.pipeline import Pipeline
 from ploomes.ingest.upgrade import UPGRADES
@@ -82,7 +83,7 @@ def load_demo(settings: Settings, deliveries: Sequence[tuple[datetime, dict]] | 
     if deliveries is None:
         deliveries = demo_deliveries(seed=DEMO_SEED)
         sim = Simulation(seed=DEMO_SEED)  # the same account: its users and custom fields
-        _store_names(settings, sim.users, sim.fields)
+        _store_names(settings, sim)
     deliveries = sorted(deliveries, key=lambda d: d[0])
     try:
         _append(settings, demo_entries(deliveries))
@@ -102,19 +103,15 @@ def remove_demo(settings: Settings) -> None:
         _post(settings, {"remove": True})
 
 
-def _store_names(settings: Settings, users: list[dict], fields: list[dict]) -> None:
-    """Name the demo account's users and custom fields, without touching synced names.
+def _store_names(settings: Settings, sim: Simulation) -> None:
+    """Name the demo account, its users, custom fields, stages, pipelines, tags…
 
-    Rows written here have no `synced_at`; removing demo data removes exactly those.
+    They are keyed by the demo account's AccountId, which no real account has, so they
+    label demo data only. Rows written here have no `synced_at`; removing demo data
+    removes exactly those.
     """
+    lookups = {"stage": sim.stages, "pipeline": sim.pipelines, "tag": sim.tags,
+               "loss_reason": sim.loss_reasons, "task_type": sim.task_types}
     with Store(settings, upgrades=UPGRADES).writer() as con:
-        con.executemany(
-            "INSERT INTO users SELECT ?, ?, ?, ?, NULL WHERE NOT EXISTS "
-            "(SELECT 1 FROM users WHERE id = ?)",
-            [(u["Id"], u["Name"], u.get("Email"), bool(u.get("Suspended")), u["Id"])
-             for u in users])
-        con.executemany(
-            "INSERT INTO fields SELECT ?, ?, ?, ?, NULL WHERE NOT EXISTS "
-            "(SELECT 1 FROM fields WHERE key = ?)",
-            [(f["Key"], f.get("EntityId"), f["Name"], f.get("TypeId"), f["Key"])
-             for f in fields])
+        upsert_directory(con, sim.users, sim.fields, None, account_id=sim.account_id,
+                         account_name=f"{sim.company} Ltda. (demo)", lookups=lookups)

@@ -1,7 +1,9 @@
 """A local stand-in for the parts of the Ploomes API this project uses.
 
-It answers `/Users`, `/Fields`, `/Fields@Entities`, `/Webhooks@Actions`, `/Webhooks`
-(create, list, update, delete) and the record collections (`/Contacts`, `/Deals`, …) of
+It answers `/Account`, `/Users`, `/Fields`, `/Fields@Entities`, `/Webhooks@Actions`,
+`/Webhooks` (create, list, update — `Active` pauses and re-activates —, delete), the
+lookups (`Deals@Stages`, `Deals@Pipelines`, `Deals@Status`, `Deals@LossReasons`,
+`Tasks@Types`, `Tags`) and the record collections (`/Contacts`, `/Deals`, …) of
 a simulated account in OData envelopes, checks the `User-Key`, caps `$top`, rate-limits
 with 429 + `Retry-After`, and answers errors with Ploomes-like bodies. Activity (made
 by `ploomes.demo.generator.Simulation`) is delivered to every matching active subscription
@@ -47,7 +49,8 @@ DEFAULT_USER_KEY = "sandbox-key"
 PAGE_CAP = 300
 KEPT_REQUESTS = 10_000
 KEPT_DELIVERIES = 10_000  # a long --activity-rate run must not grow without bound
-FIRST_WEBHOOK_ID = 31005101
+# WebhookIds start here, after the account's leading digits (sandbox account → 31045101)
+FIRST_WEBHOOK_OFFSET = 5101
 # Entities listed by Fields@Entities besides the ones the simulation produces [DOC].
 EXTRA_ENTITIES = {3: "Leads", 5: "OrderSections", 7: "Quotes", 8: "QuoteSections",
                   14: "QuoteProducts", 20: "OrderProducts", 36: "InteractionRecords"}
@@ -60,6 +63,7 @@ SYSTEM_FIELDS = (
     {"Key": "task_title", "Name": "Assunto", "EntityId": 12, "TypeId": 1},
 )
 SIMULATED_ENTITIES = generator.SIMULATED_ENTITIES
+DEAL_STATUSES = ((1, "Em aberto"), (2, "Ganho"), (3, "Perdido"))
 WEBHOOK_FIELDS = ("EntityId", "ActionId", "CallbackUrl", "ValidationKey", "Active")
 WEBHOOK_PROPERTIES = {"Id", *WEBHOOK_FIELDS, "CreatorId", "CreateDate"}
 
@@ -272,11 +276,15 @@ class Sandbox:
         self.drop_rate = drop_rate
         self.short_new_rate = short_new_rate
         self.delivery_timeout = delivery_timeout
-        self.sim = simulation if simulation is not None else generator.Simulation(seed=seed)
+        # an account of its own: not the demo data's (generator.DEMO_ACCOUNT_ID)
+        self.sim = simulation if simulation is not None else generator.Simulation(
+            seed=seed, account_id=generator.SANDBOX_ACCOUNT_ID,
+            user_names=generator.SANDBOX_USER_NAMES,
+            integration_user=generator.SANDBOX_INTEGRATION_USER)
         self._rng = random.Random(seed + 1)  # its own stream: options don't shift the sim
         self._lock = threading.RLock()  # guards the simulation, subscriptions and counters
         self._webhooks: dict[int, dict] = {}
-        self._next_webhook_id = FIRST_WEBHOOK_ID
+        self._next_webhook_id = (self.sim.account_id // 1000) * 10000 + FIRST_WEBHOOK_OFFSET
         self._calls: deque[float] = deque()
         self._faults: list[dict] = []
         # (method, path, query) of recent API calls, for tests and curiosity; bounded.
@@ -341,7 +349,12 @@ class Sandbox:
 
     def users(self) -> list[dict]:
         """Return the account's users as GET /Users shows them."""
-        return [{"AvatarUrl": None, **u} for u in self.sim.users]
+        return [{"AvatarUrl": None, "AccountId": self.sim.account_id, **u}
+                for u in self.sim.users]
+
+    def account(self) -> dict:
+        """Return the account as GET /Account shows it."""
+        return {"Id": self.sim.account_id, "Name": f"{self.sim.company} Ltda."}
 
     def entities(self) -> list[dict]:
         """Return the entities as GET /Fields@Entities shows them."""
@@ -677,7 +690,12 @@ class Sandbox:
                 return name, sorted(self.webhooks(), key=lambda w: w["Id"])
             if name in SIMULATED_ENTITIES:
                 return name, [_rest_record(r) for r in self.sim.records(name)]
-            lookups = {"Tags": "tags", "Deals@Pipelines": "pipelines", "Deals@Stages": "stages"}
+            if name == "Account":
+                return name, [self.account()]
+            if name == "Deals@Status":
+                return name, [{"Id": i, "Name": n} for i, n in DEAL_STATUSES]
+            lookups = {"Tags": "tags", "Deals@Pipelines": "pipelines", "Deals@Stages": "stages",
+                       "Deals@LossReasons": "loss_reasons", "Tasks@Types": "task_types"}
             if name in lookups:
                 rows = getattr(self.sim, lookups[name], None)
                 if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):

@@ -88,7 +88,7 @@ EVENT_SCHEMA = pa.schema([
     ("webhook_creator_id", pa.int64()), ("secondary_entity_id", pa.int64()),
     ("record_id", pa.int64()), ("old", pa.string()), ("new", pa.string()),
     ("payload", pa.string()), ("body_sha256", pa.string()), ("is_demo", pa.bool_()),
-    ("change_fingerprint", pa.string()), ("duplicate_of", pa.int64()),
+    ("change_fingerprint", pa.string()), ("duplicate_of", pa.int64()), ("is_test", pa.bool_()),
 ])
 CHANGE_SCHEMA = pa.schema([
     ("event_id", pa.int64()), ("received_at", pa.timestamp("us", tz="UTC")),
@@ -151,8 +151,8 @@ def _json_value_bytes(value: object, known: bool) -> bytes | None:
 
 
 # A parsed delivery on its way to `events`: (id, received ns, delivery, is_demo,
-# body sha256, body as received).
-EventItem = tuple[int, int, Delivery, bool, str, bytes]
+# body sha256, body as received, is_test).
+EventItem = tuple[int, int, Delivery, bool, str, bytes, bool]
 
 
 def _json_bytes(value: object) -> bytes | None:
@@ -178,7 +178,7 @@ def event_table(items: Sequence[EventItem], fingerprints: Sequence[str | None],
     """
     if not items:
         return EVENT_SCHEMA.empty_table()
-    seqs, stamps, deliveries, demos, shas, bodies = zip(*items, strict=True)
+    seqs, stamps, deliveries, demos, shas, bodies, tests = zip(*items, strict=True)
     (actions, entities, accounts, users, webhooks, creators, secondaries, records, olds,
      news, _) = zip(*deliveries, strict=True)
     ints = [pa.array(column, pa.int64())
@@ -188,8 +188,8 @@ def event_table(items: Sequence[EventItem], fingerprints: Sequence[str | None],
         pa.array(actions, pa.string()), pa.array(entities, pa.string()), *ints,
         _text_column(map(_json_bytes, olds)), _text_column(map(_json_bytes, news)),
         _text_column(bodies), pa.array(shas, pa.string()), pa.array(demos, pa.bool_()),
-        pa.array(fingerprints, pa.string()), pa.array(duplicates, pa.int64())],
-        schema=EVENT_SCHEMA)
+        pa.array(fingerprints, pa.string()), pa.array(duplicates, pa.int64()),
+        pa.array(tests, pa.bool_())], schema=EVENT_SCHEMA)
 
 
 def change_table(events: pa.Table, owners: Sequence[int],
@@ -271,7 +271,7 @@ def _owner_table(items: Sequence[tuple[int, int, Delivery, bool, int | None]]) -
 def event_item(record: Record) -> EventItem:
     """Parse a delivery record for `events`; InvalidDelivery if today's rules refuse it."""
     return (record.seq, record.received_ns, parse_delivery(record.payload), record.is_demo,
-            hashlib.sha256(record.payload).hexdigest(), record.payload)
+            hashlib.sha256(record.payload).hexdigest(), record.payload, record.is_test)
 
 
 def rejected_row(record: Record, refused: InvalidDelivery | None = None) -> tuple[Any, ...]:
@@ -392,7 +392,7 @@ class Pipeline:
                 "INSERT INTO events (id, received_at, action, entity, account_id, "
                 "action_user_id, webhook_id, webhook_creator_id, secondary_entity_id, "
                 "record_id, old, new, payload, body_sha256, is_demo, change_fingerprint, "
-                "duplicate_of) SELECT * FROM _events")
+                "duplicate_of, is_test) SELECT * FROM _events")
             con.unregister("_events")
         return (rows.events.num_rows if rows.events is not None else 0) + len(rows.rejected)
 
@@ -433,7 +433,7 @@ class Pipeline:
         """Stage 1: event rows with their fingerprint and duplicate mark (cheap)."""
         fps: list[str | None] = []
         dups: list[int | None] = []
-        for seq, ns, d, demo, _, _ in items:
+        for seq, ns, d, demo, *_ in items:
             fp, dup_of = self._fingerprint(seq, ns, d, demo) if self.derive else (None, None)
             fps.append(fp)
             dups.append(dup_of)
@@ -495,31 +495,35 @@ class Pipeline:
             row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = 'derive'")
             nxt = fetch_one(
                 con, "SELECT id, action_user_id, entity, record_id, epoch_ns(received_at), "
-                "duplicate_of FROM events WHERE id > ? ORDER BY id LIMIT 1",
+                "duplicate_of, is_test FROM events WHERE id > ? ORDER BY id LIMIT 1",
                 [row[0] if row else 0])
             if not nxt:
                 return None
-            event_id, user, entity, record_id, ns, dup_of = nxt
-            rows = _Rows()
-            with _wanted_records(con, {(entity, record_id)} if record_id is not None
-                                 else set()):
-                stored = self._load_user_records(con)
-            fold_user_event(rows, stored, user, entity, record_id, ns,
-                            dup_of is not None, [])
-            self._write_derived(con, rows)
+            event_id, user, entity, record_id, ns, dup_of, test = nxt
+            if not test:  # test deliveries stay out of the rollups
+                rows = _Rows()
+                with _wanted_records(con, {(entity, record_id)} if record_id is not None
+                                     else set()):
+                    stored = self._load_user_records(con)
+                fold_user_event(rows, stored, user, entity, record_id, ns,
+                                dup_of is not None, [])
+                self._write_derived(con, rows)
             set_position(con, "derive", event_id)
         return event_id
 
     def _derive_next(self, con: duckdb.DuckDBPyConnection, max_events: int) -> int | None:
         row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = 'derive'")
         batch = con.execute(
-            "SELECT id, epoch_ns(received_at), payload, is_demo, duplicate_of FROM events "
-            "WHERE id > ? ORDER BY id LIMIT ?", [row[0] if row else 0, max_events]).fetchall()
+            "SELECT id, epoch_ns(received_at), payload, is_demo, duplicate_of, is_test "
+            "FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            [row[0] if row else 0, max_events]).fetchall()
         if not batch:
             return None
-        # the payload column holds the whole body, so it re-validates identically
+        # the payload column holds the whole body, so it re-validates identically. A test
+        # delivery gets no change model: no field changes, record state, gaps or rollups
+        # (the Events page diffs it when it is opened).
         items = [(event_id, ns, parse_delivery(payload.encode("utf-8")), demo, dup_of)
-                 for event_id, ns, payload, demo, dup_of in batch]
+                 for event_id, ns, payload, demo, dup_of, test in batch if not test]
         rows = _Rows()
         self._derive(con, items, rows)
         self._write_derived(con, rows)
@@ -586,8 +590,8 @@ class Pipeline:
             con.execute("DROP TABLE _demo_records")
             con.execute("DROP TABLE _demo_fields")
             # names written by load_demo carry no sync time; synced ones stay
-            con.execute("DELETE FROM users WHERE synced_at IS NULL")
-            con.execute("DELETE FROM fields WHERE synced_at IS NULL")
+            for table in ("users", "fields", "lookups", "accounts"):
+                con.execute(f"DELETE FROM {table} WHERE synced_at IS NULL")
             self._recent = OrderedDict((k, v) for k, v in self._recent.items() if not v[2])
 
     # -- recomputing the change model from stored events --------------------------------

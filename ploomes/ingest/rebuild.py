@@ -26,7 +26,7 @@ from ploomes.store import (
 from ploomes.store.db import make_private
 
 # Rows the journal does not carry, kept from the old file across a rebuild.
-KEPT_TABLES = ("users", "fields", "auth_failures", "audit_log")
+KEPT_TABLES = ("users", "fields", "lookups", "accounts", "auth_failures", "audit_log")
 
 
 class RebuildError(StoreError):

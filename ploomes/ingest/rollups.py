@@ -3,7 +3,8 @@
 `user_records` has one row per (ActionUserId, entity, record) and `user_fields` one per
 (ActionUserId, entity, field); see docs/schema.md. Stage 2 folds each event into them
 (`fold_user_event`); `refill_user_rollups` recomputes them from stored rows in SQL, for a
-migration or after demo data is removed. Both give the same rows.
+migration or after demo data is removed. Both give the same rows; test deliveries are
+left out of both.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ per_record AS (
            max(e.received_at) FILTER (WHERE e.duplicate_of IS NULL) AS last_at,
            max(e.received_at) FILTER (WHERE e.duplicate_of IS NOT NULL) AS last_duplicate_at
     FROM events e {scope}
-    WHERE e.record_id IS NOT NULL AND e.id <= (SELECT seq FROM derived)
+    WHERE e.record_id IS NOT NULL AND e.id <= (SELECT seq FROM derived) AND NOT e.is_test
     GROUP BY ALL),
 changed AS (
     SELECT action_user_id, entity, record_id, list(field ORDER BY field) AS fields

@@ -7,6 +7,11 @@ record lands exactly once. Stage 2 computes the change model (field changes, gap
 record state, user rollups) of stored events with its own position, in small steps
 whenever stage 1 has nothing due: a burst is visible at once and its diffs follow.
 
+The worker also stores the relay's attempts: it reads the outbox log (`data/outbox/`,
+written by the forwarder, never past the position the forwarder published as durable)
+into `outbox_attempts` and `outbox_messages`, in batches with their own position (the
+`outbox` row of `ingest_state`), exactly once like stage 1.
+
 The worker is a child process of the receiver (`IngestProcess`), so diffing and commits
 never take the receiver's GIL; it dies with the receiver (PR_SET_PDEATHSIG) and is
 restarted by it if it stops.
@@ -44,6 +49,7 @@ from ploomes.intake.shared import (
     STORE_UNREADABLE,
     SharedState,
 )
+from ploomes.outbox.tables import outbox_position, store_attempts
 from ploomes.store import Store, StoreError, StoreUnreadable, fetch_one
 
 log = logging.getLogger("ploomes.ingest")
@@ -132,6 +138,9 @@ class IngestWorker:
         self.ingested_seq = 0
         self.derived_seq = 0
         self._reader: JournalReader | None = None
+        self._outbox: JournalReader | None = None  # the relay's attempts (data/outbox)
+        self.outbox_seq = 0
+        self._next_outbox_at = 0.0
         self._next_batch_at = 0.0
         self._derive_after = 0.0  # while deliveries flow, stage 2 waits until then
         self._last_prune = 0.0
@@ -144,7 +153,10 @@ class IngestWorker:
             row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = 'derive'")
             self.derived_seq = row[0] if row else 0
             self.pipeline.load_recent(con)
+            self.outbox_seq = outbox_position(con)
         self._reader = JournalReader(self.settings.journal_dir, self.ingested_seq)
+        self._outbox = JournalReader(self.settings.data_dir / "outbox", self.outbox_seq)
+        self.shared.outbox_ingested_seq.value = self.outbox_seq
         self.shared.ingested_seq.value = self.ingested_seq
         self.shared.derived_seq.value = self.derived_seq
         self.shared.ready.value = True
@@ -205,6 +217,8 @@ class IngestWorker:
                 self._next_batch_at = time.monotonic() + self.GATHER
             self._store_batch(records, failures)
             return True
+        if self._store_outbox(stopping):
+            return True
         started = time.monotonic()
         flowing = not stopping and (waiting > 0 or started < self._next_batch_at)
         if (not flowing or started >= self._derive_after) and self._derive_some(
@@ -251,6 +265,24 @@ class IngestWorker:
         self.shared.ingested_seq.value = self.ingested_seq
         self.shared.oldest_pending_ns.value = 0
         self.session.after_batch()
+
+    def _store_outbox(self, stopping: bool) -> bool:
+        """Store a batch of the relay's attempts, gathered like stage 1; say if any."""
+        assert self._outbox is not None
+        durable = self.shared.outbox_synced_seq.value
+        waiting = durable - self._outbox.last_seq
+        if waiting <= 0 or not (stopping or waiting >= self.batch_size
+                                or time.monotonic() >= self._next_outbox_at):
+            return False
+        records = self._outbox.read(self.batch_size, durable)
+        if not records:
+            return False
+        self._next_outbox_at = time.monotonic() + self.GATHER
+        store_attempts(self.session.connection(), records, expect_seq=self.outbox_seq)
+        self.outbox_seq = records[-1].seq
+        self.shared.outbox_ingested_seq.value = self.outbox_seq
+        self.session.after_batch()
+        return True
 
     def _isolate(self, records: list[Record]) -> None:
         with self.store.writer() as con:

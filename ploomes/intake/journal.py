@@ -40,6 +40,7 @@ KIND_REJECTED = 2  # an authenticated delivery that was refused: payload is JSON
 KIND_CONTROL = 3  # an operation on stored data (e.g. remove demo data): payload is JSON
 
 FLAG_DEMO = 1  # the record is demo data, not a real delivery
+FLAG_TEST = 2  # a test delivery sent from this project's Webhooks page, not a real change
 
 REJECTED_RAW_LIMIT = 64 * 1024  # bytes of a refused body that are kept
 
@@ -70,6 +71,11 @@ class Record(NamedTuple):
     def is_demo(self) -> bool:
         """Return whether the record is demo data."""
         return bool(self.flags & FLAG_DEMO)
+
+    @property
+    def is_test(self) -> bool:
+        """Return whether the record is a test delivery (the Webhooks page sent it)."""
+        return bool(self.flags & FLAG_TEST)
 
 
 def rejected_payload(status: int, reason: str, raw: bytes, source: str | None) -> bytes:

@@ -182,8 +182,10 @@ class DeliveryService:
             pass  # the refusal stands even when it cannot be recorded
         return self.refuse(outcome, status, reason)
 
-    def accept(self, raw: bytes, source: str | None, started: float) -> Outcome:
-        """Check, journal durably and acknowledge one authenticated delivery."""
+    def accept(self, raw: bytes, source: str | None, started: float, flags: int = 0
+               ) -> Outcome:
+        """Check, journal durably and acknowledge one authenticated delivery (`flags`:
+        journal flags such as FLAG_TEST)."""
         try:
             if len(raw) > CHECK_HERE_MAX:
                 self.run_cpu(check_delivery, raw)
@@ -192,7 +194,7 @@ class DeliveryService:
         except InvalidDelivery as exc:
             return self.reject_authenticated("invalid", 400, str(exc), raw, source)
         try:
-            seq = self.appender.append_entries([(raw, KIND_DELIVERY, 0, None)])[0]
+            seq = self.appender.append_entries([(raw, KIND_DELIVERY, flags, None)])[0]
         except JournalWriteError as exc:
             log.error("cannot store a delivery: %s", exc)
             return self.refuse("unavailable", 503, "cannot store the delivery now; retry later")

@@ -1,8 +1,10 @@
 """Numbers the receiver and its ingest process share, in shared memory.
 
-The receiver publishes how far the journal is durable (the ingest never reads past it)
-and hands over a bounded sample of unauthenticated attempts; the ingest publishes how
-far it got, its lag histogram and its last error, which `/healthz` and `/metrics` show.
+The receiver publishes how far the journal is durable (the ingest and the relay's
+forwarder never read past it) and hands over a bounded sample of unauthenticated
+attempts; the ingest publishes how far it got, its lag histogram and its last error,
+which `/healthz` and `/metrics` show; the forwarder publishes how far its outbox log is
+durable, which the ingest reads into DuckDB.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class SharedState:
         self.synced_seq = CONTEXT.RawValue(ctypes.c_int64, 0)  # by the receiver
         self.ingested_seq = CONTEXT.RawValue(ctypes.c_int64, 0)  # by the ingest
         self.derived_seq = CONTEXT.RawValue(ctypes.c_int64, 0)  # change model
+        # the relay's outbox log (data/outbox): how far it is durable (by the forwarder)
+        # and how far the ingest has stored its attempts in DuckDB
+        self.outbox_synced_seq = CONTEXT.RawValue(ctypes.c_int64, 0)
+        self.outbox_ingested_seq = CONTEXT.RawValue(ctypes.c_int64, 0)
         self.oldest_pending_ns = CONTEXT.RawValue(ctypes.c_int64, 0)
         self.ingest_errors = CONTEXT.RawValue(ctypes.c_int64, 0)
         self.error = CONTEXT.RawArray(ctypes.c_char, 400)

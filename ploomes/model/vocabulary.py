@@ -14,6 +14,9 @@ ACTION_NAMES: dict[int, str] = {i: n for n, i in ACTION_IDS.items()}
 # (some integrators put the key in the callback URL instead).
 VALIDATION_HEADER = "X-Ploomes-Validation-Key"
 VALIDATION_QUERY = "validation_key"
+# The header this project's own test deliveries carry (Webhooks page, "Send a test
+# delivery"): the receiver journals such a delivery as a test, never as a real change.
+TEST_HEADER = "X-Ploomes-Monitor-Test"
 
 # Paths of the receiver: where Ploomes posts, and where the dashboard hands demo data.
 WEBHOOK_PATH = "/ploomes/webhook"

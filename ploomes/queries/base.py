@@ -20,7 +20,8 @@ from typing import overload
 import duckdb
 import pandas as pd
 
-from ploomes.model.vocabulary import OTHER_PREFIX, TITLE_KEYS
+from ploomes.model.vocabulary import TITLE_KEYS
+from ploomes.queries.names import NamesCache
 
 # The title of a record as Ploomes names it, from one JSON side (evaluated per row shown).
 TITLE_SQL = "coalesce(" + ", ".join(f"{{s}}->>'$.{key}'" for key in TITLE_KEYS) + ")"
@@ -33,27 +34,30 @@ MAX_PAGE_SIZE = 1000
 TEXT_SEARCH_SECONDS = 0.06
 _FIRST_WINDOW = timedelta(hours=6)
 _WINDOW_GROWTH = 4
-# Labels, joined in SQL: a user's name, else the id as text; a custom field's name, else
-# the field path itself.
-USER_LABEL = "coalesce(u.name, CAST({col} AS VARCHAR))"
-FIELD_LABEL = "coalesce(f.name, fc.field)"
-FIELD_JOIN = "LEFT JOIN fields f ON fc.field = '" + OTHER_PREFIX + "' || f.key"
-CHANGE_COLUMNS = f"""
+# A user's name joined in SQL, from the row's own account only (then the unknown
+# account's rows, account_id NULL), else the id as text: `user_join` + `user_label`.
+def user_join(id_col: str, account_col: str, alias: str = "u") -> str:
+    """Return the LEFT JOINs that name the user `id_col` of the account `account_col`."""
+    return (f"LEFT JOIN users {alias} ON {alias}.id = {id_col} "
+            f"AND {alias}.account_id = {account_col} "
+            f"LEFT JOIN users {alias}0 ON {alias}0.id = {id_col} AND {alias}0.account_id IS NULL")
+
+
+def user_label(id_col: str, alias: str = "u") -> str:
+    """Return the SQL of the name `user_join` found, else the id as text."""
+    return f"coalesce({alias}.name, {alias}0.name, CAST({id_col} AS VARCHAR))"
+
+
+# A field change's columns; names are added in Python (`label_changes`), per account.
+CHANGE_COLUMNS = """
     fc.event_id, fc.received_at, fc.entity, fc.record_id, fc.action, fc.action_user_id,
-    {USER_LABEL.format(col="fc.action_user_id")} AS user_name,
-    fc.field, {FIELD_LABEL} AS field_label, fc.summary,
+    fc.field, fc.summary,
     CAST(fc.old_value AS VARCHAR) AS old_value, CAST(fc.new_value AS VARCHAR) AS new_value,
     fc.old_known, fc.new_known, fc.kind, fc.bookkeeping,
     CAST(fc.added AS VARCHAR) AS added, CAST(fc.removed AS VARCHAR) AS removed,
     fc.is_duplicate, fc.is_demo
 """
-
-
-CHANGE_FROM = f"""
-    FROM field_changes fc
-    LEFT JOIN users u ON u.id = fc.action_user_id
-    {FIELD_JOIN}
-"""
+CHANGE_FROM = "FROM field_changes fc"
 
 
 @overload
@@ -82,8 +86,8 @@ def normalized(df: pd.DataFrame) -> pd.DataFrame:
             df[name] = column.dt.tz_convert("UTC")
         elif pd.api.types.is_string_dtype(column.dtype):
             # text columns keep None for SQL NULL (pandas' str dtype would make it NaN)
-            df[name] = pd.Series([None if pd.isna(v) else v for v in column],
-                                 index=df.index, dtype=object)
+            df[name] = pd.Series([None if pd.api.types.is_scalar(v) and pd.isna(v) else v
+                                  for v in column], index=df.index, dtype=object)
     return df
 
 
@@ -227,6 +231,11 @@ def dup_clause(include_duplicates: bool, column: str = "duplicate_of") -> str:
     return "" if include_duplicates else f" AND {column} IS NULL"
 
 
+def tests_clause(include_tests: bool, column: str = "is_test") -> str:
+    """The condition that leaves the Webhooks page's test deliveries out, unless asked."""
+    return "" if include_tests else f" AND NOT {column}"
+
+
 def user_clause(user_id: int | None, column: str = "action_user_id") -> tuple[str, list]:
     # NULL is a real value here: deliveries without an ActionUserId form their own group.
     # Plain equality (not IS NOT DISTINCT FROM) lets DuckDB push the filter into the scan.
@@ -270,4 +279,33 @@ def changes_frame(con: duckdb.DuckDBPyConnection, where: list[str], params: list
         WHERE fc.event_id IN (SELECT event_id FROM keys) AND fc.rowid IN (SELECT rid FROM keys)
         ORDER BY fc.received_at {order}, fc.event_id {order}, fc.rowid
     """
-    return frame(con, sql, [*params, clamp_limit(limit)])
+    return label_changes(con, frame(con, sql, [*params, clamp_limit(limit)]))
+
+
+def event_accounts(con: duckdb.DuckDBPyConnection, event_ids: list[int]) -> dict[int, object]:
+    """Return {event id: AccountId} of these events."""
+    if not event_ids:
+        return {}
+    # the range lets DuckDB skip row groups (ids grow with insertion)
+    rows = con.execute("SELECT id, account_id FROM events WHERE id BETWEEN ? AND ? "
+                       "AND id IN (SELECT unnest(?::BIGINT[]))",
+                       [min(event_ids), max(event_ids), event_ids]).fetchall()
+    return dict(rows)
+
+
+def label_changes(con: duckdb.DuckDBPyConnection, df: pd.DataFrame) -> pd.DataFrame:
+    """Add `account_id`, `user_name` and `field_label` to a frame of field changes, each
+    named from its own event's account."""
+    accounts = event_accounts(con, sorted({int(i) for i in df["event_id"]}))
+    names = NamesCache(con)
+    df["account_id"] = pd.Series([accounts.get(int(i)) for i in df["event_id"]],
+                                 index=df.index, dtype=object)
+    df["user_name"] = pd.Series(
+        [names(a).user_label(u) or None for a, u in zip(df["account_id"], df["action_user_id"],
+                                                        strict=True)],
+        index=df.index, dtype=object)
+    df["field_label"] = pd.Series(
+        [names(a).field(e, f) for a, e, f in zip(df["account_id"], df["entity"], df["field"],
+                                                 strict=True)],
+        index=df.index, dtype=object)
+    return df

@@ -11,26 +11,29 @@ import duckdb
 import pandas as pd
 
 from ploomes.model.state import merge_state
-from ploomes.model.vocabulary import OTHER_PREFIX
 from ploomes.queries.base import (
     CHANGE_COLUMNS,
     CHANGE_FROM,
     DEFAULT_LIMIT,
-    FIELD_JOIN,
-    FIELD_LABEL,
     TEXT_SEARCH_SECONDS,
-    USER_LABEL,
     change_filters,
     changes_frame,
     clamp_limit,
+    event_accounts,
     frame,
     ilike,
     json_text,
+    label_changes,
     newest_first,
     normalized,
+    tests_clause,
     time_range,
+    user_join,
+    user_label,
     utc,
 )
+from ploomes.queries.display import add_display_columns
+from ploomes.queries.names import NamesCache
 from ploomes.store import fetch_row
 
 
@@ -94,70 +97,93 @@ def changes_matching(con: duckdb.DuckDBPyConnection, text: str, *,
                           clamp_limit(limit), start, end, seconds)
     names = [d[0] for d in con.execute(
         f"SELECT {CHANGE_COLUMNS} {CHANGE_FROM} LIMIT 0").description]
-    frame = normalized(pd.DataFrame.from_records(found.rows, columns=names))
+    frame = label_changes(con, normalized(pd.DataFrame.from_records(found.rows,
+                                                                     columns=names)))
     frame.attrs["complete"] = found.complete
     frame.attrs["searched_since"] = found.searched_since
     return frame
 
 
 def record_events(con: duckdb.DuckDBPyConnection, entity: str, record_id: int, *,
-                  newest_first: bool = False, include_duplicates: bool = False
-                  ) -> pd.DataFrame:
-    """List the events of one record, one row each, with the fields they changed."""
+                  newest_first: bool = False, include_duplicates: bool = False,
+                  include_tests: bool = False) -> pd.DataFrame:
+    """List the events of one record, one row each, with the fields they changed (named
+    from each event's account)."""
     order = "DESC" if newest_first else "ASC"
     dup = "" if include_duplicates else "AND e.duplicate_of IS NULL"
     sql = f"""
         WITH ev AS (
-            SELECT id, received_at, action, action_user_id, webhook_id, duplicate_of, is_demo
+            SELECT id, received_at, action, action_user_id, account_id, webhook_id,
+                   duplicate_of, is_demo, is_test
             FROM events e WHERE e.entity = ? AND e.record_id = ? {dup}
+                 {tests_clause(include_tests, "e.is_test")}
         ), ch AS (
-            SELECT fc.event_id, string_agg({FIELD_LABEL}, ', ' ORDER BY fc.rowid) AS fields,
-                   count(*) AS changes
-            FROM field_changes fc {FIELD_JOIN}
+            SELECT fc.event_id, list(fc.field ORDER BY fc.rowid) AS fields, count(*) AS changes
+            FROM field_changes fc
             WHERE fc.entity = ? AND fc.record_id = ? AND NOT fc.bookkeeping
             GROUP BY fc.event_id
         )
         SELECT ev.id AS event_id, ev.received_at, ev.action, ev.action_user_id,
-               {USER_LABEL.format(col="ev.action_user_id")} AS user_name, ev.webhook_id,
-               ev.duplicate_of, ev.is_demo, coalesce(ch.changes, 0) AS changes,
-               coalesce(ch.fields, '') AS changed_fields
+               {user_label("ev.action_user_id")} AS user_name, ev.account_id, ev.webhook_id,
+               ev.duplicate_of, ev.is_demo, ev.is_test, coalesce(ch.changes, 0) AS changes,
+               coalesce(ch.fields, []) AS changed_paths
         FROM ev LEFT JOIN ch ON ch.event_id = ev.id
-        LEFT JOIN users u ON u.id = ev.action_user_id
+        {user_join("ev.action_user_id", "ev.account_id")}
         ORDER BY ev.received_at {order}, ev.id {order}
     """
-    return frame(con, sql, [entity, int(record_id), entity, int(record_id)])
+    rows = frame(con, sql, [entity, int(record_id), entity, int(record_id)])
+    names = NamesCache(con)
+    rows["changed_paths"] = pd.Series([list(p) for p in rows["changed_paths"]],
+                                      index=rows.index, dtype=object)
+    rows["changed_fields"] = pd.Series(
+        [", ".join(names(a).field(entity, p) for p in paths)
+         for a, paths in zip(rows["account_id"], rows["changed_paths"], strict=True)],
+        index=rows.index, dtype=object)
+    return rows
 
 
 def record_history(con: duckdb.DuckDBPyConnection, entity: str, record_id: int, *,
                    newest_first: bool = True, include_duplicates: bool = False,
-                   include_bookkeeping: bool = False) -> pd.DataFrame:
+                   include_bookkeeping: bool = False, include_tests: bool = False
+                   ) -> pd.DataFrame:
     """List a record's events with their field changes: one row per change (or per event
-    that changed nothing shown), newest or oldest first."""
+    that changed nothing shown), newest or oldest first, fields and ids named from the
+    events' account (`field_label`, `before`, `after`)."""
     order = "DESC" if newest_first else "ASC"
     dup = "" if include_duplicates else "AND e.duplicate_of IS NULL"
     book = "" if include_bookkeeping else "AND NOT fc.bookkeeping"
     sql = f"""
         WITH ev AS (
-            SELECT id, received_at, action, action_user_id, webhook_id, duplicate_of, is_demo
+            SELECT id, received_at, action, action_user_id, account_id, webhook_id,
+                   duplicate_of, is_demo
             FROM events e WHERE e.entity = ? AND e.record_id = ? {dup}
+                 {tests_clause(include_tests, "e.is_test")}
         ), fc AS (
             SELECT *, rowid AS seq FROM field_changes fc
             WHERE fc.entity = ? AND fc.record_id = ? {book}
         )
         SELECT ev.id AS event_id, ev.received_at, ev.action, ev.action_user_id,
-               {USER_LABEL.format(col="ev.action_user_id")} AS user_name, ev.webhook_id,
+               {user_label("ev.action_user_id")} AS user_name, ev.account_id, ev.webhook_id,
                ev.duplicate_of, ev.is_demo,
-               fc.field, {FIELD_LABEL} AS field_label, fc.summary,
+               fc.field, fc.summary,
                CAST(fc.old_value AS VARCHAR) AS old_value,
                CAST(fc.new_value AS VARCHAR) AS new_value,
                fc.old_known, fc.new_known, fc.kind, fc.bookkeeping,
                CAST(fc.added AS VARCHAR) AS added, CAST(fc.removed AS VARCHAR) AS removed
         FROM ev LEFT JOIN fc ON fc.event_id = ev.id
-        LEFT JOIN users u ON u.id = ev.action_user_id
-        {FIELD_JOIN}
+        {user_join("ev.action_user_id", "ev.account_id")}
         ORDER BY ev.received_at {order}, ev.id {order}, fc.seq
     """
-    return frame(con, sql, [entity, int(record_id), entity, int(record_id)])
+    rows = frame(con, sql, [entity, int(record_id), entity, int(record_id)])
+    names = NamesCache(con)
+    rows["field_label"] = pd.Series(
+        [None if f is None else names(a).field(entity, f)
+         for a, f in zip(rows["account_id"], rows["field"], strict=True)],
+        index=rows.index, dtype=object)
+    # a record's events are one account's: name its values with the first one's names
+    add_display_columns(con, rows, names(rows["account_id"].iloc[0] if len(rows) else None),
+                        entity)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -181,8 +207,8 @@ def _latest_state(con: duckdb.DuckDBPyConnection, entity: str, record_id: int,
     behind, or an event it could not derive)."""
     count, last_id, last_action, last_at = fetch_row(
         con, "SELECT count(*), max(id), arg_max(action, id), arg_max(received_at, id) "
-        "FROM events WHERE entity = ? AND record_id = ? AND duplicate_of IS NULL",
-        [entity, record_id])
+        "FROM events WHERE entity = ? AND record_id = ? AND duplicate_of IS NULL "
+        "AND NOT is_test", [entity, record_id])
     if not count or (upto_event is not None and upto_event < last_id):
         return None
     kept = con.execute(
@@ -210,7 +236,7 @@ def state_at(con: duckdb.DuckDBPyConnection, entity: str, record_id: int,
         snapshot = _latest_state(con, entity, int(record_id), event_id)
         if snapshot is not None:
             return snapshot
-    where = ["entity = ?", "record_id = ?", "duplicate_of IS NULL"]
+    where = ["entity = ?", "record_id = ?", "duplicate_of IS NULL", "NOT is_test"]
     params: list = [entity, int(record_id)]
     if at is not None:
         where.append("received_at <= ?")
@@ -282,16 +308,12 @@ def explain_gap(fields: list[dict], previous_event_id: int, event_id: int) -> st
             f"and event {event_id}.")
 
 
-def _field_labels(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    rows = con.execute("SELECT key, name FROM fields WHERE name IS NOT NULL").fetchall()
-    return {OTHER_PREFIX + key: name for key, name in rows}
-
-
 def continuity_gaps(con: duckdb.DuckDBPyConnection, entity: str | None = None,
                     record_id: int | None = None, *, event_id: int | None = None,
                     start: datetime | None = None, end: datetime | None = None,
                     include_demo: bool = True, limit: int = DEFAULT_LIMIT) -> pd.DataFrame:
-    """List continuity gaps (of one record, one event, or all), newest first, explained."""
+    """List continuity gaps (of one record, one event, or all), newest first, explained
+    (fields named from the account of the gap's event)."""
     where: list[str] = []
     params: list = []
     if entity:
@@ -313,12 +335,15 @@ def continuity_gaps(con: duckdb.DuckDBPyConnection, entity: str | None = None,
         ORDER BY g.received_at DESC, g.event_id DESC LIMIT ?
     """
     df = frame(con, sql, [*params, clamp_limit(limit)])
-    labels = _field_labels(con) if len(df) else {}
+    # fields named from the account of the gap's event
+    accounts = event_accounts(con, [int(i) for i in df["event_id"]]) if len(df) else {}
+    directory = NamesCache(con)
     explained, names, parsed = [], [], []
     for row in df.itertuples(index=False):
         items = json.loads(row.fields)
+        named = directory(accounts.get(int(row.event_id)))
         for item in items:
-            item["label"] = labels.get(item["field"], item["field"])
+            item["label"] = named.field(row.entity, item["field"])
         parsed.append(items)
         names.append(", ".join(item["label"] for item in items))
         explained.append(explain_gap(items, row.previous_event_id, row.event_id))

@@ -14,7 +14,6 @@ import duckdb
 import pandas as pd
 
 from ploomes.config import DEFAULT_TIMEZONE
-from ploomes.model.vocabulary import OTHER_PREFIX
 from ploomes.queries.base import (
     DEFAULT_LIMIT,
     change_filters,
@@ -22,14 +21,19 @@ from ploomes.queries.base import (
     dup_clause,
     frame,
     range_clause,
+    tests_clause,
     time_range,
     user_clause,
+    user_join,
 )
+from ploomes.queries.names import ALL_ACCOUNTS, AccountScope, account_clause, load_names
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
-_USER_NAME = ("COALESCE(u.name, CAST(e.action_user_id AS VARCHAR), '(no ActionUserId)')")
+_USER_NAME = ("COALESCE(u.name, u0.name, CAST(e.action_user_id AS VARCHAR), "
+              "'(no ActionUserId)')")
+_USER_JOIN = user_join("e.action_user_id", "e.account_id")
 
 
 def _records_raw(where: str, dup: str) -> str:
@@ -57,7 +61,8 @@ def _records_rolled(since: datetime | None, include_duplicates: bool, where: str
         f"WHERE {cond}), "
         "pending AS (SELECT DISTINCT e.action_user_id, e.entity, e.record_id FROM events e "
         "WHERE e.id > (SELECT coalesce(max(last_seq), 0) FROM ingest_state "
-        "WHERE name = 'derive') AND e.record_id IS NOT NULL" + where + dup + "), "
+        "WHERE name = 'derive') AND e.record_id IS NOT NULL AND NOT e.is_test" + where + dup
+        + "), "
         "touched AS (SELECT action_user_id, count(*) AS records FROM ("
         "SELECT action_user_id FROM rolled UNION ALL SELECT p.action_user_id FROM pending p "
         "ANTI JOIN rolled r ON r.action_user_id IS NOT DISTINCT FROM p.action_user_id "
@@ -67,52 +72,64 @@ def _records_rolled(since: datetime | None, include_duplicates: bool, where: str
 
 def users_summary(con: duckdb.DuckDBPyConnection, since: datetime | None = None,
                   until: datetime | None = None, include_duplicates: bool = False,
-                  rollups: bool = True) -> pd.DataFrame:
-    """Return one row per ActionUserId, busiest first.
+                  rollups: bool = True, account: AccountScope = ALL_ACCOUNTS
+                  ) -> pd.DataFrame:
+    """Return one row per ActionUserId (of one account, or all), busiest first; test
+    deliveries left out.
 
-    Columns: action_user_id, user (name from `users`, else the id), events, records,
-    first_at, last_at. Distinct records come from `user_records` unless `until` is set
-    (or `rollups` is False): the same numbers, counted on `events`.
+    Columns: action_user_id, user (name from the account's `users`, else the id),
+    account_id, events, records, first_at, last_at. Distinct records come from
+    `user_records` unless `until` is set (or `rollups` is False): the same numbers,
+    counted on `events`.
     """
     where, params = range_clause(since, until, "e.received_at")
+    scope, scope_params = account_clause(account, "e.account_id")
+    where += scope + tests_clause(False, "e.is_test")
+    params += scope_params
     dup = dup_clause(include_duplicates, "e.duplicate_of")
     if rollups and until is None:
         touched, touched_params = _records_rolled(since, include_duplicates, where, dup)
         touched_params += params
     else:
         touched, touched_params = "touched AS (" + _records_raw(where, dup) + ")", params
+    # a user id is one account's: the account it acted in names it
     return frame(
-        con, "WITH per_user AS (SELECT e.action_user_id, count(*) AS events, "
+        con, "WITH per_user AS (SELECT e.action_user_id, max(e.account_id) AS account_id, "
+        "count(*) AS events, "
         "min(e.received_at) AS first_at, max(e.received_at) AS last_at FROM events e "
         "WHERE TRUE" + where + dup + " GROUP BY 1), " + touched + " "
-        f"SELECT e.action_user_id, {_USER_NAME} AS user, e.events, "
+        f"SELECT e.action_user_id, {_USER_NAME} AS user, e.account_id, e.events, "
         "coalesce(t.records, 0) AS records, e.first_at, e.last_at FROM per_user e "
         "LEFT JOIN touched t ON t.action_user_id IS NOT DISTINCT FROM e.action_user_id "
-        "LEFT JOIN users u ON u.id = e.action_user_id ORDER BY e.events DESC, e.action_user_id",
+        f"{_USER_JOIN} ORDER BY e.events DESC, e.action_user_id",
         [*params, *touched_params])
 
 
 def user_entity_actions(con: duckdb.DuckDBPyConnection, since: datetime | None = None,
-                        until: datetime | None = None, include_duplicates: bool = False
-                        ) -> pd.DataFrame:
-    """Count events per user, entity and action.
+                        until: datetime | None = None, include_duplicates: bool = False,
+                        account: AccountScope = ALL_ACCOUNTS) -> pd.DataFrame:
+    """Count events per user, entity and action (test deliveries left out).
 
     Columns: action_user_id, user, entity, action, events.
     """
     where, params = range_clause(since, until, "e.received_at")
+    scope, scope_params = account_clause(account, "e.account_id")
     # count first, name the few groups after
     return frame(
-        con, "WITH counts AS (SELECT e.action_user_id, e.entity, e.action, count(*) AS events "
-        "FROM events e WHERE TRUE" + where + dup_clause(include_duplicates, "e.duplicate_of")
-        + f" GROUP BY ALL) SELECT e.action_user_id, {_USER_NAME} AS user, e.entity, e.action, "
-        "e.events FROM counts e LEFT JOIN users u ON u.id = e.action_user_id "
-        "ORDER BY e.action_user_id, e.entity, e.action", params)
+        con, "WITH counts AS (SELECT e.action_user_id, max(e.account_id) AS account_id, "
+        "e.entity, e.action, count(*) AS events "
+        "FROM events e WHERE NOT e.is_test" + where + scope
+        + dup_clause(include_duplicates, "e.duplicate_of")
+        + " GROUP BY e.action_user_id, e.entity, e.action) "
+        f"SELECT e.action_user_id, {_USER_NAME} AS user, e.entity, e.action, "
+        f"e.events FROM counts e {_USER_JOIN} "
+        "ORDER BY e.action_user_id, e.entity, e.action", [*params, *scope_params])
 
 
 def user_heatmap(con: duckdb.DuckDBPyConnection, user_id: int | None,
                  tz: str = DEFAULT_TIMEZONE, since: datetime | None = None,
-                 until: datetime | None = None, include_duplicates: bool = False
-                 ) -> pd.DataFrame:
+                 until: datetime | None = None, include_duplicates: bool = False,
+                 account: AccountScope = ALL_ACCOUNTS) -> pd.DataFrame:
     """Count one user's events per weekday and hour of day in local time `tz`.
 
     Returns the full 7 × 24 grid. Columns: weekday (1 = Monday … 7 = Sunday),
@@ -120,11 +137,13 @@ def user_heatmap(con: duckdb.DuckDBPyConnection, user_id: int | None,
     """
     where, params = range_clause(since, until)
     user_sql, user_params = user_clause(user_id)
+    scope, scope_params = account_clause(account)
     found = con.execute(
         "SELECT isodow(timezone(?, received_at)) AS weekday, "
-        "hour(timezone(?, received_at)) AS hour, count(*) AS events FROM events WHERE TRUE"
-        + user_sql + where + dup_clause(include_duplicates) + " GROUP BY ALL",
-        [tz, tz, *user_params, *params]).fetchall()
+        "hour(timezone(?, received_at)) AS hour, count(*) AS events FROM events "
+        "WHERE NOT is_test" + user_sql + where + scope + dup_clause(include_duplicates)
+        + " GROUP BY ALL",
+        [tz, tz, *user_params, *params, *scope_params]).fetchall()
     counts = {(int(d), int(h)): int(n) for d, h, n in found}
     grid = [{"weekday": d, "weekday_name": WEEKDAYS[d - 1], "hour": h,
              "events": counts.get((d, h), 0)} for d in range(1, 8) for h in range(24)]
@@ -133,12 +152,14 @@ def user_heatmap(con: duckdb.DuckDBPyConnection, user_id: int | None,
 
 def user_top_fields(con: duckdb.DuckDBPyConnection, user_id: int | None, limit: int = 10,
                     since: datetime | None = None, until: datetime | None = None,
-                    rollups: bool = True) -> pd.DataFrame:
+                    rollups: bool = True, account: AccountScope = ALL_ACCOUNTS
+                    ) -> pd.DataFrame:
     """Return the fields one user changes most (bookkeeping and duplicates left out).
 
-    Columns: entity, field, label (custom field name from `fields` when known, else the
-    field path), changes, records. All time comes from `user_fields`; a range (or
-    `rollups=False`) counts on `field_changes`, with the same result.
+    Columns: entity, field, label (the field's name as Ploomes shows it, from the user's
+    account: `account`, else the account of the user's events), changes, records. All
+    time comes from `user_fields`; a range (or `rollups=False`) counts on
+    `field_changes`, with the same result.
     """
     if rollups and since is None and until is None:
         user_sql, params = user_clause(user_id, "c.action_user_id")
@@ -152,13 +173,20 @@ def user_top_fields(con: duckdb.DuckDBPyConnection, user_id: int | None, limit: 
                "count(DISTINCT c.record_id) AS records FROM field_changes c "
                "WHERE NOT c.bookkeeping AND NOT c.is_duplicate" + user_sql + where
                + " GROUP BY c.entity, c.field")
-    # count first, label the few groups after
-    return frame(
-        con, f"WITH agg AS ({agg}) "
-        "SELECT a.entity, a.field, COALESCE(f.name, a.field) AS label, a.changes, a.records "
-        "FROM agg a LEFT JOIN fields f ON starts_with(a.field, ?) AND f.key = substr(a.field, ?) "
-        "ORDER BY a.changes DESC, a.entity, a.field LIMIT ?",
-        [*params, OTHER_PREFIX, len(OTHER_PREFIX) + 1, int(limit)])
+    # count first, name the few groups after
+    top = frame(
+        con, f"WITH agg AS ({agg}) SELECT a.entity, a.field, a.changes, a.records FROM agg a "
+        "ORDER BY a.changes DESC, a.entity, a.field LIMIT ?", [*params, int(limit)])
+    if account == ALL_ACCOUNTS:
+        user_sql, user_params = user_clause(user_id)
+        found = con.execute("SELECT account_id FROM events WHERE true" + user_sql
+                            + " LIMIT 1", user_params).fetchall()
+        account = found[0][0] if found else None
+    names = load_names(con, account if isinstance(account, int) else None)
+    top.insert(2, "label", pd.Series([names.field(e, f) for e, f in
+                                      zip(top["entity"], top["field"], strict=True)],
+                                     index=top.index, dtype=object))
+    return top
 
 
 def user_changes(con: duckdb.DuckDBPyConnection, action_user_id: int, *,
@@ -176,13 +204,11 @@ def user_changes(con: duckdb.DuckDBPyConnection, action_user_id: int, *,
     return changes_frame(con, where, params, limit)
 
 
-def user_names(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
-    """Return {user id: name} from the synced directory."""
-    rows = con.execute("SELECT id, name FROM users WHERE name IS NOT NULL").fetchall()
-    return {int(i): n for i, n in rows}
+def user_names(con: duckdb.DuckDBPyConnection, account_id: int | None) -> dict[int, str]:
+    """Return {user id: name} of one account (and the unknown account's) directory."""
+    return load_names(con, account_id).users
 
 
-def field_names(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """Return {custom field key: label} from the synced directory."""
-    rows = con.execute("SELECT key, name FROM fields WHERE name IS NOT NULL").fetchall()
-    return dict(rows)
+def field_names(con: duckdb.DuckDBPyConnection, account_id: int | None) -> dict[str, str]:
+    """Return {custom field key: name} of one account (and the unknown account's)."""
+    return load_names(con, account_id).fields

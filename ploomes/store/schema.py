@@ -1,9 +1,11 @@
 """The store's schema: table definitions and the migrations between versions.
 
 Versions: 1 = receiver tables; 2 = change model; 3 = record titles and names; 4 = user
-rollups; 5 = the dashboard's audit trail. A migration that must recompute rows from events
-(2 and 4) is given the code that does it (`Upgrades`, from `ploomes.ingest`) instead of
-importing it: the store sits below the ingest.
+rollups; 5 = the dashboard's audit trail; 6 = names per account, test deliveries; 7 = the
+outbox's attempts (the relay). A
+migration that must recompute rows from events (2 and 4) is given the code that does it
+(`Upgrades`, from `ploomes.ingest`) instead of importing it: the store sits below the
+ingest.
 """
 
 from __future__ import annotations
@@ -220,6 +222,98 @@ CREATE TABLE IF NOT EXISTS audit_log (
 );
 """
 
+# v6: names per Ploomes account, and test deliveries. `users` and `fields` are keyed by
+# AccountId (a custom field key such as `contact_check` exists in many accounts, each with
+# its own label); `lookups` holds the API's other names (stages, pipelines, tags…) and
+# `accounts` the accounts' own names. NULL as account_id is "unknown account": rows kept
+# from before v6 that no single account could claim; they label any account's data that
+# has no name of its own. `events.is_test` marks the Webhooks page's test deliveries.
+SCHEMA_V6_TEST = """
+ALTER TABLE events ADD COLUMN IF NOT EXISTS is_test BOOLEAN DEFAULT false;
+"""
+SCHEMA_V6 = """
+CREATE TABLE users_v6 (
+    account_id BIGINT,                 -- NULL: unknown account
+    id BIGINT NOT NULL,
+    name VARCHAR, email VARCHAR, suspended BOOLEAN,
+    synced_at TIMESTAMPTZ              -- NULL: written by a demo load
+);
+CREATE TABLE fields_v6 (
+    account_id BIGINT,
+    key VARCHAR NOT NULL,
+    entity_id BIGINT, name VARCHAR, type_id BIGINT,
+    synced_at TIMESTAMPTZ
+);
+-- names written before v6 go to the one account seen in the events they name: demo names
+-- (no sync time) to the demo events' account, synced ones to the other events' account
+CREATE TEMP TABLE _v6_accounts AS SELECT
+    (SELECT CASE WHEN count(DISTINCT account_id) = 1 THEN min(account_id) END FROM events
+     WHERE is_demo AND account_id IS NOT NULL) AS demo,
+    (SELECT CASE WHEN count(DISTINCT account_id) = 1 THEN min(account_id) END FROM events
+     WHERE NOT is_demo AND account_id IS NOT NULL) AS synced;
+INSERT INTO users_v6 SELECT CASE WHEN u.synced_at IS NULL THEN a.demo ELSE a.synced END,
+    u.id, u.name, u.email, u.suspended, u.synced_at FROM users u, _v6_accounts a;
+INSERT INTO fields_v6 SELECT CASE WHEN f.synced_at IS NULL THEN a.demo ELSE a.synced END,
+    f.key, f.entity_id, f.name, f.type_id, f.synced_at FROM fields f, _v6_accounts a;
+DROP TABLE _v6_accounts;
+DROP TABLE users;
+DROP TABLE fields;
+ALTER TABLE users_v6 RENAME TO users;
+ALTER TABLE fields_v6 RENAME TO fields;
+CREATE TABLE IF NOT EXISTS lookups (
+    account_id BIGINT,
+    kind VARCHAR NOT NULL,             -- stage | pipeline | tag | loss_reason | task_type | …
+    id BIGINT NOT NULL,
+    name VARCHAR,
+    parent_id BIGINT,                  -- a stage's PipelineId
+    synced_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    id BIGINT NOT NULL,                -- AccountId
+    name VARCHAR,
+    synced_at TIMESTAMPTZ
+);
+"""
+
+
+# v7: the outbox (ploomes.outbox, used by the relay): every attempt to send a delivery
+# onward, and each message's latest state, read by the ingest from `data/outbox/` (its
+# position is `ingest_state` 'outbox'). A message is one delivery to one destination.
+SCHEMA_V7 = """
+CREATE TABLE IF NOT EXISTS outbox_attempts (
+    log_seq BIGINT NOT NULL,           -- the outbox log record it came from
+    channel VARCHAR NOT NULL,          -- relay
+    msg_id VARCHAR NOT NULL,           -- msg_<event id>_<destination id>: sent as webhook-id
+    event_id BIGINT,                   -- events.id of the delivery sent
+    target_id VARCHAR NOT NULL,        -- the destination's id
+    target_name VARCHAR NOT NULL,
+    attempt INTEGER NOT NULL,          -- 1, 2, … (a replay starts again at 1)
+    attempted_at TIMESTAMPTZ NOT NULL,
+    status INTEGER,                    -- HTTP status; NULL: no answer (timeout, reset, …)
+    latency_ms DOUBLE,
+    outcome VARCHAR NOT NULL,          -- delivered | retry | failed
+    error VARCHAR,                     -- why there was no usable answer, or why it gave up
+    response_headers JSON,             -- as the destination sent them (untrusted text)
+    response_body VARCHAR,             -- its first 4 KB, as text (untrusted text)
+    next_attempt_at TIMESTAMPTZ,       -- outcome retry: when the next attempt is due
+    replay BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_messages (
+    msg_id VARCHAR PRIMARY KEY,
+    channel VARCHAR NOT NULL,
+    event_id BIGINT,
+    target_id VARCHAR NOT NULL,
+    target_name VARCHAR NOT NULL,
+    state VARCHAR NOT NULL,            -- delivered | retrying | failed (a dead letter)
+    attempts INTEGER NOT NULL,
+    first_attempt_at TIMESTAMPTZ,
+    last_attempt_at TIMESTAMPTZ NOT NULL,
+    last_status INTEGER,
+    last_error VARCHAR,
+    next_attempt_at TIMESTAMPTZ,
+    replay BOOLEAN NOT NULL
+);
+"""
 
 def _steps(upgrades: Upgrades | None) -> list[tuple[int, Recompute]]:
     def needs(what: str) -> Recompute:
@@ -238,9 +332,11 @@ def _steps(upgrades: Upgrades | None) -> list[tuple[int, Recompute]]:
 
     def v2(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(SCHEMA_V2)
-        # rederive writes the current code's record_state columns and user rollups
+        # rederive writes the current code's record_state columns and user rollups, and
+        # reads events.is_test
         con.execute(SCHEMA_V3)
         con.execute(SCHEMA_V4)
+        con.execute(SCHEMA_V6_TEST)
         needs("rederive")(con)
 
     def v3(con: duckdb.DuckDBPyConnection) -> None:
@@ -249,16 +345,24 @@ def _steps(upgrades: Upgrades | None) -> list[tuple[int, Recompute]]:
 
     def v4(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(SCHEMA_V4)
+        con.execute(SCHEMA_V6_TEST)  # the rollups leave test deliveries out
         con.execute(DERIVED_BEFORE_V4)
         needs("refill_user_rollups")(con)
 
     def v5(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(SCHEMA_V5)
 
-    return [(1, v1), (2, v2), (3, v3), (4, v4), (5, v5)]
+    def v6(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(SCHEMA_V6_TEST)
+        con.execute(SCHEMA_V6)
+
+    def v7(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(SCHEMA_V7)
+
+    return [(1, v1), (2, v2), (3, v3), (4, v4), (5, v5), (6, v6), (7, v7)]
 
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 
 
 @contextmanager
