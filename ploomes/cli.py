@@ -100,6 +100,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with one subparser per command."""
     from ploomes.demo.sandbox import add_sandbox_parser
+    from ploomes.relay.command_line import add_relay_parser
 
     parser = argparse.ArgumentParser(prog="python -m ploomes",
                                      description="Ploomes webhook monitor: maintenance and tools.")
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data-dir", help="data folder (default: PLOOMES_DATA_DIR or data/)")
         sub.set_defaults(handler=handler)
     add_sandbox_parser(subparsers)
+    add_relay_parser(subparsers)
     return parser
 
 

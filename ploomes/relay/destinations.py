@@ -240,7 +240,9 @@ def build_destination(settings: Settings, name: str, url: str, *,
         secret=check_secret(secret) if secret else None,
         ploomes_key=_header_value(ploomes_key.strip(), "the Ploomes key")
         if ploomes_key else None,
-        retry_statuses=statuses, created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        retry_statuses=statuses,
+        # to the microsecond: the forwarder starts it after the last delivery before this
+        created_at=datetime.now(UTC).isoformat(timespec="microseconds"))
 
 
 @dataclass(frozen=True)

@@ -284,6 +284,7 @@ class Forwarder:
         assert self.outbox is not None and self.log is not None
         limit = self.config.options.pause_after
         now = self.clock()
+        paused = False
         for destination in self.config.destinations:
             since = self.outbox.failing_since(destination.id)
             if destination.paused or since is None or now - since < limit:
@@ -301,7 +302,12 @@ class Forwarder:
             self.log.append(KIND_CONTROL, encode_control({
                 "op": "paused", "target": destination.id, "reason": reason}))
             log.warning("relay: destination %s paused: %s", destination.name, reason)
-            self._file_stamp = None  # read it again at once
+            paused = True
+        if paused:  # hold its messages now, not at the next look at the file
+            config = self._read_config()
+            if config is not None:
+                self.config = config
+                self._sync_destinations()
 
     # -- replays -------------------------------------------------------------------
 
