@@ -10,6 +10,7 @@ PAGES = (
     ("views/records.py", "Records", "🗂️"),
     ("views/users.py", "Users", "👥"),
     ("views/webhooks.py", "Webhooks", "🔗"),
+    ("views/relay.py", "Relay", "📤"),
     ("views/status.py", "Status", "🩺"),
     ("views/audit.py", "Audit", "🧾"),  # admins only (views.access.ADMIN_PAGES)
 )

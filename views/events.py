@@ -27,6 +27,7 @@ from views.common import (
     store,
     to_local,
 )
+from views.relay_detail import event_relay
 from views.text import HEADER_LIMIT, VALUE_LIMIT, cut, gap_message, plain
 
 PAGE_SIZES = (25, 50, 100, 200)
@@ -387,6 +388,7 @@ def _detail_view(event_id: int, zone: str) -> None:
     _who_when_what(event)
     _diff(detail.changes)
     _copies(event, detail.duplicates, zone)
+    event_relay(event_id)
     if not detail.gaps.empty:
         st.subheader("Continuity gaps")
         for gap in detail.gaps.itertuples(index=False):

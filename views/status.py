@@ -24,6 +24,7 @@ from views.common import (
     store,
     to_local,
 )
+from views.relay_detail import paused_by_relay
 from views.text import MESSAGE_LIMIT, VALUE_LIMIT, code, plain
 
 REFUSED_SHOWN = 500  # newest refused requests listed
@@ -155,6 +156,7 @@ def render() -> None:
     st.title("Status")
     _storage()
     _receiver()
+    paused_by_relay()
     _refused()
 
 

@@ -32,6 +32,11 @@ ACTIONS = {
     "generate_key": "generate validation keys",
     "load_demo": "load demo data",
     "remove_demo": "remove demo data",
+    "add_destination": "add relay destinations",
+    "pause_destination": "pause relay destinations",
+    "resume_destination": "resume relay destinations",
+    "remove_destination": "remove relay destinations",
+    "replay_deliveries": "replay deliveries",
 }
 _TEXT_LIMIT = 500  # characters of a target or detail: an error message can be long
 
