@@ -3,6 +3,10 @@ AppTest, over attempts the real receiver and forwarder made to a real sink."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
 import pytest
 from conftest import ROOT, ReceiverProcess, make_settings, query, wait_for
 from destinations import Reply, Sink
@@ -201,3 +205,17 @@ def test_status_says_which_destinations_paused_themselves(page_env):
     assert "erp" in rendered_all(at.warning) and "ontem" in rendered_all(at.warning)
     set_paused(settings, "erp", False)
     assert "erp" not in rendered_all(run(str(ROOT / "views" / "status.py")).warning)
+
+
+def test_a_rebuild_keeps_the_relays_attempts(relayed, tmp_path):
+    data, _, _ = relayed
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    sql = ("SELECT msg_id, attempt, outcome FROM outbox_attempts ORDER BY log_seq",
+           "SELECT * FROM outbox_messages ORDER BY msg_id",
+           "SELECT last_seq FROM ingest_state WHERE name = 'outbox'")
+    before = [query(copy, s) for s in sql]
+    done = subprocess.run([sys.executable, "-m", "ploomes", "rebuild", "--data-dir", str(copy)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [query(copy, s) for s in sql] == before and before[0]

@@ -15,6 +15,7 @@ from ploomes.ingest.bulk import derive_journal, parallel_workers
 from ploomes.ingest.pipeline import Pipeline, set_position
 from ploomes.ingest.upgrade import UPGRADES
 from ploomes.intake.journal import Journal, JournalBusy, first_seq, segment_paths
+from ploomes.outbox.tables import POSITION as OUTBOX_POSITION
 from ploomes.store import (
     Store,
     StoreError,
@@ -26,7 +27,8 @@ from ploomes.store import (
 from ploomes.store.db import make_private
 
 # Rows the journal does not carry, kept from the old file across a rebuild.
-KEPT_TABLES = ("users", "fields", "lookups", "accounts", "auth_failures", "audit_log")
+KEPT_TABLES = ("users", "fields", "lookups", "accounts", "auth_failures", "audit_log",
+               "outbox_attempts", "outbox_messages")
 
 
 class RebuildError(StoreError):
@@ -164,6 +166,10 @@ def _carry_over(old: Store, con: duckdb.DuckDBPyConnection, start: int) -> int:
             with transaction(con):  # all or nothing: a damaged part copies no row
                 for table in KEPT_TABLES:
                     con.execute(f"INSERT INTO {table} SELECT * FROM previous.{table}")
+                # the relay's attempts come from the outbox log, which may be pruned: kept
+                # with their position, so the ingest goes on after them
+                con.execute("INSERT INTO ingest_state SELECT * FROM previous.ingest_state "
+                            "WHERE name = ?", [OUTBOX_POSITION])
                 # Events older than the journal's first record were pruned from the
                 # journal (retention): the old file is their only copy.
                 con.execute("INSERT INTO events SELECT * FROM previous.events WHERE id < ?",
