@@ -42,7 +42,12 @@ from common import free_port  # noqa: E402
 from receiver_load import KEY, Server, run_wrk, wait_caught_up, wrk_script  # noqa: E402
 
 from ploomes.config import load_settings  # noqa: E402
-from ploomes.relay.destinations import add_destination, build_destination  # noqa: E402
+from ploomes.relay.destinations import (  # noqa: E402
+    RelayOptions,
+    add_destination,
+    build_destination,
+    set_options,
+)
 
 
 class _Sink(asyncio.Protocol):
@@ -108,6 +113,17 @@ def wait_forwarded(sink_url: str, acked: int, timeout: float = 300) -> float:
     return time.monotonic() - started
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """Return the CPU time (user + system) a process has used so far."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     if len(values) < 2:
         return values[0] if values else float("nan")
@@ -119,6 +135,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="per load")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="the relay's sending threads (default: RelayOptions')")
     parser.add_argument("--sink", nargs=2, metavar=("PORT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink:
@@ -140,6 +158,10 @@ def main() -> None:
                              validation_keys=(KEY,))
     add_destination(settings, build_destination(settings, "sink", sink_url + "/hook",
                                                 secret="whsec_" + "A" * 44))
+    if args.workers:
+        set_options(settings, workers=args.workers,
+                    concurrency=min(args.workers, RelayOptions().concurrency))
+    cpu: list[tuple] = []  # per round with the relay: receiver, forwarder, sink
     windows: list[tuple[float, float]] = []
     acked_on = 0
     try:
@@ -157,10 +179,14 @@ def main() -> None:
                     wait_caught_up(other.url)
                 wait_forwarded(sink_url, acked_on)
                 started = time.time()
-                if os.environ.get("RELAY_BENCH_PROBE") and server is on:
-                    subprocess.Popen(["/tmp/spy.sh"])
+                pids = (server.proc.pid, requests.get(server.url + "/healthz", timeout=5)
+                        .json().get("relay_pid"), sink.pid)
+                before = [cpu_seconds(pid) for pid in pids]
                 result = run_wrk(server.url, script, args.seconds, args.connections)
                 ended = time.time()
+                if server is on:
+                    cpu.append(tuple(cpu_seconds(pid) - b for pid, b in zip(pids, before,
+                                                                             strict=True)))
                 server.rounds.append(result)
                 if server is on:
                     windows.append((started, ended))
@@ -181,12 +207,14 @@ def main() -> None:
           "receiver, loaded in turn (same machine, 2 cores); relay on: one destination, "
           "Standard Webhooks signature, a local sink")
     ratios = []
-    for i, (a, b, (t0, t1)) in enumerate(zip(off.rounds, on.rounds, windows, strict=True), 1):
+    rounds = zip(off.rounds, on.rounds, windows, cpu, strict=True)
+    for i, (a, b, (t0, t1), used) in enumerate(rounds, 1):
         forwarded = sum(1 for arrived, _, _ in arrivals if t0 <= arrived <= t1)
         ratios.append(b["rps"] / a["rps"])
         print(f"round {i}: answers/s relay off {a['rps']:.0f}, on {b['rps']:.0f} (ratio "
               f"{ratios[-1]:.2f}; non-2xx {a['non2xx']}/{b['non2xx']}); forwarded while "
-              f"loaded {forwarded / (t1 - t0):.0f}/s")
+              f"loaded {forwarded / (t1 - t0):.0f}/s; CPU s of the load with the relay: "
+              f"receiver {used[0]:.1f}, forwarder {used[1]:.1f}, sink {used[2]:.1f}")
     print(f"receiver's acknowledged rate, relay on / off: median {statistics.median(ratios):.2f}"
           f" (rounds {min(ratios):.2f}-{max(ratios):.2f}; goal >= 0.80)")
     print(f"ack -> forwarded ({len(lags)} deliveries): p50 {pct(lags, 50) * 1000:.0f} ms, "
