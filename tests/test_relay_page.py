@@ -148,11 +148,18 @@ def test_pause_resume_add_and_remove(page_env):
     assert [d.name for d in read_config(settings).destinations] == ["erp"]
     at.text_input(key="relay_add_url").set_value("http://10.0.0.1:9/bi")
     at.text_input(key="relay_add_secret").set_value(SECRET)
+    at.text_input(key="relay_add_accounts").set_value("31, 32")
+    at.text_input(key="relay_add_fields").set_value("StageId")
+    at.text_area(key="relay_add_headers").set_value("Authorization: Bearer segredo-do-bi-123")
+    at.text_input(key="relay_add_retry").set_value("409")
     at.get("form_submit_button")[0].click()
     at.run()
     assert not at.exception, at.exception
     added = read_config(settings).by_name("bi")
-    assert added.secret == SECRET
+    assert added.secret == SECRET and added.accounts == (31, 32)
+    assert added.fields == ("StageId",) and added.retry_statuses == (409,)
+    assert added.headers == (("Authorization", "Bearer segredo-do-bi-123"),)
+    assert "segredo-do-bi-123" not in at.dataframe[0].value.to_string()
     assert "rede privada" in set(at.dataframe[0].value["Endereço"])
     (detail,) = query(settings.data_dir, "SELECT detail FROM audit_log WHERE action = "
                                          "'add_destination' AND outcome = 'done'")

@@ -91,6 +91,28 @@ def _destinations(config: RelayConfig) -> None:
                    f"destino real): {plain(', '.join(local), VALUE_LIMIT)}")
 
 
+def _listed(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _numbers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in _listed(text)]
+    except ValueError:
+        raise ValueError(f"use whole numbers separated by commas, not {text!r}") from None
+
+
+def _headers(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for line in text.splitlines():
+        if line.strip():
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise ValueError(f"an extra header is 'Name: value', not {line.strip()!r}")
+            pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
 def _add_form(access: Access) -> None:
     with st.expander("Adicionar destino"), st.form("relay_add", clear_on_submit=False):
         name = st.text_input("Nome", key="relay_add_name",
@@ -100,6 +122,14 @@ def _add_form(access: Access) -> None:
                                   key="relay_add_entities")
         actions = st.multiselect("Ações (vazio: todas)", list(ACTION_IDS),
                                  key="relay_add_actions")
+        fields = st.text_input("Campos alterados (vazio: qualquer), separados por vírgula",
+                               key="relay_add_fields", placeholder="StageId, Amount")
+        accounts = st.text_input("Contas (AccountId; vazio: todas), separadas por vírgula",
+                                 key="relay_add_accounts")
+        headers = st.text_area("Cabeçalhos extras, um por linha (Nome: valor)",
+                               key="relay_add_headers")
+        retry = st.text_input("Status 4xx a tentar de novo (além de 408 e 429)",
+                              key="relay_add_retry", placeholder="409, 423")
         secret = st.text_input("Segredo Standard Webhooks (whsec_…)", type="password",
                                key="relay_add_secret")
         ploomes_key = st.text_input("Chave repassada como X-Ploomes-Validation-Key",
@@ -113,6 +143,9 @@ def _add_form(access: Access) -> None:
     try:
         added = relay_actions.add(access.actor, settings(), store(), name, url,
                                   entities=entities, actions=actions,
+                                  fields=_listed(fields), accounts=_numbers(accounts),
+                                  headers=_headers(headers),
+                                  retry_statuses=_numbers(retry),
                                   secret=secret or None, ploomes_key=ploomes_key or None,
                                   timeout=timeout, rate=rate or None)
     except (NotAllowed, RelayError, StoreError, ValueError) as exc:
