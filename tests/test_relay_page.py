@@ -189,7 +189,7 @@ def test_a_viewer_sees_the_relay_but_gets_no_write_action(page_env, monkeypatch)
     at.query_params["event"] = str(bad)
     at.run()
     assert not at.exception, at.exception
-    assert "event_replay" not in buttons(at)
+    assert not buttons(at) & {"event_replay", "events_replay_filtered"}
 
 
 def test_events_detail_shows_the_attempts_and_replays_one(page_env):
@@ -203,6 +203,18 @@ def test_events_detail_shows_the_attempts_and_replays_one(page_env):
     at.button(key="event_replay").click().run()
     (path,) = waiting(settings)
     assert read_request(path).events == (bad,)
+
+
+def test_events_page_replays_what_its_filters_select(page_env):
+    settings, good, bad = page_env
+    at = AppTest.from_file(str(ROOT / "views" / "events.py"), default_timeout=30)
+    at.run()
+    assert not at.exception, at.exception
+    at.button(key="events_replay_filtered").click().run()
+    assert not at.exception, at.exception
+    (path,) = waiting(settings)
+    request = read_request(path)
+    assert sorted(request.events) == sorted([good, bad]) and request.destination == "erp"
 
 
 def test_status_says_which_destinations_paused_themselves(page_env):

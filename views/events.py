@@ -27,7 +27,7 @@ from views.common import (
     store,
     to_local,
 )
-from views.relay_detail import event_relay
+from views.relay_detail import event_relay, filtered_replay
 from views.text import HEADER_LIMIT, VALUE_LIMIT, cut, gap_message, plain
 
 PAGE_SIZES = (25, 50, 100, 200)
@@ -434,6 +434,7 @@ def render() -> None:
         c3.number_input("Open event by id", min_value=0, value=None, step=1,
                         key="open_event", on_change=_on_open)
         _export(event_filter, zone)
+        filtered_replay(event_filter)
     _live(event_filter, size, number, zone)
 
 

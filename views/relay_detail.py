@@ -9,10 +9,11 @@ import streamlit as st
 from ploomes.actions import NotAllowed
 from ploomes.actions import relay as relay_actions
 from ploomes.queries import relay as relay_queries
+from ploomes.queries.events import EXPORT_LIMIT, EventFilter, export_events
 from ploomes.relay.destinations import RelayError, read_config
 from ploomes.store import StoreError
 from views.access import current
-from views.common import clear_query_cache, live_query, settings, store, to_local
+from views.common import clear_query_cache, live_query, run_query, settings, store, to_local
 from views.text import VALUE_LIMIT, cut, plain
 
 OUTCOMES = {"delivered": "entregue", "retry": "nova tentativa", "failed": "falhou"}
@@ -76,3 +77,31 @@ def paused_by_relay() -> None:
             st.warning(f"Relay: o destino **{plain(destination.name, VALUE_LIMIT)}** foi "
                        f"pausado por falhar: {plain(destination.paused_reason or '', VALUE_LIMIT)}"
                        " Retome-o na página Relay quando ele responder.")
+
+
+def filtered_replay(event_filter: EventFilter) -> None:
+    """(Admins) send the events the Events page's filters select to a destination again."""
+    try:
+        config = read_config(settings())
+    except RelayError:
+        return
+    if not config.destinations or not current().is_admin:
+        return
+    with st.expander("Reenviar estes eventos a um destino do relay"):
+        st.caption(f"Os eventos da lista abaixo, com exatamente os seus filtros (no máximo os "
+                   f"{EXPORT_LIMIT:,} mais recentes), com o mesmo webhook-id de antes.")
+        left, right = st.columns([3, 1], vertical_alignment="bottom")
+        name = left.selectbox("Destino", [d.name for d in config.destinations],
+                              key="events_replay_destination", format_func=lambda n: cut(n, 120))
+        if not right.button("Reenviar", key="events_replay_filtered"):
+            return
+        ids = [int(i) for i in run_query(export_events, event_filter)["id"]]
+        if not ids:
+            st.info("Nenhum evento com estes filtros.")
+            return
+        try:
+            relay_actions.replay(current().actor, settings(), store(), name, events=ids)
+        except (NotAllowed, RelayError, StoreError, ValueError) as exc:
+            st.error(plain(str(exc), VALUE_LIMIT))
+            return
+        st.success(f"Reenvio de {len(ids):,} evento(s) para {plain(name)} pedido.")

@@ -10,7 +10,10 @@
 - `replays`: replay requests, a spool of small files the forwarder takes;
 - `forwarder`: the forwarder process the receiver starts and watches;
 - `metrics`: its figures on the receiver's /metrics;
-- `history`: what the dashboard and the command line read of the attempts in DuckDB.
+- `command_line`: `python -m ploomes relay …`.
+
+What the pages read of the attempts in DuckDB is `ploomes.queries.relay`; the dashboard's
+changes go through `ploomes.actions.relay` (admins, audited).
 
 The sending machinery (queue, retries, attempt log) is `ploomes.outbox`, shared with
 the alerts.
