@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data-dir", help="data folder (default: PLOOMES_DATA_DIR or data/)")
         sub.set_defaults(handler=handler)
     add_sandbox_parser(subparsers)
+    from ploomes.alerts.commands import add_alerts_parser
+
+    add_alerts_parser(subparsers, lambda settings: Store(settings, upgrades=UPGRADES))
     return parser
 
 

@@ -26,7 +26,10 @@ from ploomes.store import (
 from ploomes.store.db import make_private
 
 # Rows the journal does not carry, kept from the old file across a rebuild.
-KEPT_TABLES = ("users", "fields", "lookups", "accounts", "auth_failures", "audit_log")
+KEPT_TABLES = ("users", "fields", "lookups", "accounts", "auth_failures", "audit_log",
+               # alerts are decided once, when an event is first derived: a rebuild
+               # keeps them and fires none again
+               "alert_rules", "alerts")
 
 
 class RebuildError(StoreError):
