@@ -103,6 +103,11 @@ class _WriteSession:
         self._used = time.monotonic()
         return self._con
 
+    @property
+    def is_open(self) -> bool:
+        """Return whether the connection is open now."""
+        return self._con is not None
+
     def after_batch(self) -> None:
         """Let waiting readers in, or everyone after HOLD_MAX seconds."""
         if self._con is not None and (time.monotonic() - self._opened > self.HOLD_MAX
@@ -173,11 +178,8 @@ class IngestWorker:
             self.outbox_seq = outbox_position(con)
             self.alert_log_seq = outbox_position(con, ALERTS_POSITION)
             self.alerts.warm_up(con, self.derived_seq)
-            if self.sender.log is None:
-                self.sender.start(self.alerts.rules, stored_alerts(con))
-            else:
-                self.sender.set_rules(self.alerts.rules)
-        self._alert_log = JournalReader(alerts_outbox_dir(self.settings), self.alert_log_seq)
+            self._alert_log = None
+            self._rules_changed(con)
         self._reader = JournalReader(self.settings.journal_dir, self.ingested_seq)
         self._outbox = JournalReader(self.settings.data_dir / "outbox", self.outbox_seq)
         self.shared.outbox_ingested_seq.value = self.outbox_seq
@@ -252,8 +254,7 @@ class IngestWorker:
             self._derive_after = started + took / self.DERIVE_SHARE
             self.session.after_batch()
             return True
-        if self._alert_tick():
-            return True
+        self._alert_tick()
         if waiting <= 0:
             self.session.idle()
             self._maybe_prune()
@@ -311,9 +312,23 @@ class IngestWorker:
         self.session.after_batch()
         return True
 
+    def _rules_changed(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Give the sender the rules; start it once there is anything to send (a worker
+        without rules opens no log: tests run several workers in one process)."""
+        if self.sender.log is not None:
+            self.sender.set_rules(self.alerts.rules)
+            return
+        stored = stored_alerts(con)
+        if self.alerts.rules or stored:
+            self.sender.start(self.alerts.rules, stored)
+
     def _store_alert_log(self, stopping: bool) -> bool:
         """Store the alerts' attempts (their own outbox log); say if any."""
-        assert self._alert_log is not None
+        if self.sender.log is None:
+            return False
+        if self._alert_log is None:
+            self._alert_log = JournalReader(alerts_outbox_dir(self.settings),
+                                            self.alert_log_seq)
         durable = self.sender.synced_seq
         if durable <= self._alert_log.last_seq:
             return False
@@ -326,17 +341,20 @@ class IngestWorker:
         self.session.after_batch()
         return True
 
-    def _alert_tick(self) -> bool:
-        """Decide the time-based alert rules every `alerts_tick_seconds`; say if it ran."""
+    def _alert_tick(self) -> None:
+        """Decide the time-based alert rules every `alerts_tick_seconds`."""
         if time.monotonic() < self._next_alert_tick:
-            return False
+            return
         self._next_alert_tick = time.monotonic() + self.settings.alerts_tick_seconds
+        was_open = self.session.is_open
         con = self.session.connection()
         if self.alerts.reload(con):
-            self.sender.set_rules(self.alerts.rules)
+            self._rules_changed(con)
         self.sender.add(self.alerts.tick(con, datetime.now(UTC), self.hours))
-        self.session.after_batch()
-        return True
+        if not was_open:
+            self.session.close()  # opened only for the clock: readers need not wait
+        else:
+            self.session.after_batch()
 
     def _isolate(self, records: list[Record]) -> None:
         with self.store.writer() as con:
@@ -361,8 +379,9 @@ class IngestWorker:
         if time.monotonic() >= self._next_alert_reload:
             # a rule added while the worker runs applies from the next events derived
             self._next_alert_reload = time.monotonic() + RELOAD_EVERY
-            if self.alerts.reload(self.session.connection()):
-                self.sender.set_rules(self.alerts.rules)
+            con = self.session.connection()
+            if self.alerts.reload(con):
+                self._rules_changed(con)
         try:
             last = self.pipeline.derive_pending(self.session.connection(), max_events)
         except RECORD_ERRORS as exc:
