@@ -11,5 +11,6 @@ PAGES = (
     ("views/users.py", "Users", "👥"),
     ("views/webhooks.py", "Webhooks", "🔗"),
     ("views/status.py", "Status", "🩺"),
+    ("views/alerts.py", "Alerts", "🔔"),
     ("views/audit.py", "Audit", "🧾"),  # admins only (views.access.ADMIN_PAGES)
 )

@@ -32,6 +32,10 @@ ACTIONS = {
     "generate_key": "generate validation keys",
     "load_demo": "load demo data",
     "remove_demo": "remove demo data",
+    "add_alert_rule": "add alert rules",
+    "mute_alert_rule": "mute alert rules",
+    "unmute_alert_rule": "unmute alert rules",
+    "remove_alert_rule": "remove alert rules",
 }
 _TEXT_LIMIT = 500  # characters of a target or detail: an error message can be long
 
