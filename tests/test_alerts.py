@@ -210,6 +210,11 @@ def test_value_rule_sends_json_with_the_alert_id(alert_receiver, sink):
     assert "Negócio grande ganho" in body["title"] and "Negócios · Ganho" in body["title"]
     assert "Renovação anual - Padaria Bom Grão" in body["message"]
     assert "Valor: 12800.0 → 75000.0" in body["message"]
+    # the rule test over past events agrees with what was decided live
+    tested = cli(data, "test", "Negócio grande ganho", "--days", "30")
+    assert tested.returncode == 0, tested.stderr
+    assert "would have fired 1 times" in tested.stdout
+    assert f"event_id={event_id}" in tested.stdout
 
 
 def test_burst_is_one_message(alert_receiver, sink):
@@ -231,6 +236,8 @@ def test_burst_is_one_message(alert_receiver, sink):
     body = wait_for(lambda: sink.bodies(), timeout=20)[0]
     assert "3 eventos de usuário #900" in body["title"]
     assert body["message"].count("/events?event=") == 3
+    tested = cli(data, "test", "Exclusão em massa")
+    assert "would have fired 1 times" in tested.stdout, tested.stderr
 
 
 def test_silence_in_business_hours(alert_receiver, sink):

@@ -65,9 +65,9 @@ def _event_rows(con: duckdb.DuckDBPyConnection, spec: dict[str, Any], since: dat
         where.append("EXISTS (SELECT 1 FROM field_changes fc WHERE " + " AND ".join(change)
                      + ")")
     elif condition in ("equals", "greater", "contains"):
-        # a field key is checked against [A-Za-z0-9_.] when the rule is stored
+        # a field key is checked against [A-Za-z0-9_-] when the rule is stored
         name = spec["field"]
-        value = f"coalesce(e.new->>'$.{name}', e.new->>'$.OtherProperties.{name}')"
+        value = f"""coalesce(e.new->>'$."{name}"', e.new->>'$.OtherProperties."{name}"')"""
     return con.execute(
         f"SELECT e.id, epoch_ns(e.received_at), e.entity, e.action, e.action_user_id, "
         f"e.record_id, e.account_id, {value} FROM events e WHERE " + " AND ".join(where)

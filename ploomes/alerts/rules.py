@@ -36,7 +36,8 @@ CONDITIONS = ("any", "changed", "changed_to", "changed_from", "equals", "greater
 QUALITY = ("gaps", "refused", "relay_paused")
 DEFAULT_PER_HOUR = 30
 _NAME = re.compile(r"[\w][\w .:-]{0,79}")
-_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# a built-in key (Amount) or a custom one (contact_check, deal_<GUID> with hyphens)
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,99}")
 
 
 class RuleError(ValueError):

@@ -58,7 +58,7 @@ class SyncedLog(OutboxLog):
 def scrub(text: str, url: str) -> str:
     """Return a text with every part of a URL that may be secret masked."""
     parts = urlsplit(url)
-    secrets = {parts.username, parts.password, parts.netloc, url}
+    secrets = {parts.username, parts.password, parts.netloc, parts.hostname, url}
     secrets.update(p for p in parts.path.split("/") if p)
     secrets.update(v for _, v in parse_qsl(parts.query))
     for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
