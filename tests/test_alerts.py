@@ -47,13 +47,14 @@ def payload(name: str) -> dict:
 class JsonSink:
     """A real HTTP endpoint for Apprise's json:// channel; records every request.
 
-    `hold` names an alert id whose first request is held (no answer) until `release`.
+    `hold` is the number of the request (1 = the first) held without an answer until
+    `release`.
     """
 
     def __init__(self):
         self.requests: list[tuple[dict, dict]] = []
         self.lock = threading.Lock()
-        self.hold: str | None = None
+        self.hold: int | None = None
         self.holding = threading.Event()
         self.release = threading.Event()
         sink = self
@@ -61,12 +62,9 @@ class JsonSink:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                alert_id = self.headers.get("X-Ploomes-Alert-Id")
                 with sink.lock:
                     sink.requests.append((dict(self.headers), body))
-                    held = sink.hold is not None and alert_id == sink.hold
-                    if held:
-                        sink.hold = None
+                    held = len(sink.requests) == sink.hold
                 if held:
                     sink.holding.set()
                     sink.release.wait(30)
@@ -217,6 +215,26 @@ def test_value_rule_sends_json_with_the_alert_id(alert_receiver, sink):
     assert f"event_id={event_id}" in tested.stdout
 
 
+def test_rate_limit_per_rule_and_mute(alert_receiver, sink):
+    data = alert_receiver.data_dir
+    add_rule(store_of(data), "Uma por hora", "change", {"entity": "Contacts"}, sink.url,
+             per_hour=1)
+    for number in range(3):
+        body = payload("contact-update.json")
+        body["New"]["LegalName"] = f"Nome {number}"
+        assert alert_receiver.post(body).status_code == 200
+    alert_receiver.wait_ingested()
+    assert [r[0] for r in query(data, "SELECT state FROM alerts ORDER BY event_id")] == [
+        "queued", "limited", "limited"]
+    wait_for(lambda: query(data, "SELECT count(*) FROM outbox_messages WHERE state = "
+                                 "'delivered'")[0][0] == 1, timeout=20)
+    assert len(sink.ids()) == 1
+    assert cli(data, "mute", "Uma por hora").returncode == 0
+    assert alert_receiver.post(payload("contact-update.json")).status_code == 200
+    alert_receiver.wait_ingested()
+    assert query(data, "SELECT count(*) FROM alerts")[0][0] == 3  # muted: nothing fired
+
+
 def test_burst_is_one_message(alert_receiver, sink):
     data = alert_receiver.data_dir
     add_rule(store_of(data), "Exclusão em massa", "burst",
@@ -296,6 +314,7 @@ def test_relay_destination_paused_by_itself(alert_receiver, sink):
 def test_kill_9_while_sending_loses_nothing_and_doubles_nothing(tmp_path, sink):
     data = tmp_path / "data"
     receiver = ReceiverProcess(data, extra_env=ALERT_ENV).start()
+    sink.hold = 2  # the second alert's answer never comes back
     try:
         add_rule(store_of(data), "Toda alteração", "change",
                  {"entity": "Contacts", "actions": ["Update"]}, sink.url)
@@ -307,7 +326,6 @@ def test_kill_9_while_sending_loses_nothing_and_doubles_nothing(tmp_path, sink):
         receiver.wait_ingested()
         ids = [row[0] for row in query(data, "SELECT msg_id FROM alerts ORDER BY event_id")]
         assert len(ids) == 3
-        sink.hold = ids[1]  # the second alert's answer never comes back
         wait_for(sink.holding.is_set, timeout=20)
         receiver.kill()
     finally:

@@ -43,6 +43,7 @@ def test_alerts_are_listed_with_their_status_and_markdown_stays_text(page_env):
     table = next(d.value for d in at.dataframe if "Situação" in d.value.columns
                  and "Tentativas" in d.value.columns)
     assert table["Situação"].tolist() == ["pendente"]
+    assert table["Canal"].tolist() == ["json"]
     assert table["Mensagem"].tolist() == ["**negrito** [x](http://e.vil)"]
     rules = next(d.value for d in at.dataframe if "Notificar" in d.value.columns)
     assert rules["Nome"].tolist() == ["Ganhos"]

@@ -44,7 +44,7 @@ def _ids(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _alerts_table(tz: str) -> None:
+def _alerts_table(tz: str, default_channel: str) -> None:
     st.subheader("Alertas enviados e pendentes")
     found = run_query(alert_list, 500)
     if found.empty:
@@ -54,7 +54,7 @@ def _alerts_table(tz: str) -> None:
         "Quando": to_local(found["fired_at"], tz).dt.strftime("%d/%m/%Y %H:%M:%S"),
         "Regra": found["rule_name"],
         "Evento": found["event_id"],
-        "Canal": found["channel"],
+        "Canal": found["channel"].fillna(default_channel),
         "Tentativas": found["attempts"],
         "Situação": found["status"].map(lambda s: STATUS_TEXT.get(s, s)),
         "Último erro": found["last_error"],
@@ -203,7 +203,8 @@ def render() -> None:
     notice = st.session_state.pop("alerts_notice", None)
     if notice:
         st.success(plain(notice))
-    _alerts_table(cfg.timezone)
+    default = cfg.alerts_notify.split("://", 1)[0] if cfg.alerts_notify else "(nenhum)"
+    _alerts_table(cfg.timezone, f"{default} (padrão)")
     try:
         rules = list_rules(store())
     except StoreError as exc:

@@ -36,7 +36,6 @@ from ploomes.store import fetch_one, transaction
 log = logging.getLogger("ploomes.alerts")
 
 HOUR_NS = 3600 * 10**9
-RELOAD_EVERY = 1.0  # seconds between looks at the rules table
 
 
 @dataclass

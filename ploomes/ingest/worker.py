@@ -36,7 +36,7 @@ from multiprocessing.process import BaseProcess
 
 import duckdb
 
-from ploomes.alerts.decide import RELOAD_EVERY, AlertDecider, stored_alerts
+from ploomes.alerts.decide import AlertDecider, stored_alerts
 from ploomes.alerts.rules import business_hours
 from ploomes.alerts.sender import POSITION as ALERTS_POSITION
 from ploomes.alerts.sender import AlertSender, alerts_outbox_dir
@@ -164,7 +164,6 @@ class IngestWorker:
         self.hours = business_hours(settings)
         self._alert_log: JournalReader | None = None
         self.alert_log_seq = 0
-        self._next_alert_reload = 0.0
         self._next_alert_tick = 0.0
 
     def start(self) -> None:
@@ -376,12 +375,11 @@ class IngestWorker:
         """Run stage 2 on a few stored events; return whether it did."""
         if self.derived_seq >= self.ingested_seq:
             return False
-        if time.monotonic() >= self._next_alert_reload:
-            # a rule added while the worker runs applies from the next events derived
-            self._next_alert_reload = time.monotonic() + RELOAD_EVERY
-            con = self.session.connection()
-            if self.alerts.reload(con):
-                self._rules_changed(con)
+        # a rule added, changed or muted applies from the next events derived (one small
+        # query per step of DERIVE_STEP events)
+        con = self.session.connection()
+        if self.alerts.reload(con):
+            self._rules_changed(con)
         try:
             last = self.pipeline.derive_pending(self.session.connection(), max_events)
         except RECORD_ERRORS as exc:

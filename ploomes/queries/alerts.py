@@ -16,14 +16,16 @@ def alert_rules(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 def alert_list(con: duckdb.DuckDBPyConnection, limit: int = 500) -> pd.DataFrame:
-    """Return the newest alerts with their delivery: rule, event, channel, attempts,
-    status (pending until the outbox shows an attempt), last error."""
+    """Return the newest alerts with their delivery: rule, event, channel (the Apprise
+    scheme: mailto, json, slack…; NULL: the settings' address), attempts, status (pending
+    until the outbox shows an attempt), last error."""
     return frame(con, """
         SELECT a.fired_at, a.rule_name, a.kind, a.event_id, a.title,
-               coalesce(m.channel, 'alert') AS channel,
+               nullif(split_part(r.notify, '://', 1), '') AS channel,
                coalesce(m.attempts, 0) AS attempts,
                CASE WHEN a.state = 'limited' THEN 'limited'
                     ELSE coalesce(m.state, 'pending') END AS status,
                m.last_attempt_at, m.next_attempt_at, m.last_error, a.msg_id
         FROM alerts a LEFT JOIN outbox_messages m USING (msg_id)
+        LEFT JOIN alert_rules r ON r.id = a.rule_id
         ORDER BY a.fired_at DESC, a.msg_id LIMIT ?""", [limit])
