@@ -25,7 +25,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from ploomes.alerts.matching import EventFacts, filter_matches, matching_change
+from ploomes.alerts.matching import EventFacts, field_paths, matching_change
 from ploomes.alerts.messages import Namer, burst_message, event_message, plain_message
 from ploomes.alerts.rules import BusinessHours, Rule, load_rules, rules_stamp
 from ploomes.config import Settings
@@ -104,6 +104,8 @@ class AlertDecider:
         self.tz = settings.tz
         self.rules: list[Rule] = []
         self._event_rules: list[Rule] = []
+        self._by_kind: dict[tuple[str | None, str | None], list[Rule]] = {}
+        self._paths: dict[int, tuple[str, str]] = {}
         self._stamp: tuple[Any, ...] | None = None
         self._state: dict[int, RuleState] = {}
         self._saved: dict[int, RuleState] | None = None
@@ -123,6 +125,14 @@ class AlertDecider:
         self.rules = load_rules(con)
         self._event_rules = [r for r in self.rules if r.kind in ("change", "burst")
                              and not r.muted]
+        # rules by the (entity, action) they admit: an event is checked against its
+        # few candidates, not against every rule
+        self._by_kind = {}
+        self._paths = {r.id: field_paths(r.spec["field"]) for r in self._event_rules
+                       if r.spec.get("condition") in ("changed", "changed_to", "changed_from")}
+        for rule in self._event_rules:
+            for action in rule.spec.get("actions") or [None]:
+                self._by_kind.setdefault((rule.spec.get("entity"), action), []).append(rule)
         ids = {r.id for r in self.rules}
         self._state = {k: v for k, v in self._state.items() if k in ids}
         return True
@@ -166,10 +176,20 @@ class AlertDecider:
         """Look at one derived event (repeats, demo events and tests fire nothing)."""
         if demo or dup_of is not None or not self._event_rules:
             return
-        facts: EventFacts | None = None
-        for rule in self._event_rules:
-            if not filter_matches(rule.spec, (facts := facts or facts_of(seq, ns, d, changes))):
-                continue
+        by_kind = self._by_kind
+        candidates = [*by_kind.get((d.entity, d.action), ()), *by_kind.get((d.entity, None), ()),
+                      *by_kind.get((None, d.action), ()), *by_kind.get((None, None), ())]
+        if not candidates:
+            return
+        facts = facts_of(seq, ns, d, changes)
+        changed: set[str] | None = None
+        for rule in candidates:
+            paths = self._paths.get(rule.id)
+            if paths is not None:  # a "changed…" rule: its field must be among the changes
+                if changed is None:
+                    changed = {c.field for c in changes if not c.bookkeeping}
+                if paths[0] not in changed and paths[1] not in changed:
+                    continue
             found = matching_change(rule.spec, facts)
             if found is not False:
                 self._pending.append((rule, facts, found))
@@ -193,13 +213,18 @@ class AlertDecider:
                                             url, tz)
                 self._add(rule, state, facts, [f.event_id for f in fired], title, body)
                 continue
+            limited = state.limited
+            if not self._count(rule, state, facts.received_ns):
+                if not self._replaying:
+                    self._limited(rule, facts)
+                continue
             if self._replaying:
-                self._count(rule, state, facts.received_ns)
                 continue
             first = found if isinstance(found, FieldChange) else None
-            limited = state.limited
             title, body = event_message(namer, rule.name, facts, first, url, tz, limited)
-            self._add(rule, state, facts, None, title, body)
+            self.decided.append(Decision(
+                alert_id(rule.id, facts.event_id), rule.id, rule.name, rule.kind,
+                facts.event_id, None, facts.received_ns, title, body))
         self._pending.clear()
         if self.decided and not self._replaying:
             write_decisions(con, self.decided)
@@ -218,11 +243,21 @@ class AlertDecider:
 
     def _add(self, rule: Rule, state: RuleState, facts: EventFacts, group: list[int] | None,
              title: str, body: str) -> None:
-        queued = self._count(rule, state, facts.received_ns)
+        if not self._count(rule, state, facts.received_ns):
+            self._limited(rule, facts, group)
+            return
         self.decided.append(Decision(
             alert_id(rule.id, facts.event_id), rule.id, rule.name, rule.kind,
-            facts.event_id, group, facts.received_ns, title, body,
-            "queued" if queued else "limited"))
+            facts.event_id, group, facts.received_ns, title, body))
+
+    def _limited(self, rule: Rule, facts: EventFacts, group: list[int] | None = None) -> None:
+        """Record a firing over the rule's rate: listed on the page, not sent (no message
+        is built for it; the next one sent says how many were held back)."""
+        self.decided.append(Decision(
+            alert_id(rule.id, facts.event_id), rule.id, rule.name, rule.kind,
+            facts.event_id, group, facts.received_ns,
+            f"{rule.name}: evento {facts.event_id} (acima do limite por hora)", "",
+            "limited"))
 
     def rolled_back(self) -> None:
         """Forget what the failed transaction decided and the windows it moved."""

@@ -204,7 +204,10 @@ def add_rule(store: Store, name: str, kind: str, spec: dict[str, Any],
     with store.writer() as con, transaction(con):
         if fetch_one(con, "SELECT 1 FROM alert_rules WHERE name = ?", [name]):
             raise RuleError(f"an alert rule named {name!r} exists already")
-        rule_id = int(fetch_row(con, "SELECT coalesce(max(id), 0) + 1 FROM alert_rules")[0])
+        # past the ids of removed rules too: an alert's id names its rule
+        rule_id = int(fetch_row(con, "SELECT greatest((SELECT coalesce(max(id), 0) FROM "
+                                "alert_rules), (SELECT coalesce(max(rule_id), 0) FROM "
+                                "alerts)) + 1")[0])
         con.execute("INSERT INTO alert_rules VALUES (?, ?, ?, ?, ?, false, ?, ?, ?)",
                     [rule_id, name, kind, orjson.dumps(checked).decode(), notify, per_hour,
                      now, now])

@@ -323,12 +323,14 @@ class IngestWorker:
 
     def _store_alert_log(self, stopping: bool) -> bool:
         """Store the alerts' attempts (their own outbox log); say if any."""
-        if self.sender.log is None:
-            return False
+        folder = alerts_outbox_dir(self.settings)
         if self._alert_log is None:
-            self._alert_log = JournalReader(alerts_outbox_dir(self.settings),
-                                            self.alert_log_seq)
-        durable = self.sender.synced_seq
+            if not folder.is_dir():
+                return False
+            self._alert_log = JournalReader(folder, self.alert_log_seq)
+        # without a sender in this process nobody writes the log (it has one writer, this
+        # process): all of it is durable, e.g. after a rebuild with no rule left
+        durable = self.sender.synced_seq if self.sender.log is not None else 2**62
         if durable <= self._alert_log.last_seq:
             return False
         records = self._alert_log.read(self.batch_size, durable)
