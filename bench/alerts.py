@@ -70,8 +70,10 @@ def hundred_rules() -> list[tuple[str, str, dict]]:
     return rules
 
 
-def ingest_rate(records: list, rules: bool) -> tuple[float, int]:
-    """Apply records to a fresh store; return (events per second, alerts decided)."""
+def ingest_rate(records: list, rules: bool) -> tuple[float, float, int]:
+    """Apply records to a fresh store; return (events per second, CPU µs per event of
+    this process, alerts decided). CPU time is what the comparison uses: the machine is
+    shared, and wall time moves with what others run."""
     folder = Path(tempfile.mkdtemp(prefix="ploomes-alerts-"))
     try:
         settings = bench_settings(folder / "data")
@@ -86,14 +88,15 @@ def ingest_rate(records: list, rules: bool) -> tuple[float, int]:
             if rules:
                 decider.reload(con)
                 pipeline.observer = decider
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for i in range(0, len(records), BATCH):
                 pipeline.apply(con, records[i:i + BATCH])
                 while pipeline.derive_pending(con, BATCH) is not None:
                     decider.take_ready()
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
             decided = fetch_one(con, "SELECT count(*) FROM alerts")
-        return len(records) / seconds, int(decided[0]) if decided else 0
+        return (len(records) / seconds, cpu * 1e6 / len(records),
+                int(decided[0]) if decided else 0)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -106,26 +109,29 @@ def bench_ingest(settings, count: int, rounds: int) -> None:
         if len(records) >= count:
             break
     rates: dict[bool, list[float]] = {True: [], False: []}
+    cpus: dict[bool, list[float]] = {True: [], False: []}
     decided = 0
     for on in (False, True):  # warm-up, not counted: imports, caches, the first file
         ingest_rate(records[:2000], on)
     for _ in range(rounds):  # alternate, so drift in the machine hits both alike
         for on in (False, True):
-            rate, found = ingest_rate(records, on)
+            rate, cpu, found = ingest_rate(records, on)
             rates[on].append(rate)
+            cpus[on].append(cpu)
             decided = max(decided, found)
     off, on = statistics.median(rates[False]), statistics.median(rates[True])
-    slower = 1 - on / off
-    print_table(f"Ingest throughput: Pipeline.apply + stage 2 on the first {len(records):,} "
-                f"journal records, batches of {BATCH}, median of {rounds} round(s)",
-                ["run", "events/s", "rounds (events/s)"],
-                [["alerts off (no rules)", f"{off:,.0f}",
-                  ", ".join(f"{r:,.0f}" for r in rates[False])],
-                 [f"100 rules on ({decided:,} alerts decided)", f"{on:,.0f}",
-                  ", ".join(f"{r:,.0f}" for r in rates[True])],
-                 ["slower by", f"{100 * slower:.1f} %",
-                  f"goal ≤ {100 * SLOWER_GOAL:.0f} %: "
-                  f"{verdict(slower, SLOWER_GOAL)}"]])
+    cpu_off, cpu_on = statistics.median(cpus[False]), statistics.median(cpus[True])
+    slower = cpu_on / cpu_off - 1
+    print_table(f"Ingest: Pipeline.apply + stage 2 on the first {len(records):,} journal "
+                f"records, batches of {BATCH}, median of {rounds} round(s)",
+                ["run", "CPU µs/event", "events/s (wall)", "rounds: CPU µs/event"],
+                [["alerts off (no rules)", f"{cpu_off:,.0f}", f"{off:,.0f}",
+                  ", ".join(f"{r:,.0f}" for r in cpus[False])],
+                 [f"100 rules on ({decided:,} alerts decided)", f"{cpu_on:,.0f}",
+                  f"{on:,.0f}", ", ".join(f"{r:,.0f}" for r in cpus[True])],
+                 ["slower by (CPU per event)", f"{100 * slower:.1f} %",
+                  f"wall: {100 * (1 - on / off):.1f} %",
+                  f"goal ≤ {100 * SLOWER_GOAL:.0f} %: {verdict(slower, SLOWER_GOAL)}"]])
 
 
 def bench_backtest(settings) -> None:

@@ -208,6 +208,7 @@ def test_value_rule_sends_json_with_the_alert_id(alert_receiver, sink):
     assert "Negócio grande ganho" in body["title"] and "Negócios · Ganho" in body["title"]
     assert "Renovação anual - Padaria Bom Grão" in body["message"]
     assert "Valor: 12800.0 → 75000.0" in body["message"]
+    assert "Situação: Em aberto (1) → Ganho (2)" in body["message"]  # Ploomes' names
     # the rule test over past events agrees with what was decided live
     tested = cli(data, "test", "Negócio grande ganho", "--days", "30")
     assert tested.returncode == 0, tested.stderr

@@ -8,5 +8,6 @@
   transaction, bursts grouped, a rate per rule, and the time-based rules' check;
 - `sender`: the alerts' outbox (its own log in `data/alerts/outbox/`), sending through
   the Apprise transport with the outbox's retries; runs in the ingest process;
-- `backtest`: "test against the last 30 days".
+- `backtest`: "test against the last 30 days";
+- `commands`: `python -m ploomes alerts …`.
 """

@@ -25,7 +25,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from ploomes.alerts.matching import EventFacts, field_paths, matching_change
+from ploomes.alerts.matching import EventFacts, changes_by_path, field_paths, matching_change
 from ploomes.alerts.messages import Namer, burst_message, event_message, plain_message
 from ploomes.alerts.rules import BusinessHours, Rule, load_rules, rules_stamp
 from ploomes.config import Settings
@@ -112,6 +112,8 @@ class AlertDecider:
         self._pending: list[tuple[Rule, EventFacts, Any]] = []
         self.decided: list[Decision] = []  # written in the current transaction
         self.ready: list[Decision] = []  # committed, for the sender to take
+        self.namer = Namer()
+        self._candidates: dict[tuple[str, str], list[Rule]] = {}
         self._replaying = False
 
     # -- rules -----------------------------------------------------------------------
@@ -128,6 +130,7 @@ class AlertDecider:
         # rules by the (entity, action) they admit: an event is checked against its
         # few candidates, not against every rule
         self._by_kind = {}
+        self._candidates = {}
         self._paths = {r.id: field_paths(r.spec["field"]) for r in self._event_rules
                        if r.spec.get("condition") in ("changed", "changed_to", "changed_from")}
         for rule in self._event_rules:
@@ -176,21 +179,25 @@ class AlertDecider:
         """Look at one derived event (repeats, demo events and tests fire nothing)."""
         if demo or dup_of is not None or not self._event_rules:
             return
-        by_kind = self._by_kind
-        candidates = [*by_kind.get((d.entity, d.action), ()), *by_kind.get((d.entity, None), ()),
-                      *by_kind.get((None, d.action), ()), *by_kind.get((None, None), ())]
+        candidates = self._candidates.get((d.entity, d.action))
+        if candidates is None:
+            by_kind = self._by_kind
+            candidates = self._candidates[(d.entity, d.action)] = [
+                *by_kind.get((d.entity, d.action), ()), *by_kind.get((d.entity, None), ()),
+                *by_kind.get((None, d.action), ()), *by_kind.get((None, None), ())]
         if not candidates:
             return
         facts = facts_of(seq, ns, d, changes)
-        changed: set[str] | None = None
+        by_path: dict[str, FieldChange] | None = None
+        paths_of = self._paths
         for rule in candidates:
-            paths = self._paths.get(rule.id)
+            paths = paths_of.get(rule.id)
             if paths is not None:  # a "changed…" rule: its field must be among the changes
-                if changed is None:
-                    changed = {c.field for c in changes if not c.bookkeeping}
-                if paths[0] not in changed and paths[1] not in changed:
+                if by_path is None:
+                    by_path = changes_by_path(facts)
+                if paths[0] not in by_path and paths[1] not in by_path:
                     continue
-            found = matching_change(rule.spec, facts)
+            found = matching_change(rule.spec, facts, by_path)
             if found is not False:
                 self._pending.append((rule, facts, found))
 
@@ -198,7 +205,8 @@ class AlertDecider:
         """Turn the matches of this transaction into decisions and write them."""
         if not self._pending:
             return []
-        namer = Namer(con)
+        namer = self.namer
+        namer.refresh(con)
         url, tz = self.settings.dashboard_url, self.tz
         for rule, facts, found in self._pending:
             state = self._state.setdefault(rule.id, RuleState())

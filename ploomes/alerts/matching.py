@@ -97,9 +97,22 @@ def filter_matches(spec: dict[str, Any], facts: EventFacts) -> bool:
     return not (spec.get("accounts") and facts.account_id not in spec["accounts"])
 
 
-def matching_change(spec: dict[str, Any], facts: EventFacts) -> FieldChange | None | bool:
+def changes_by_path(facts: EventFacts) -> dict[str, FieldChange]:
+    """Return an event's field changes by path, bookkeeping left out (the first of a
+    path wins, as `matching_change` reads them in order)."""
+    out: dict[str, FieldChange] = {}
+    for change in facts.changes:
+        if not change.bookkeeping:
+            out.setdefault(change.field, change)
+    return out
+
+
+def matching_change(spec: dict[str, Any], facts: EventFacts,
+                    by_path: dict[str, FieldChange] | None = None
+                    ) -> FieldChange | None | bool:
     """Return whether an event matches a change rule: the field change that matched, True
-    when no change is involved (no field, or a condition on the value), False if not."""
+    when no change is involved (no field, or a condition on the value), False if not.
+    `by_path` is `changes_by_path(facts)`, when the caller has it."""
     if not filter_matches(spec, facts):
         return False
     condition = spec.get("condition") or "any"
@@ -109,8 +122,11 @@ def matching_change(spec: dict[str, Any], facts: EventFacts) -> FieldChange | No
     if condition in ("equals", "greater", "contains"):
         return value_matches(spec, as_text(value_in(facts.new, name)))
     paths = field_paths(name)
-    for change in facts.changes:
-        if change.field not in paths or change.bookkeeping:
+    if by_path is None:
+        by_path = changes_by_path(facts)
+    for path in paths:
+        change = by_path.get(path)
+        if change is None:
             continue
         old, new = as_text(change.old_value), as_text(change.new_value)
         if spec.get("from") is not None and (not change.old_known or old != spec["from"]):

@@ -9,6 +9,7 @@ what the dashboard said at that moment.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -17,34 +18,57 @@ import duckdb
 
 from ploomes.alerts.matching import EventFacts, as_text
 from ploomes.model.diff import FieldChange
-from ploomes.model.names import action_label, builtin_field_label, entity_label
+from ploomes.model.names import (
+    USER,
+    action_label,
+    builtin_field_label,
+    entity_label,
+    fixed_value,
+    value_kind,
+)
 from ploomes.model.vocabulary import OTHER_PREFIX
-from ploomes.store import fetch_one
 
 MAX_CHANGES = 6  # field changes listed in one message; the link shows them all
 MAX_VALUE = 120  # characters of one value in a message
 
 
 class Namer:
-    """Users' and custom fields' names for messages, read once per account per batch."""
+    """Users', custom fields' and lookups' names for messages: the three small tables
+    read whole, again once they are `REFRESH` seconds old (a sync changes them rarely),
+    so a message costs no query."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection):
-        self.con = con
-        self._users: dict[tuple[int | None, int], str | None] = {}
-        self._fields: dict[tuple[int | None, str], str | None] = {}
+    REFRESH = 60.0
+
+    def __init__(self) -> None:
+        self._users: dict[tuple[int | None, int], str] = {}
+        self._fields: dict[tuple[int | None, str], str] = {}
+        self._lookups: dict[tuple[int | None, str, int], str] = {}
+        self._read_at: float | None = None
+
+    def refresh(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Read the names again if they are older than REFRESH seconds."""
+        now = time.monotonic()
+        if self._read_at is not None and now - self._read_at < self.REFRESH:
+            return
+        self._read_at = now
+        self._users = {(a, i): n for a, i, n in con.execute(
+            "SELECT account_id, id, name FROM users WHERE name IS NOT NULL").fetchall()}
+        self._fields = {(a, k): n for a, k, n in con.execute(
+            "SELECT account_id, key, name FROM fields WHERE name IS NOT NULL").fetchall()}
+        self._lookups = {(a, k, i): n for a, k, i, n in con.execute(
+            "SELECT account_id, kind, id, name FROM lookups WHERE name IS NOT NULL"
+        ).fetchall()}
 
     def user(self, account_id: int | None, user_id: int | None) -> str:
         """Return a user's name and id, or 'usuário desconhecido'."""
         if user_id is None:
             return "usuário desconhecido"
-        key = (account_id, user_id)
-        if key not in self._users:
-            row = fetch_one(self.con, "SELECT name FROM users WHERE id = ? AND (account_id = ? "
-                            "OR account_id IS NULL) ORDER BY account_id NULLS LAST LIMIT 1",
-                            [user_id, account_id])
-            self._users[key] = row[0] if row else None
-        name = self._users[key]
+        name = self.user_name(account_id, user_id)
         return f"{name} (#{user_id})" if name else f"usuário #{user_id}"
+
+    def user_name(self, account_id: int | None, user_id: int) -> str | None:
+        """Return a user's name as synced from the account (else the unknown account's)."""
+        return self._users.get((account_id, user_id)) or self._users.get((None, user_id))
 
     def field(self, account_id: int | None, entity: str, path: str) -> str:
         """Return a field's label as Ploomes shows it (built-in, custom, else its key)."""
@@ -53,13 +77,20 @@ class Namer:
             return builtin
         if not path.startswith(OTHER_PREFIX):
             return path
-        key = (account_id, path[len(OTHER_PREFIX):])
-        if key not in self._fields:
-            row = fetch_one(self.con, "SELECT name FROM fields WHERE key = ? AND (account_id "
-                            "= ? OR account_id IS NULL) ORDER BY account_id NULLS LAST LIMIT 1",
-                            [key[1], account_id])
-            self._fields[key] = row[0] if row else None
-        return self._fields[key] or key[1]
+        key = path[len(OTHER_PREFIX):]
+        return self._fields.get((account_id, key)) or self._fields.get((None, key)) or key
+
+    def value(self, account_id: int | None, entity: str, path: str, value: object
+              ) -> str | None:
+        """Return the name of an id a built-in field holds (a stage, a user…), or None."""
+        kind = value_kind(entity, path)
+        if kind is None or isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        number = int(value)
+        if kind == USER:
+            return self.user_name(account_id, number)
+        return (self._lookups.get((account_id, kind, number))
+                or self._lookups.get((None, kind, number)) or fixed_value(kind, number))
 
 
 def record_name(facts: EventFacts) -> str:
@@ -102,8 +133,13 @@ def change_lines(namer: Namer, facts: EventFacts, first: FieldChange | None
     changes = [c for c in facts.changes if not c.bookkeeping]
     if first is not None:
         changes = [first] + [c for c in changes if c is not first]
+    def shown(value: object, known: bool, path: str) -> str:
+        name = namer.value(facts.account_id, facts.entity, path, value) if known else None
+        return f"{name} ({_value(value, known)})" if name else _value(value, known)
+
     lines = [f"  {namer.field(facts.account_id, facts.entity, c.field)}: "
-             f"{_value(c.old_value, c.old_known)} → {_value(c.new_value, c.new_known)}"
+             f"{shown(c.old_value, c.old_known, c.field)} → "
+             f"{shown(c.new_value, c.new_known, c.field)}"
              for c in changes[:MAX_CHANGES]]
     if len(changes) > MAX_CHANGES:
         lines.append(f"  … e mais {len(changes) - MAX_CHANGES} campos")
