@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
     add_sandbox_parser(subparsers)
     add_relay_parser(subparsers)
+    from ploomes.alerts.commands import add_alerts_parser
+
+    add_alerts_parser(subparsers, lambda settings: Store(settings, upgrades=UPGRADES))
     return parser
 
 

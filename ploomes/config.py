@@ -50,6 +50,16 @@ class Settings:
     # domains ("@empresa.com.br"); admins may also change things (see ploomes.actions).
     dashboard_viewers: tuple[str, ...] = ()
     dashboard_admins: tuple[str, ...] = ()
+    # Alerts (ploomes.alerts): where a rule without its own Apprise URL notifies (a
+    # secret), the dashboard's address for links in messages, the business hours silence
+    # rules count in (days 0 = Monday … 6 = Sunday, in `timezone`), how often time-based
+    # rules are looked at, and the retry schedule (comma-separated seconds)
+    alerts_notify: str | None = field(default=None, repr=False)
+    dashboard_url: str = "http://127.0.0.1:8501"
+    business_days: str = "0-4"
+    business_hours: str = "08:00-18:00"
+    alerts_tick_seconds: float = 30.0
+    alerts_retry: str = "0,5,300,1800,7200,18000,36000,36000"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -89,6 +99,12 @@ _ENV = {
     "PLOOMES_CALLBACK_URL": ("callback_url", str),
     "PLOOMES_API_URL": ("api_url", str),
     "PLOOMES_USER_KEY": ("user_key", str),
+    "PLOOMES_ALERTS_NOTIFY": ("alerts_notify", str),
+    "PLOOMES_DASHBOARD_URL": ("dashboard_url", str),
+    "PLOOMES_BUSINESS_DAYS": ("business_days", str),
+    "PLOOMES_BUSINESS_HOURS": ("business_hours", str),
+    "PLOOMES_ALERTS_TICK_SECONDS": ("alerts_tick_seconds", float),
+    "PLOOMES_ALERTS_RETRY": ("alerts_retry", str),
 }
 
 
@@ -139,7 +155,8 @@ def load_settings(env: dict[str, str] | None = None, secrets_path: Path | None =
     env = dict(os.environ if env is None else env)
     values: dict = {}
     secrets = _read_secrets(secrets_path or PROJECT_ROOT / ".streamlit" / "secrets.toml")
-    for key in ("PLOOMES_USER_KEY", "PLOOMES_API_URL", "PLOOMES_CALLBACK_URL"):
+    for key in ("PLOOMES_USER_KEY", "PLOOMES_API_URL", "PLOOMES_CALLBACK_URL",
+                "PLOOMES_ALERTS_NOTIFY"):
         if secrets.get(key):
             values[_ENV[key][0]] = str(secrets[key])
     for key, attr in _ALLOW_LISTS.items():
@@ -179,6 +196,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("PLOOMES_MAX_CONNECTIONS must be at least 2")
     if settings.max_pending_per_client < 1:
         raise ConfigError("PLOOMES_MAX_PENDING_PER_CLIENT must be at least 1")
+    if not settings.alerts_tick_seconds > 0:
+        raise ConfigError("PLOOMES_ALERTS_TICK_SECONDS must be positive")
     try:
         ZoneInfo(settings.timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:

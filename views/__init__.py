@@ -12,5 +12,6 @@ PAGES = (
     ("views/webhooks.py", "Webhooks", "🔗"),
     ("views/relay.py", "Relay", "📤"),
     ("views/status.py", "Status", "🩺"),
+    ("views/alerts.py", "Alerts", "🔔"),
     ("views/audit.py", "Audit", "🧾"),  # admins only (views.access.ADMIN_PAGES)
 )

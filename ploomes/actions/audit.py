@@ -37,6 +37,10 @@ ACTIONS = {
     "resume_destination": "resume relay destinations",
     "remove_destination": "remove relay destinations",
     "replay_deliveries": "replay deliveries",
+    "add_alert_rule": "add alert rules",
+    "mute_alert_rule": "mute alert rules",
+    "unmute_alert_rule": "unmute alert rules",
+    "remove_alert_rule": "remove alert rules",
 }
 _TEXT_LIMIT = 500  # characters of a target or detail: an error message can be long
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import orjson
@@ -297,6 +297,17 @@ class PositionMoved(RuntimeError):
     """The store's journal position is not where this pipeline expected it."""
 
 
+class DeriveObserver(Protocol):
+    """Told about every event stage 2 derives, inside its transaction (the alerts)."""
+
+    def begin(self) -> None: ...
+    def event(self, seq: int, ns: int, d: Delivery, demo: bool, dup_of: int | None,
+              changes: Sequence[diffmod.FieldChange]) -> None: ...
+    def decide(self, con: duckdb.DuckDBPyConnection) -> object: ...
+    def rolled_back(self) -> None: ...
+    def committed(self) -> None: ...
+
+
 class Pipeline:
     """Turns journal records into store rows; keeps the memory duplicate detection needs."""
 
@@ -307,6 +318,9 @@ class Pipeline:
         self.derive = derive
         # fingerprint -> (event id, received ns, is_demo), oldest first
         self._recent: OrderedDict[str, tuple[int, int, bool]] = OrderedDict()
+        # the live ingest's alerts; a rebuild or a migration derives without them, so old
+        # events fire nothing again
+        self.observer: DeriveObserver | None = None
 
     def load_recent(self, con: duckdb.DuckDBPyConnection) -> None:
         """Rebuild duplicate-detection memory from the store (after a restart)."""
@@ -454,6 +468,8 @@ class Pipeline:
         changes: list[diffmod.FieldChange] = []
         for index, (seq, ns, d, demo, dup_of) in enumerate(items):
             found = diffmod.diff_record(d.action, d.old, d.new)
+            if self.observer is not None:
+                self.observer.event(seq, ns, d, demo, dup_of, found)
             fold_user_event(rows, stored, d.action_user_id, d.entity, d.record_id, ns,
                             dup_of is not None, [c.field for c in found if not c.bookkeeping])
             owners.extend([index] * len(found))
@@ -482,8 +498,20 @@ class Pipeline:
         """
         if not self.derive:
             return None
-        with transaction(con):
-            return self._derive_next(con, max_events)
+        observer = self.observer
+        if observer is None:
+            with transaction(con):
+                return self._derive_next(con, max_events)
+        observer.begin()
+        try:
+            with transaction(con):
+                last = self._derive_next(con, max_events)
+                observer.decide(con)  # in the same transaction as the stage-2 position
+        except BaseException:
+            observer.rolled_back()
+            raise
+        observer.committed()
+        return last
 
     def skip_derive(self, con: duckdb.DuckDBPyConnection) -> int | None:
         """Move stage 2 past the next event (one whose change model cannot be computed).

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 
+from ploomes.alerts.sender import POSITION as ALERTS_POSITION
 from ploomes.config import Settings
 from ploomes.ingest.bulk import derive_journal, parallel_workers
 from ploomes.ingest.pipeline import Pipeline, set_position
@@ -28,7 +29,10 @@ from ploomes.store.db import make_private
 
 # Rows the journal does not carry, kept from the old file across a rebuild.
 KEPT_TABLES = ("users", "fields", "lookups", "accounts", "auth_failures", "audit_log",
-               "outbox_attempts", "outbox_messages")
+               "outbox_attempts", "outbox_messages",
+               # alerts are decided once, when an event is first derived: a rebuild
+               # keeps them and fires none again
+               "alert_rules", "alerts")
 
 
 class RebuildError(StoreError):
@@ -166,10 +170,10 @@ def _carry_over(old: Store, con: duckdb.DuckDBPyConnection, start: int) -> int:
             with transaction(con):  # all or nothing: a damaged part copies no row
                 for table in KEPT_TABLES:
                     con.execute(f"INSERT INTO {table} SELECT * FROM previous.{table}")
-                # the relay's attempts come from the outbox log, which may be pruned: kept
-                # with their position, so the ingest goes on after them
+                # the relay's and the alerts' attempts come from their outbox logs, which
+                # may be pruned: kept with their positions, so the ingest goes on after them
                 con.execute("INSERT INTO ingest_state SELECT * FROM previous.ingest_state "
-                            "WHERE name = ?", [OUTBOX_POSITION])
+                            "WHERE name IN (?, ?)", [OUTBOX_POSITION, ALERTS_POSITION])
                 # Events older than the journal's first record were pruned from the
                 # journal (retention): the old file is their only copy.
                 con.execute("INSERT INTO events SELECT * FROM previous.events WHERE id < ?",

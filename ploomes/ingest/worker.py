@@ -12,6 +12,11 @@ written by the forwarder, never past the position the forwarder published as dur
 into `outbox_attempts` and `outbox_messages`, in batches with their own position (the
 `outbox` row of `ingest_state`), exactly once like stage 1.
 
+The worker also decides and sends the alerts (`ploomes.alerts`): rules are evaluated
+once per event inside each stage-2 transaction, time-based rules every
+`alerts_tick_seconds`, and a sender thread delivers them through the alerts' own outbox
+log, whose attempts are stored like the relay's (position `alerts_outbox`).
+
 The worker is a child process of the receiver (`IngestProcess`), so diffing and commits
 never take the receiver's GIL; it dies with the receiver (PR_SET_PDEATHSIG) and is
 restarted by it if it stops.
@@ -26,11 +31,15 @@ import queue
 import signal
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 
 import duckdb
 
+from ploomes.alerts.decide import AlertDecider, stored_alerts
+from ploomes.alerts.rules import business_hours
+from ploomes.alerts.sender import POSITION as ALERTS_POSITION
+from ploomes.alerts.sender import AlertSender, alerts_outbox_dir
 from ploomes.config import Settings
 from ploomes.ingest.pipeline import Pipeline, warm_up
 from ploomes.ingest.upgrade import UPGRADES
@@ -94,6 +103,11 @@ class _WriteSession:
         self._used = time.monotonic()
         return self._con
 
+    @property
+    def is_open(self) -> bool:
+        """Return whether the connection is open now."""
+        return self._con is not None
+
     def after_batch(self) -> None:
         """Let waiting readers in, or everyone after HOLD_MAX seconds."""
         if self._con is not None and (time.monotonic() - self._opened > self.HOLD_MAX
@@ -144,6 +158,13 @@ class IngestWorker:
         self._next_batch_at = 0.0
         self._derive_after = 0.0  # while deliveries flow, stage 2 waits until then
         self._last_prune = 0.0
+        self.alerts = AlertDecider(settings)
+        self.pipeline.observer = self.alerts
+        self.sender = AlertSender(settings)
+        self.hours = business_hours(settings)
+        self._alert_log: JournalReader | None = None
+        self.alert_log_seq = 0
+        self._next_alert_tick = 0.0
 
     def start(self) -> None:
         """Read the stored positions and position the journal reader after them."""
@@ -154,6 +175,10 @@ class IngestWorker:
             self.derived_seq = row[0] if row else 0
             self.pipeline.load_recent(con)
             self.outbox_seq = outbox_position(con)
+            self.alert_log_seq = outbox_position(con, ALERTS_POSITION)
+            self.alerts.warm_up(con, self.derived_seq)
+            self._alert_log = None
+            self._rules_changed(con)
         self._reader = JournalReader(self.settings.journal_dir, self.ingested_seq)
         self._outbox = JournalReader(self.settings.data_dir / "outbox", self.outbox_seq)
         self.shared.outbox_ingested_seq.value = self.outbox_seq
@@ -201,6 +226,7 @@ class IngestWorker:
                     time.sleep(0.005)
         finally:
             self.session.close()
+            self.sender.close()
 
     def step(self) -> bool:
         """Do the next piece of work (a stage-1 batch, else a stage-2 step); say if any."""
@@ -217,7 +243,7 @@ class IngestWorker:
                 self._next_batch_at = time.monotonic() + self.GATHER
             self._store_batch(records, failures)
             return True
-        if self._store_outbox(stopping):
+        if self._store_outbox(stopping) or self._store_alert_log(stopping):
             return True
         started = time.monotonic()
         flowing = not stopping and (waiting > 0 or started < self._next_batch_at)
@@ -227,6 +253,7 @@ class IngestWorker:
             self._derive_after = started + took / self.DERIVE_SHARE
             self.session.after_batch()
             return True
+        self._alert_tick()
         if waiting <= 0:
             self.session.idle()
             self._maybe_prune()
@@ -284,6 +311,52 @@ class IngestWorker:
         self.session.after_batch()
         return True
 
+    def _rules_changed(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Give the sender the rules; start it once there is anything to send (a worker
+        without rules opens no log: tests run several workers in one process)."""
+        if self.sender.log is not None:
+            self.sender.set_rules(self.alerts.rules)
+            return
+        stored = stored_alerts(con)
+        if self.alerts.rules or stored:
+            self.sender.start(self.alerts.rules, stored)
+
+    def _store_alert_log(self, stopping: bool) -> bool:
+        """Store the alerts' attempts (their own outbox log); say if any."""
+        folder = alerts_outbox_dir(self.settings)
+        if self._alert_log is None:
+            if not folder.is_dir():
+                return False
+            self._alert_log = JournalReader(folder, self.alert_log_seq)
+        # without a sender in this process nobody writes the log (it has one writer, this
+        # process): all of it is durable, e.g. after a rebuild with no rule left
+        durable = self.sender.synced_seq if self.sender.log is not None else 2**62
+        if durable <= self._alert_log.last_seq:
+            return False
+        records = self._alert_log.read(self.batch_size, durable)
+        if not records:
+            return False
+        store_attempts(self.session.connection(), records, expect_seq=self.alert_log_seq,
+                       position=ALERTS_POSITION)
+        self.alert_log_seq = records[-1].seq
+        self.session.after_batch()
+        return True
+
+    def _alert_tick(self) -> None:
+        """Decide the time-based alert rules every `alerts_tick_seconds`."""
+        if time.monotonic() < self._next_alert_tick:
+            return
+        self._next_alert_tick = time.monotonic() + self.settings.alerts_tick_seconds
+        was_open = self.session.is_open
+        con = self.session.connection()
+        if self.alerts.reload(con):
+            self._rules_changed(con)
+        self.sender.add(self.alerts.tick(con, datetime.now(UTC), self.hours))
+        if not was_open:
+            self.session.close()  # opened only for the clock: readers need not wait
+        else:
+            self.session.after_batch()
+
     def _isolate(self, records: list[Record]) -> None:
         with self.store.writer() as con:
             self.pipeline.load_recent(con)
@@ -304,12 +377,18 @@ class IngestWorker:
         """Run stage 2 on a few stored events; return whether it did."""
         if self.derived_seq >= self.ingested_seq:
             return False
+        # a rule added, changed or muted applies from the next events derived (one small
+        # query per step of DERIVE_STEP events)
+        con = self.session.connection()
+        if self.alerts.reload(con):
+            self._rules_changed(con)
         try:
             last = self.pipeline.derive_pending(self.session.connection(), max_events)
         except RECORD_ERRORS as exc:
             # one event's values break the change model: find it, skip it, say so
             self.session.close()
             last = self._derive_one_by_one(max_events, exc)
+        self.sender.add(self.alerts.take_ready())
         # None: every stored event is derived (later records are not events)
         self.derived_seq = self.ingested_seq if last is None else last
         self.shared.derived_seq.value = self.derived_seq

@@ -83,14 +83,15 @@ def _message_table(attempts: list[Attempt]) -> pa.Table:
     })
 
 
-def outbox_position(con: duckdb.DuckDBPyConnection) -> int:
-    """Return the last outbox log record stored (0: none)."""
-    row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = ?", [POSITION])
+def outbox_position(con: duckdb.DuckDBPyConnection, position: str = POSITION) -> int:
+    """Return the last outbox log record stored (0: none); `position` names the log
+    (the alerts have their own)."""
+    row = fetch_one(con, "SELECT last_seq FROM ingest_state WHERE name = ?", [position])
     return int(row[0]) if row else 0
 
 
 def store_attempts(con: duckdb.DuckDBPyConnection, records: Sequence[Record],
-                   expect_seq: int | None = None) -> int:
+                   expect_seq: int | None = None, position: str = POSITION) -> int:
     """Store a batch of outbox log records in one transaction with the new position;
     return the attempts stored. Records of other kinds only move the position."""
     if not records:
@@ -102,7 +103,7 @@ def store_attempts(con: duckdb.DuckDBPyConnection, records: Sequence[Record],
             seqs.append(record.seq)
             attempts.append(Attempt.from_payload(record.payload))
     with transaction(con):
-        current = outbox_position(con)
+        current = outbox_position(con, position)
         if expect_seq is not None and current != expect_seq:
             raise OutboxPositionMoved(f"the outbox position is {current}, expected "
                                       f"{expect_seq}")
@@ -122,7 +123,7 @@ def store_attempts(con: duckdb.DuckDBPyConnection, records: Sequence[Record],
                     next_attempt_at = excluded.next_attempt_at, replay = excluded.replay
             """)
         if fetch_one(con, "UPDATE ingest_state SET last_seq = ?, updated_at = now() "
-                     "WHERE name = ? RETURNING 1", [records[-1].seq, POSITION]) is None:
+                     "WHERE name = ? RETURNING 1", [records[-1].seq, position]) is None:
             con.execute("INSERT INTO ingest_state VALUES (?, ?, ?)",
-                        [POSITION, records[-1].seq, datetime.now(UTC)])
+                        [position, records[-1].seq, datetime.now(UTC)])
     return len(attempts)

@@ -2,7 +2,7 @@
 
 Versions: 1 = receiver tables; 2 = change model; 3 = record titles and names; 4 = user
 rollups; 5 = the dashboard's audit trail; 6 = names per account, test deliveries; 7 = the
-outbox's attempts (the relay). A
+outbox's attempts (the relay); 8 = alert rules and the alerts they fired. A
 migration that must recompute rows from events (2 and 4) is given the code that does it
 (`Upgrades`, from `ploomes.ingest`) instead of importing it: the store sits below the
 ingest.
@@ -315,6 +315,37 @@ CREATE TABLE IF NOT EXISTS outbox_messages (
 );
 """
 
+
+# v8: alerts (ploomes.alerts). Rules are data the dashboard and the CLI edit; an alert is
+# the decision that a rule fired, written in the same transaction as the stage-2 position
+# (a crash decides it again, identically) and sent through the alerts' outbox (its
+# attempts are `outbox_attempts`/`outbox_messages` rows of channel 'alert', same msg_id).
+SCHEMA_V8 = """
+CREATE TABLE IF NOT EXISTS alert_rules (
+    id BIGINT PRIMARY KEY,             -- max + 1 (a rebuild copies the rows)
+    name VARCHAR NOT NULL UNIQUE,
+    kind VARCHAR NOT NULL,             -- change | burst | silence | quality
+    spec JSON NOT NULL,                -- the kind's conditions (ploomes.alerts.rules)
+    notify VARCHAR,                    -- Apprise URL (a secret); NULL: PLOOMES_ALERTS_NOTIFY
+    muted BOOLEAN NOT NULL,
+    per_hour INTEGER NOT NULL,         -- messages per hour at most (the rest: 'limited')
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    msg_id VARCHAR PRIMARY KEY,        -- alert_<rule id>_<what fired it>: the outbox message
+    rule_id BIGINT NOT NULL,
+    rule_name VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    event_id BIGINT,                   -- the event that fired it (NULL: a time-based rule)
+    event_ids JSON,                    -- a burst: every event it groups
+    fired_at TIMESTAMPTZ NOT NULL,
+    title VARCHAR NOT NULL,            -- the message, in Portuguese, as sent
+    body VARCHAR NOT NULL,
+    state VARCHAR NOT NULL             -- queued | limited (over the rule's rate: not sent)
+);
+"""
+
 def _steps(upgrades: Upgrades | None) -> list[tuple[int, Recompute]]:
     def needs(what: str) -> Recompute:
         def step(con: duckdb.DuckDBPyConnection) -> None:
@@ -359,10 +390,13 @@ def _steps(upgrades: Upgrades | None) -> list[tuple[int, Recompute]]:
     def v7(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(SCHEMA_V7)
 
-    return [(1, v1), (2, v2), (3, v3), (4, v4), (5, v5), (6, v6), (7, v7)]
+    def v8(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(SCHEMA_V8)
+
+    return [(1, v1), (2, v2), (3, v3), (4, v4), (5, v5), (6, v6), (7, v7), (8, v8)]
 
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 @contextmanager
