@@ -218,7 +218,7 @@ def test_a_v4_store_gets_an_empty_audit_trail(settings):
         assert schema_version(con) == 4
         assert audit_entries(con).empty  # the Audit page before the upgrade
     with Store(settings).reader() as con:
-        assert schema_version(con) == SCHEMA_VERSION == 5
+        assert schema_version(con) == SCHEMA_VERSION > 4
         assert audit_entries(con).empty
     key_actions.generate(ADMIN, settings, Store(settings))
     assert [r[4] for r in audit(settings)] == ["generate_key"]
