@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -28,12 +29,13 @@ from browser_support import (
     screenshot,
     wait_until_idle,
 )
-from conftest import SHARED, TEST_KEY, ReceiverProcess
+from conftest import SHARED, TEST_KEY, ReceiverProcess, make_settings
 from playwright.sync_api import Page, expect, sync_playwright
 from rendered import on_screen
 
 from ploomes.demo.sandbox import DEFAULT_SUBSCRIPTIONS, Sandbox
 from ploomes.model.vocabulary import ACTION_IDS, ENTITY_IDS
+from ploomes.store import Store
 
 pytestmark = pytest.mark.browser
 
@@ -253,3 +255,29 @@ def test_status(page, live):
     expect(page.get_by_role("button", name="Download CSV")).to_be_visible()
     expect(page.get_by_role("combobox", name="Entity")).to_be_visible()
     screenshot(page, live.screenshots / "status.png")
+
+
+def test_a_delivery_appears_on_the_open_events_page_without_a_reload(page, live):
+    """The list refreshes by itself (st.fragment): a new delivery shows up while the page
+    stays open, with the link's filter and the open event kept."""
+    with Store(make_settings(live.receiver.data_dir)).reader() as con:
+        [(deal_event,)] = con.execute("SELECT max(id) FROM events WHERE entity = 'Deals' "
+                                      "AND NOT is_test").fetchall()
+    deals = live.count(entity="Deals")
+    account = live.sandbox.sim.account_id  # the store holds the contact's account too
+    page.goto(f"/events?account={account}&entity=Deals&event={deal_event}")
+    grid = data_grid(page, "changed fields")
+    expect(grid).to_have_attribute("aria-rowcount", str(deals + 1))
+    opened = page.get_by_role("heading", name=re.compile(rf"\b{deal_event}\b"))
+    expect(opened).to_be_visible()
+    page.evaluate("window.stillTheSamePage = true")  # gone if the page reloads
+
+    report = live.sandbox.run_activity(1, entity="Deals", action="Create")
+    assert [d["status"] for d in report["deliveries"]] == [200]
+    expect(grid).to_have_attribute("aria-rowcount", str(deals + 2), timeout=15_000)
+    assert page.evaluate("window.stillTheSamePage") is True
+    expect(opened).to_be_visible()  # the open event stays open
+    assert f"event={deal_event}" in page.url and "entity=Deals" in page.url
+    cells = grid.locator(grid_column(grid, "entity"))
+    assert set(cells.all_inner_texts()) == {"Negócios"}  # the filter stays applied
+    screenshot(page, live.screenshots / "events-live.png")

@@ -406,8 +406,10 @@ def _live(event_filter: events.EventFilter | None, size: int, number: int, zone:
             st.info("No event matches these filters. Widen the time range or clear a filter.")
         else:
             _caption(result, zone)
-            selected = _table(result, zone, selected)
-            selected_raw = None if selected is None else str(selected)
+            picked = _table(result, zone, selected)
+            if picked != selected:  # a row picked: the link's value (even a bad one) is gone
+                selected_raw = None if picked is None else str(picked)
+            selected = picked
     if selected_raw is not None and selected is None:
         st.error(f"“{plain(selected_raw, VALUE_LIMIT)}” in the link is not an event id. Use "
                  "a link like ?event=123.")
