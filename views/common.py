@@ -128,8 +128,13 @@ def clear_query_cache() -> None:
 
 
 def page_available(path: str) -> bool:
-    """Return whether a page file (relative to the project root) exists."""
-    return (PROJECT_ROOT / path).is_file()
+    """Return whether a page file (relative to the project root) can be linked to: it
+    exists and the dashboard's navigation runs (a page run on its own has no other page)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    routed = ctx is None or ctx.main_script_path == str(PROJECT_ROOT / "dashboard.py")
+    return routed and (PROJECT_ROOT / path).is_file()
 
 
 def demo_banner(access: Access) -> None:
