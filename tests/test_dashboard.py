@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -84,8 +83,9 @@ def test_first_run_key_demo_and_back(data_dir):
     assert at.title[0].value == "Welcome to the Ploomes webhook monitor"
     shown = texts(at)
     assert f'python receiver.py --data-dir "{data_dir}"' in shown
-    port = os.environ["PLOOMES_RECEIVER_URL"].rsplit(":", 1)[1]
-    assert f":{port}/ploomes/webhook" in [c.value for c in at.code][1]
+    # no PLOOMES_CALLBACK_URL: no made-up address, but what to set and why
+    assert not any("/ploomes/webhook" in c.value for c in at.code)
+    assert any("PLOOMES_CALLBACK_URL" in w.value and "HTTPS" in w.value for w in at.warning)
     assert "Receiver not reachable" in shown
     assert "Demo data is shown" not in shown
 
@@ -169,13 +169,14 @@ def test_users_page_counts(seeded):
     rows = {r["ActionUserId"]: r for r in table.to_dict("records")}
     assert [(r["User"], r["Events"], r["Records"]) for r in table.to_dict("records")] == [
         ("10", 2, 1), ("20", 2, 1), ("30", 1, 1)]
-    assert (rows[10]["Deals · Create"], rows[10]["Deals · Update"],
-            rows[10]["Contacts · Create"]) == (1, 1, 0)
-    assert (rows[20]["Contacts · Create"], rows[20]["Contacts · Update"]) == (1, 1)
-    assert rows[30]["Deals · Win"] == 1
+    # entities and actions as Ploomes names them
+    assert (rows[10]["Negócios · Criação"], rows[10]["Negócios · Alteração"],
+            rows[10]["Clientes · Criação"]) == (1, 1, 0)
+    assert (rows[20]["Clientes · Criação"], rows[20]["Clientes · Alteração"]) == (1, 1)
+    assert rows[30]["Negócios · Ganho"] == 1
     assert at.selectbox(key="users_selected").value == 10
     fields = at.dataframe[1].value
-    assert fields[["Field", "Changes"]].values.tolist()[0] == ["StageId", 2]
+    assert fields[["Field", "Changes"]].values.tolist()[0] == ["Estágio", 2]
     links = [(p.proto.page, p.proto.query_string) for p in at.get("page_link")]
     if (ROOT / "views/events.py").is_file():
         assert any("user=10" in q for _, q in links)
@@ -191,7 +192,7 @@ def test_users_page_follows_the_user_in_the_address(seeded):
     assert not at.exception
     assert at.selectbox(key="users_selected").value == 20
     fields = at.dataframe[1].value
-    assert fields[["Field", "Changes"]].values.tolist() == [["Name", 2]]
+    assert fields[["Field", "Changes"]].values.tolist() == [["Nome", 2]]
 
 
 def test_status_page(seeded):
@@ -205,15 +206,17 @@ def test_status_page(seeded):
     assert shown["Journal records stored"] == "6"
     assert str(seeded) in texts(at)
     assert any("Receiver not reachable" in e.value for e in at.error)
-    assert at.text_input(key="export_user").value == "10"
-    assert "**3** events match" in texts(at)
-    labels = [b.proto.label for b in at.get("download_button")]
-    assert labels == ["Download CSV", "Download Parquet"]
-    at.text_input(key="export_user").set_value("").run()
-    at.checkbox(key="export_duplicates").set_value(False).run()
-    assert "**5** events match" in texts(at)
-    at.text_input(key="export_record").set_value("abc").run()
-    assert any("Record id must be a number" in e.value for e in at.error)
+    # the refused requests: the one failed key attempt, none refused with a good key
+    assert (shown["Refused deliveries"], shown["Failed key attempts"]) == ("0", "1")
+    assert not at.get("download_button")  # the export lives on the Events page now
+
+    # the Events page exports its list, with the link's filters (user 10, repeats shown)
+    at.switch_page("views/events.py").run()
+    assert not at.exception
+    assert at.selectbox(key="f_user").value == 10 and at.toggle(key="f_dups").value is True
+    assert [b.key for b in at.get("download_button")] == ["export_csv", "export_parquet"]
+    [listed] = [t.value for t in at.dataframe if "event" in t.value.columns]
+    assert len(listed) == 3
 
 
 @pytest.mark.parametrize("store_state", ["empty", "seeded"])
