@@ -74,8 +74,8 @@ def test_lists_subscriptions_with_names(page_env):
     at = run_page()
     table = subscriptions(at)
     assert list(table["Id"]) == [w["Id"] for w in made]
-    assert list(table["Entity"]) == ["Deals", "Contacts"]
-    assert list(table["Action"]) == ["Win", "Update"]
+    assert list(table["Entity"]) == ["Negócios", "Clientes"]  # as Ploomes names them
+    assert list(table["Action"]) == ["Ganho", "Alteração"]
     assert set(table["Callback URL"]) == {CALLBACK}
     assert list(table["Deliveries 24 h"]) == [0, 0]
     assert set(table["Key accepted here"]) == {"yes"}
@@ -83,8 +83,8 @@ def test_lists_subscriptions_with_names(page_env):
     assert set(table["Creator"]) == {sandbox.sim.users[0]["Name"]}
     assert "•" in table["Validation key"][0] and RECEIVER_KEY not in table.to_string()
     grid = coverage(at)
-    assert grid.loc["Deals", "Win"] == "✓" and grid.loc["Contacts", "Update"] == "✓"
-    assert grid.loc["Deals", "Create"] == ""
+    assert grid.loc["Negócios", "Ganho"] == "✓" and grid.loc["Clientes", "Alteração"] == "✓"
+    assert grid.loc["Negócios", "Criação"] == ""
     assert USER_KEY not in texts(at.markdown) + texts(at.caption) + texts(at.error)
 
 
@@ -111,7 +111,7 @@ def test_refuses_plain_http_and_duplicates(page_env):
     at = run_page()
     register(at, "Deals", ["Win", "Lose"])
     errors = texts(at.error)
-    assert "already subscribed" in errors and "Deals Win" in errors
+    assert "already subscribed" in errors and "Negócios Ganho" in errors
     assert "Nothing was created" in errors
     assert len(sandbox.webhooks()) == 1
 
@@ -198,22 +198,41 @@ def test_edits_a_subscription_and_the_audit_trail_says_who(page_env, tmp_path):
     sandbox = page_env
     [hook] = sandbox.subscribe_all(CALLBACK, "old-key-0123456789abcdef",
                                    pairs=(("Deals", "Win"),))
+    hook_id = hook["Id"]
     at = run_page()
-    at.selectbox(key="manage_subscription").set_value(hook["Id"])
-    at.text_input(key=f"edit_callback_url_{hook['Id']}").set_value(CALLBACK + "/v2")
-    at.checkbox(key=f"edit_active_{hook['Id']}").set_value(False)
-    at.checkbox(key=f"edit_rekey_{hook['Id']}").set_value(True)
-    at.button(key=f"edit_submit_{hook['Id']}").click().run()
+    at.selectbox(key="manage_subscription").set_value(hook_id)
+    at.text_input(key=f"edit_callback_url_{hook_id}").set_value(CALLBACK + "/v2")
+    at.radio(key=f"edit_key_{hook_id}").set_value("receiver")
+    at.button(key=f"edit_submit_{hook_id}").click().run()
+    assert not at.exception, at.exception
+    # asked first: nothing changes in Ploomes until it is confirmed
+    assert [w for w in at.warning if f"{CALLBACK}/v2" in w.value and "••••" in w.value]
+    assert sandbox.webhooks()[0]["CallbackUrl"] == CALLBACK
+    at.button(key="edit_confirm").click().run()
     assert not at.exception, at.exception
     [changed] = sandbox.webhooks()
     assert (changed["CallbackUrl"], changed["Active"], changed["ValidationKey"]) == (
-        CALLBACK + "/v2", False, RECEIVER_KEY)
-    assert (f"Changed subscription {hook['Id']}: active, callback_url, validation_key"
-            in texts(at.success))
-    rows = query(tmp_path / "data", "SELECT actor, role, action, outcome, detail FROM audit_log")
-    assert rows == [("local", "admin", "edit_subscription", "done",
-                     f"callback_url = {CALLBACK}/v2, active = False, "
-                     f"validation_key = ••••{RECEIVER_KEY[-4:]}")]
+        CALLBACK + "/v2", True, RECEIVER_KEY)
 
-    at.button(key=f"edit_submit_{hook['Id']}").click().run()  # nothing changed this time
+    # pause, confirmed; then re-activate, confirmed; a cancel changes nothing
+    at.button(key="active_start").click().run()
+    at.button(key="active_cancel").click().run()
+    assert sandbox.webhooks()[0]["Active"] is True
+    at.button(key="active_start").click().run()
+    at.button(key="active_confirm").click().run()
+    assert not at.exception, at.exception
+    assert sandbox.webhooks()[0]["Active"] is False
+    at.button(key="active_start").click().run()
+    at.button(key="active_confirm").click().run()
+    assert sandbox.webhooks()[0]["Active"] is True
+
+    rows = query(tmp_path / "data", "SELECT actor, role, action, outcome, detail FROM audit_log "
+                                    "ORDER BY id")
+    assert rows == [
+        ("local", "admin", "edit_subscription", "done",
+         f"callback_url = {CALLBACK}/v2, validation_key = ••••{RECEIVER_KEY[-4:]}"),
+        ("local", "admin", "pause_subscription", "done", "active = False"),
+        ("local", "admin", "activate_subscription", "done", "active = True")]
+
+    at.button(key=f"edit_submit_{hook_id}").click().run()  # nothing changed this time
     assert "Nothing was changed" in texts(at.info)
