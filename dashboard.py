@@ -36,16 +36,18 @@ if __name__ != "__main__":
 
     app = st.App(__file__, lifespan=_lifespan)
 else:
+    from ploomes.i18n import _
     from views import PAGES
     from views.access import gate, page_allowed
-    from views.common import demo_banner
+    from views.common import demo_banner, settings
 
+    settings()  # the language (PLOOMES_LANGUAGE) before the first word is drawn
     # an emoji: a ":material/…:" tab icon is fetched from Google's font server
-    st.set_page_config(page_title="Ploomes webhooks", page_icon="📬",
+    st.set_page_config(page_title=_("Ploomes webhooks"), page_icon="📬",
                        layout="wide")
     # sign-in first: someone who may not see the data gets no page at all (views/access.py)
     access = gate()
-    pages = [st.Page(path, title=title, icon=icon, default=index == 0)
+    pages = [st.Page(path, title=_(title), icon=icon, default=index == 0)
              for index, (path, title, icon) in enumerate(PAGES)
              if (ROOT / path).is_file() and page_allowed(path, access)]
     page = st.navigation(pages)

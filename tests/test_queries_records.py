@@ -231,8 +231,9 @@ def test_gap_explanation_uses_field_labels():
                "label": "Cliente verificado"},
               {"field": "StatusId", "expected": 2, "found": 1}]
     assert qrecords.explain_gap(fields, 4, 9) == (
-        "Old said Cliente verificado was false but our last delivery said true; StatusId was 1 "
-        "but our last delivery said 2: a change was missed between event 4 and event 9.")
+        "O Old dizia Cliente verificado era false, mas a nossa última entrega dizia true; "
+        "StatusId era 1, mas a nossa última entrega dizia 2: uma alteração se perdeu entre o "
+        "evento 4 e o evento 9.")
 
 
 # --- the 51 real Win deliveries ---------------------------------------------------------
@@ -268,9 +269,10 @@ def test_real_won_reopened_and_won_again_is_a_gap(real):
     assert rows(gaps, ["event_id", "previous_event_id", "record_id", "field_labels"]) == REAL_GAPS
     mine = run(real, qrecords.continuity_gaps, "Deals", 406008051)
     assert mine["explanation"].iloc[-1] == (
-        "Old said Situação was 1 but our last delivery said 2; LastQuoteId was 402954823 but "
-        "our last delivery said 402945475; Último estágio was null but our last delivery said "
-        "40054572: a change was missed between event 15 and event 16.")
+        "O Old dizia Situação era 1, mas a nossa última entrega dizia 2; LastQuoteId era "
+        "402954823, mas a nossa última entrega dizia 402945475; Último estágio era null, mas a "
+        "nossa última entrega dizia 40054572: uma alteração se perdeu entre o evento 15 e o "
+        "evento 16.")
     events = run(real, qrecords.record_events, "Deals", 406008051)
     assert rows(events, ["event_id", "action", "changed_fields"]) == [
         (15, "Win", "Situação, Último estágio, Data de finalização, LastOrderId"),

@@ -53,7 +53,7 @@ def subscriptions(at: AppTest):
 
 def coverage(at: AppTest):
     """Return the coverage grid shown on the page."""
-    return next(d.value for d in at.dataframe if d.value.index.name == "Entity")
+    return next(d.value for d in at.dataframe if d.value.index.name == "Entidade")
 
 
 def register(at: AppTest, entity: str, actions: list[str], url: str | None = None) -> AppTest:
@@ -78,7 +78,7 @@ def test_lists_subscriptions_with_names(page_env):
     assert list(table["Action"]) == ["Ganho", "Alteração"]
     assert set(table["Callback URL"]) == {CALLBACK}
     assert list(table["Deliveries 24 h"]) == [0, 0]
-    assert set(table["Key accepted here"]) == {"yes"}
+    assert set(table["Key accepted here"]) == {"sim"}
     # The page synced the directory on its first run, so the creator has a name.
     assert set(table["Creator"]) == {sandbox.sim.users[0]["Name"]}
     assert "•" in table["Validation key"][0] and RECEIVER_KEY not in table.to_string()
@@ -96,7 +96,7 @@ def test_registers_through_the_form(page_env):
     made = sorted(sandbox.webhooks(), key=lambda w: w["ActionId"])
     assert [(w["EntityId"], w["ActionId"], w["CallbackUrl"], w["ValidationKey"])
             for w in made] == [(2, 1, CALLBACK, RECEIVER_KEY), (2, 4, CALLBACK, RECEIVER_KEY)]
-    assert "Created 2 subscription(s)" in texts(at.success)
+    assert "2 inscrições criadas" in texts(at.success)
     assert len(subscriptions(at)) == 2
 
 
@@ -105,26 +105,26 @@ def test_refuses_plain_http_and_duplicates(page_env):
     sandbox.subscribe_all(CALLBACK, RECEIVER_KEY, pairs=(("Deals", "Win"),))
     at = run_page()
     register(at, "Deals", ["Lose"], url="http://example.com/hook")
-    assert "must use https://" in texts(at.error)
+    assert "deve usar https://" in texts(at.error)
     assert len(sandbox.webhooks()) == 1
 
     at = run_page()
     register(at, "Deals", ["Win", "Lose"])
     errors = texts(at.error)
-    assert "already subscribed" in errors and "Negócios Ganho" in errors
-    assert "Nothing was created" in errors
+    assert "já tem inscrição" in errors and "Negócios Ganho" in errors
+    assert "Nada foi criado" in errors
     assert len(sandbox.webhooks()) == 1
 
     at = run_page()
     register(at, "Deals", [])
-    assert "choose at least one action" in texts(at.error)
+    assert "escolha ao menos uma ação" in texts(at.error)
 
 
 def test_generate_key_is_stored_and_used(page_env, tmp_path):
     sandbox = page_env
     at = run_page()
     at.button(key="generate_key").click().run()
-    assert "stored" in texts(at.success)
+    assert "guardada" in texts(at.success)
     register(at, "Contacts", ["Create"])
     [hook] = sandbox.webhooks()
     stored = (tmp_path / "data" / "keys" / "validation-keys.txt").read_text().split()
@@ -138,18 +138,18 @@ def test_deletes_only_after_confirmation(page_env):
     at = run_page()
     at.selectbox(key="manage_subscription").set_value(made[1]["Id"])
     at.button(key="delete_start").click().run()
-    assert "Delete subscription" in texts(at.warning)
+    assert "Excluir a inscrição" in texts(at.warning)
     assert len(sandbox.webhooks()) == 2  # nothing yet
 
     at.button(key="delete_cancel").click().run()
     assert len(sandbox.webhooks()) == 2
-    assert not any("Delete subscription" in w.value for w in at.warning)
+    assert not any("Excluir a inscrição" in w.value for w in at.warning)
 
     at.button(key="delete_start").click().run()
     at.button(key="delete_confirm").click().run()
     assert not at.exception
     assert [w["Id"] for w in sandbox.webhooks()] == [made[0]["Id"]]
-    assert f"Deleted subscription {made[1]['Id']}" in texts(at.success)
+    assert f"Inscrição {made[1]['Id']}" in texts(at.success)
     assert list(subscriptions(at)["Id"]) == [made[0]["Id"]]
 
 
@@ -161,7 +161,7 @@ def test_test_delivery_to_a_dead_callback_is_a_message(page_env):
     at.button(key="test_delivery").click().run()
     assert not at.exception, at.exception
     errors = texts(at.error)
-    assert "could not be sent" in errors and "receiver is running" in errors
+    assert "não pôde ser enviada" in errors and "receptor está rodando" in errors
     assert RECEIVER_KEY not in errors
 
 
@@ -235,4 +235,4 @@ def test_edits_a_subscription_and_the_audit_trail_says_who(page_env, tmp_path):
         ("local", "admin", "activate_subscription", "done", "active = True")]
 
     at.button(key=f"edit_submit_{hook_id}").click().run()  # nothing changed this time
-    assert "Nothing was changed" in texts(at.info)
+    assert "Nada foi alterado" in texts(at.info)
