@@ -145,3 +145,44 @@ def test_one_account_offers_no_choice(tmp_path, monkeypatch):
     at = run_events(settings, monkeypatch)
     assert not [s for s in at.sidebar.selectbox if s.key == "account"]
     assert list(listed(at)["event"]) == [1]
+
+
+def test_demo_data_and_the_sandbox_are_accounts_of_their_own(tmp_path):
+    """The demo data and the sandbox's deliveries in one store: two accounts, nobody under
+    two ids, and each account's active users counted apart."""
+    from conftest import TEST_KEY, ReceiverProcess
+
+    from ploomes.crm.api import PloomesClient
+    from ploomes.crm.directory import sync_directory
+    from ploomes.demo.generator import DEMO_ACCOUNT_ID, SANDBOX_ACCOUNT_ID
+    from ploomes.demo.sandbox import Sandbox
+    from ploomes.queries import users as qusers
+
+    receiver = ReceiverProcess(tmp_path / "data").start()
+    try:
+        settings = make_settings(receiver.data_dir, receiver_url=receiver.url)
+        with Sandbox(user_key="accounts-user-key-0123456789", seed=11, rate_limit=0) as sandbox:
+            sandbox.subscribe_all(receiver.webhook_url, TEST_KEY)
+            report = sandbox.run_activity(40)
+            assert {d["status"] for d in report["deliveries"]} == {200}
+            with PloomesClient(sandbox.url, "accounts-user-key-0123456789") as client:
+                sync_directory(client, Store(settings))
+        assert load_demo(settings) > 1000  # handed to the running receiver
+        receiver.wait_ingested(timeout=60)
+    finally:
+        receiver.stop()
+    with Store(settings).reader() as con:
+        seen = qstatus.accounts_seen(con)
+        everyone = qusers.users_summary(con)
+        demo = qstatus.overview_summary(con, account=DEMO_ACCOUNT_ID).loc["7 d"]
+        sandbox_users = qstatus.overview_summary(con, account=SANDBOX_ACCOUNT_ID).loc["7 d"]
+        both = qstatus.overview_summary(con).loc["7 d"]
+    assert sorted(int(a) for a in seen["account_id"]) == sorted([DEMO_ACCOUNT_ID,
+                                                                 SANDBOX_ACCOUNT_ID])
+    assert list(seen["demo"]) == [False, True]  # the real-looking account first
+    named = everyone[everyone["user"] != everyone["action_user_id"].astype(str)]
+    assert len(named) == len(everyone)  # every user named, from their own account
+    ids_per_name = named.groupby("user")["action_user_id"].nunique()
+    assert ids_per_name.max() == 1, ids_per_name[ids_per_name > 1]
+    assert 0 < demo["active_users"] <= 7 and 0 < sandbox_users["active_users"] <= 7
+    assert both["active_users"] == demo["active_users"] + sandbox_users["active_users"]
