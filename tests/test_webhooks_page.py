@@ -236,3 +236,17 @@ def test_edits_a_subscription_and_the_audit_trail_says_who(page_env, tmp_path):
 
     at.button(key=f"edit_submit_{hook_id}").click().run()  # nothing changed this time
     assert "Nada foi alterado" in texts(at.info)
+
+
+def test_one_callback_url_from_the_setting(page_env, monkeypatch):
+    at = run_page()  # PLOOMES_CALLBACK_URL set: the form and the coverage say that one
+    assert at.text_input(key="register_callback_url").value == CALLBACK
+    assert CALLBACK in texts(at.caption)
+    assert "PLOOMES_CALLBACK_URL" not in texts(at.warning)
+
+    monkeypatch.delenv("PLOOMES_CALLBACK_URL")
+    at = run_page()  # unset: no made-up address, but what to set and why
+    assert at.text_input(key="register_callback_url").value == ""
+    explained = texts(at.warning)
+    assert "PLOOMES_CALLBACK_URL" in explained and "HTTPS" in explained
+    assert "127.0.0.1" not in explained and "/ploomes/webhook" in explained
