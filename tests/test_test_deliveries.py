@@ -11,6 +11,7 @@ import sys
 
 import pytest
 from conftest import ROOT, SHARED, TEST_KEY, ReceiverProcess, make_settings, wait_for
+from streamlit.testing.v1 import AppTest
 
 from ploomes.actions import Actor
 from ploomes.actions import subscriptions as subscription_actions
@@ -45,7 +46,7 @@ def payload(name: str) -> dict:
     return json.loads((SHARED / "payloads" / f"{name}.json").read_text(encoding="utf-8"))
 
 
-def test_a_test_delivery_is_marked_and_left_out_unless_asked(receiver, settings):
+def test_a_test_delivery_is_marked_and_left_out_unless_asked(receiver, settings, monkeypatch):
     real = payload("deal-create")
     assert receiver.post(real).status_code == 200
     # the same subscription, sent a test from the Webhooks page by another user
@@ -92,6 +93,27 @@ def test_a_test_delivery_is_marked_and_left_out_unless_asked(receiver, settings)
     assert status["events"] == 2 and status["test_deliveries"] == 1
     assert any("test deliveries" in line for line in status["counts_include"])
     assert list(audit_entries_of(store)) == ["test_delivery"]
+
+    # the Events page: left out of the list, shown with its badge when asked for
+    monkeypatch.setenv("PLOOMES_DATA_DIR", str(settings.data_dir))
+    at = AppTest.from_file(str(ROOT / "views" / "events.py"), default_timeout=30).run()
+    assert not at.exception, at.exception
+    assert list(listed(at)["event"]) == [1]
+    at.toggle(key="f_tests").set_value(True).run()
+    table = listed(at)
+    assert list(table["event"]) == [test_id, 1]
+    badges = table.iloc[:, -1]  # the marks column, in the interface's language
+    assert set(badges.iloc[0]) in ({"teste"}, {"test"}) and list(badges.iloc[1]) == []
+    at = AppTest.from_file(str(ROOT / "views" / "events.py"), default_timeout=30)
+    at.query_params.update({"event": str(test_id), "tests": "1"})
+    at.run()
+    assert not at.exception, at.exception
+    assert any("Webhooks" in w.value for w in at.warning)  # says where it came from
+
+
+def listed(at: AppTest):
+    [table] = [t.value for t in at.dataframe if "event" in t.value.columns]
+    return table
 
 
 def audit_entries_of(store: Store) -> list[str]:
