@@ -26,6 +26,13 @@ if __name__ != "__main__":
     def _warm_up() -> None:
         try:
             import views.common  # noqa: F401 - pandas, DuckDB, the query modules: ~1 s
+            from ploomes import i18n
+            from ploomes.config import load_settings
+
+            # the catalog and Babel's locale data: ~80 ms the first page would wait for
+            i18n.activate(load_settings().language)
+            i18n.translations(i18n.language())
+            i18n.vega_locale()
         except Exception:  # noqa: BLE001, S110 - the page itself will say what is wrong
             pass
 
