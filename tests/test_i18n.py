@@ -240,6 +240,19 @@ def test_every_text_on_the_webhooks_page_comes_from_the_catalog(sandbox, seeded,
     assert untranslated(at) == []
 
 
+def test_every_text_of_the_first_run_screen_comes_from_the_catalog(tmp_path, monkeypatch):
+    at = run("dashboard.py", monkeypatch, tmp_path / "data", "pseudo")
+    assert at.title[0].value == "⟦Boas-vindas ao monitor de webhooks do Ploomes⟧"
+    assert untranslated(at) == []
+
+
+def test_every_text_of_the_webhooks_page_without_a_key_comes_from_the_catalog(seeded,
+                                                                             monkeypatch):
+    at = run("views/webhooks.py", monkeypatch, seeded, "pseudo")
+    assert any("User-Key" in text for _, text in shown_texts(at))
+    assert untranslated(at) == []
+
+
 def test_pages_speak_portuguese_by_default(seeded, monkeypatch):
     monkeypatch.setenv("PLOOMES_DATA_DIR", str(seeded))
     at = AppTest.from_file(str(ROOT / "views" / "events.py"), default_timeout=TIMEOUT)

@@ -142,7 +142,7 @@ def _timeline(include_duplicates: bool, account: AccountChoice) -> None:
                   "scale": {"type": "utc", "domain": [d.isoformat() for d in domain]}},
             "x2": {"field": "bucket_end"},
             "y": {"aggregate": "sum", "field": "events", "type": "quantitative",
-                  "title": _("events")},
+                  "title": _("events"), "axis": {"tickMinStep": 1}},  # whole events
             "color": {"field": "group", "type": "nominal", "title": group_name},
             "tooltip": [{"field": "when", "type": "nominal", "title": bucket_name},
                         {"field": "group", "type": "nominal", "title": group_name},
