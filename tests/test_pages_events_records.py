@@ -231,7 +231,8 @@ def test_event_repeat_gap_and_bookkeeping(data_dir):
     at = run_page(EVENTS, event=3)  # a creation: what each field was set to, nothing else
     diff = frame(at, "value")
     assert list(diff.columns) == ["field", "value", "API name"]
-    assert list(diff["value"]) == ["Implantação São Jorge", "Em aberto (1)", "10", "1000.0"]
+    assert list(diff["value"]) == ["Implantação São Jorge", "Em aberto (1)", "10",
+                                   "R$\xa01.000,00"]  # in reais, as Brazil writes it
     assert list(diff["field"]) == ["Título", "Situação", "Estágio", "Valor"]
 
 
