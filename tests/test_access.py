@@ -250,5 +250,5 @@ def test_an_admin_sees_who_did_what_on_the_audit_page(data_dir):
     [table] = [d.value for d in at.dataframe]
     row = table.iloc[0]
     assert (row["Who"], row["Role"], row["From"], row["Action"], row["Outcome"]) == (
-        ADMIN, "admin", "esta máquina", "generate_key", "done")
+        ADMIN, "administrador", "esta máquina", "generate_key", "concluída")
     assert row["Detail"].startswith("key ••••")

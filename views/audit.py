@@ -16,6 +16,9 @@ LIMIT = 1000
 COLUMNS = {"When": N_("When"), "Who": N_("Who"), "Action": N_("Action"),
            "Outcome": N_("Outcome"), "From": N_("From"), "Role": N_("Role"),
            "Target": N_("Target"), "Detail": N_("Detail")}
+# how an entry ended, as the page says it (the table keeps the English word)
+OUTCOMES = {"started": N_("started"), "done": N_("done"), "failed": N_("failed"),
+            "refused": N_("refused")}
 
 
 def _source(row: pd.Series) -> str:
@@ -44,9 +47,10 @@ def render() -> None:
         "When": time_column(entries["asked_at"], tz),
         "Who": entries["actor"].map(lambda a: local if a == LOCAL else a),
         "Action": entries["action"],
-        "Outcome": entries["outcome"],
+        "Outcome": entries["outcome"].map(lambda o: _(OUTCOMES[o]) if o in OUTCOMES else o),
         "From": entries.apply(_source, axis=1),
-        "Role": entries["role"].fillna(_("none")),
+        "Role": entries["role"].map(
+            lambda r: _(access.ROLE_NAMES.get(r, r)) if isinstance(r, str) else _("none")),
         "Target": entries["target"],
         "Detail": entries["detail"],
         "#": entries["id"],
