@@ -200,7 +200,7 @@ def test_an_admin_signs_in_changes_a_subscription_sees_it_audited_and_signs_out(
     goto(page, "/audit", "Trilha de auditoria")
     trail = data_grid(page, "Resultado")
     expect(grid_cell(trail, "register_subscription", "Quem")).to_have_text(ADMIN)
-    expect(grid_cell(trail, "register_subscription", "Resultado")).to_have_text("done")
+    expect(grid_cell(trail, "register_subscription", "Resultado")).to_have_text("concluída")
     expect(grid_cell(trail, "register_subscription", "De onde")).to_have_text("esta máquina")
 
     sign_out(page, provider)
