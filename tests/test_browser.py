@@ -304,3 +304,17 @@ def test_a_row_opens_its_event(page, live):
     assert f"event={event_id}" in page.url
     expect(page.get_by_text(f"Alteração de Clientes (Update Contacts) {CONTACT}")
            ).to_be_visible()
+
+
+def test_a_row_of_a_records_history_opens_its_event(page, live):
+    event_id = live.contact_event
+    open_page(page, f"/records?entity=Contacts&record={CONTACT}", "Registros")
+    timeline = data_grid(page, "campos alterados")
+    expect(timeline).to_have_attribute("aria-rowcount", "2")  # one event, under the header
+    frame = page.get_by_test_id("stDataFrame").filter(
+        has=page.locator("th[role=columnheader]", has_text=re.compile("^campos alterados$")))
+    box = frame.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 12, box["y"] + 35 + 17)  # the row's selection box
+    expect(page.get_by_role("heading", name=f"Evento nº {event_id}")).to_be_visible()
+    assert f"event={event_id}" in page.url and "/events" in page.url
