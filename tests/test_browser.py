@@ -318,3 +318,27 @@ def test_a_row_of_a_records_history_opens_its_event(page, live):
     page.mouse.click(box["x"] + 12, box["y"] + 35 + 17)  # the row's selection box
     expect(page.get_by_role("heading", name=f"Evento nº {event_id}")).to_be_visible()
     assert f"event={event_id}" in page.url and "/events" in page.url
+
+
+def test_a_refused_delivery_is_listed_with_its_body_as_text(page, live):
+    body = b'{"Action": "Update", "Entity": "<img src=x onerror=alert(1)> **bold**"'  # cut off
+    assert live.receiver.post(body).status_code == 400
+    live.receiver.wait_ingested()
+    open_page(page, "/status", "Status")
+    expect(metric(page, "Entregas recusadas")).to_have_text("1")
+    grid = data_grid(page, "motivo")
+    expect(grid).to_have_attribute("aria-rowcount", "2")  # the one refused, under the header
+    expect(grid_cell(grid, "400", "origem")).to_have_text("127.0.0.1")
+    expect(grid_cell(grid, "400", "tamanho (bytes)")).to_have_text(str(len(body)))
+    frame = page.get_by_test_id("stDataFrame").filter(
+        has=page.locator("th[role=columnheader]", has_text=re.compile("^motivo$")))
+    box = frame.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 12, box["y"] + 35 + 17)  # the row's selection box
+    shown = page.get_by_test_id("stCode").filter(has_text="onerror")
+    expect(shown).to_contain_text(body.decode())  # as text: no image, no bold
+    expect(page.locator("img[src='x']")).to_have_count(0)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Baixar o corpo").click()
+    assert Path(download.value.path()).read_bytes() == body
+    screenshot(page, live.screenshots / "status-refused.png")
