@@ -366,9 +366,13 @@ def _diff(changes: pd.DataFrame) -> None:
     table = _diff_columns(changes)
     if show_bookkeeping:
         table["bookkeeping"] = changes["bookkeeping"].to_numpy()
-    wide = {name: st.column_config.TextColumn(_(DIFF_COLUMNS[name]), width="large")
+    # values get room, but beside added and removed items not so much that those are
+    # pushed out of sight on a laptop screen (the table scrolls; the field stays pinned)
+    room = "medium" if "added" in table else "large"
+    wide = {name: st.column_config.TextColumn(_(DIFF_COLUMNS[name]), width=room)
             for name in ("before", "after", "value", "value before") if name in table}
-    named = {name: st.column_config.TextColumn(_(DIFF_COLUMNS[name]))
+    named = {name: st.column_config.TextColumn(_(DIFF_COLUMNS[name]),
+                                               width="small" if name == "bookkeeping" else room)
              for name in ("added", "removed", "bookkeeping") if name in table}
     st.dataframe(table, hide_index=True, width="stretch", key="diff_table", placeholder="—",
                  column_config={
