@@ -26,6 +26,13 @@ if __name__ != "__main__":
     def _warm_up() -> None:
         try:
             import views.common  # noqa: F401 - pandas, DuckDB, the query modules: ~1 s
+            from ploomes import i18n
+            from ploomes.config import load_settings
+
+            # the catalog and Babel's locale data: ~80 ms the first page would wait for
+            i18n.activate(load_settings().language)
+            i18n.translations(i18n.language())
+            i18n.vega_locale()
         except Exception:  # noqa: BLE001, S110 - the page itself will say what is wrong
             pass
 
@@ -36,16 +43,18 @@ if __name__ != "__main__":
 
     app = st.App(__file__, lifespan=_lifespan)
 else:
+    from ploomes.i18n import _
     from views import PAGES
     from views.access import gate, page_allowed
-    from views.common import demo_banner
+    from views.common import demo_banner, settings
 
+    settings()  # the language (PLOOMES_LANGUAGE) before the first word is drawn
     # an emoji: a ":material/…:" tab icon is fetched from Google's font server
-    st.set_page_config(page_title="Ploomes webhooks", page_icon="📬",
+    st.set_page_config(page_title=_("Ploomes webhooks"), page_icon="📬",
                        layout="wide")
     # sign-in first: someone who may not see the data gets no page at all (views/access.py)
     access = gate()
-    pages = [st.Page(path, title=title, icon=icon, default=index == 0)
+    pages = [st.Page(path, title=_(title), icon=icon, default=index == 0)
              for index, (path, title, icon) in enumerate(PAGES)
              if (ROOT / path).is_file() and page_allowed(path, access)]
     page = st.navigation(pages)

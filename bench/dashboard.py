@@ -66,8 +66,9 @@ def page_queries(store: Store) -> dict[str, list[tuple[str, object]]]:
 
     Arguments are the pages' defaults: Overview's 7 d timeline by entity, Events' first
     page of 50 with no filter, Users' "All" range and its busiest user (and the same with
-    the "90 d" range), Status' empty export filter. Records renders no query until a
-    record is asked for; its second row is a record looked up by name, as a user does next.
+    the "90 d" range), Status' refused requests. Every page but Webhooks and Status lists
+    the accounts seen (the sidebar's account choice). Records renders no other query until
+    a record is asked for; its second row is a record looked up by name, as a user does next.
     """
     with store.reader() as con:
         top_user = qusers.users_summary(con).iloc[0]["action_user_id"]
@@ -78,15 +79,16 @@ def page_queries(store: Store) -> dict[str, list[tuple[str, object]]]:
     start = end - timedelta(days=7)
     since90 = end - timedelta(minutes=1, days=90)  # the Users page's "90 d"
     banner = ("demo_count (banner)", demo_count)
+    accounts = ("accounts_seen (account choice)", qstatus.accounts_seen)
     entity, record_id = deal[0], int(deal[1])
     # what the Events page runs before its table, whatever the filter
-    events_page = [banner, ("filter_options", qevents.filter_options),
+    events_page = [banner, accounts, ("filter_options", qevents.filter_options),
                    ("field_options(any entity)", lambda con: qevents.field_options(con, None))]
     first_page = ("events_page(no filter, 1, 50)",
                   lambda con: qevents.events_page(con, qevents.EventFilter(), 1, 50))
     return {
         "Overview": [
-            banner,
+            banner, accounts,
             ("event_count", qstatus.event_count),
             ("overview_summary", lambda con: qstatus.overview_summary(con)),
             ("last_delivery_at", qstatus.last_delivery_at),
@@ -106,11 +108,11 @@ def page_queries(store: Store) -> dict[str, list[tuple[str, object]]]:
                 con, int(con.execute("SELECT max(id) FROM events").fetchall()[0][0]))),
         ],
         "Records": [
-            banner,
+            banner, accounts,
             ("distinct_values(entity)", lambda con: qevents.distinct_values(con, "entity")),
         ],
         "Records, a record found by name": [
-            banner,
+            banner, accounts,
             ("distinct_values(entity)", lambda con: qevents.distinct_values(con, "entity")),
             ("find_records(Deals, text)",
              lambda con: qrecords.find_records(con, entity="Deals", text="Padaria")),
@@ -125,7 +127,7 @@ def page_queries(store: Store) -> dict[str, list[tuple[str, object]]]:
                 con, entity, record_id, event_id=2**62)),
         ],
         "Users": [
-            banner,
+            banner, accounts,
             ("event_count", qstatus.event_count),
             ("users_summary(all)", lambda con: qusers.users_summary(con)),
             ("user_entity_actions(all)", lambda con: qusers.user_entity_actions(con)),
@@ -134,7 +136,7 @@ def page_queries(store: Store) -> dict[str, list[tuple[str, object]]]:
              lambda con: qusers.user_top_fields(con, top_user, limit=10)),
         ],
         "Users, last 90 days": [
-            banner,
+            banner, accounts,
             ("event_count", qstatus.event_count),
             ("users_summary(90 d)", lambda con: qusers.users_summary(con, since=since90)),
             ("user_entity_actions(90 d)",
@@ -150,10 +152,8 @@ def page_queries(store: Store) -> dict[str, list[tuple[str, object]]]:
             ("schema_version", schema_version),
             ("ingest_positions", qstatus.ingest_positions),
             ("table_counts", qstatus.table_counts),
-            ("distinct_values(entity)", lambda con: qevents.distinct_values(con, "entity")),
-            ("distinct_values(action)", lambda con: qevents.distinct_values(con, "action")),
-            ("count_events(no filter)",
-             lambda con: qevents.count_events(con, qevents.EventFilter())),
+            ("refused_counts", qstatus.refused_counts),
+            ("refused_requests(500)", lambda con: qstatus.refused_requests(con, limit=500)),
         ],
     }
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from ploomes import i18n
 from ploomes.config import ConfigError, Settings, load_settings
 from ploomes.ingest.upgrade import UPGRADES
 from ploomes.store import Store, StoreError, fetch_one, schema_version
@@ -123,4 +124,5 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command named on the command line and return its exit code."""
     args = build_parser().parse_args(argv)
+    i18n.activate("en")  # the command line speaks English: scripts read what it prints
     return int(args.handler(args) or 0)

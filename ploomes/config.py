@@ -18,6 +18,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
 DEFAULT_API_URL = "https://api2.ploomes.com"
 DEFAULT_TIMEZONE = "America/Sao_Paulo"
+# The interface's languages (ploomes.i18n): Brazilian Portuguese by default, English, and
+# "pseudo" (the Portuguese marked ⟦…⟧, to spot text that skipped the catalog)
+LANGUAGES = ("pt_BR", "en", "pseudo")
+DEFAULT_LANGUAGE = "pt_BR"
 
 
 class ConfigError(ValueError):
@@ -33,6 +37,7 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     duplicate_window_seconds: float = 120.0
     timezone: str = DEFAULT_TIMEZONE
+    language: str = DEFAULT_LANGUAGE
     journal_retention_days: float = 0.0  # 0 keeps the journal forever
     journal_segment_bytes: int = 16 * 1024 * 1024  # a segment file: ~10k deliveries
     # A request's line and headers must arrive within this many seconds (counted from
@@ -90,6 +95,7 @@ _ENV = {
     "PLOOMES_MAX_BODY_BYTES": ("max_body_bytes", int),
     "PLOOMES_DUPLICATE_WINDOW_SECONDS": ("duplicate_window_seconds", float),
     "PLOOMES_TIMEZONE": ("timezone", str),
+    "PLOOMES_LANGUAGE": ("language", str),
     "PLOOMES_JOURNAL_RETENTION_DAYS": ("journal_retention_days", float),
     "PLOOMES_JOURNAL_SEGMENT_BYTES": ("journal_segment_bytes", int),
     "PLOOMES_HEADER_TIMEOUT_SECONDS": ("header_timeout_seconds", float),
@@ -174,11 +180,24 @@ def load_settings(env: dict[str, str] | None = None, secrets_path: Path | None =
     if env.get("PLOOMES_VALIDATION_KEYS", "").strip():
         values["validation_keys"] = _split_keys(env["PLOOMES_VALIDATION_KEYS"])
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if "language" in values:
+        values["language"] = _language(values["language"])
     if "data_dir" in values:
         values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()
     settings = replace(Settings(), **values)
     _check(settings)
     return settings
+
+
+def _language(raw: str) -> str:
+    # pt-BR, pt_br and pt all mean Brazilian Portuguese; en-US and en_GB mean English
+    code = raw.strip().replace("-", "_").lower()
+    for language in LANGUAGES:
+        if code == language.lower() or code.split("_")[0] == language.lower():
+            return language
+    if code == "pt":
+        return "pt_BR"
+    raise ConfigError(f"PLOOMES_LANGUAGE must be pt_BR or en, got {raw!r}")
 
 
 def _check(settings: Settings) -> None:

@@ -99,11 +99,11 @@ def test_a_fresh_install_listens_on_this_machine_only():
 def test_on_loopback_without_sign_in_the_machines_user_is_an_admin(seeded):
     at = dashboard(auth=None)
     assert not at.exception
-    assert at.title[0].value == "Overview"
-    assert "This machine, without sign-in · admin" in rendered_all(at.sidebar.caption)
+    assert at.title[0].value == "Visão geral"
+    assert "Esta máquina, sem login · administrador" in rendered_all(at.sidebar.caption)
     assert "remove_demo" in buttons(at)
     at.switch_page("views/audit.py").run()
-    assert not at.exception and at.title[0].value == "Audit trail"
+    assert not at.exception and at.title[0].value == "Trilha de auditoria"
 
 
 @pytest.mark.parametrize("where", ["0.0.0.0", "::", "192.0.2.10", "monitor.empresa.com.br",
@@ -112,13 +112,13 @@ def test_another_address_without_sign_in_shows_only_how_to_set_it_up(seeded, add
     address(where)
     at = dashboard(auth=None)
     assert not at.exception
-    assert [t.value for t in at.title] == ["Sign-in is not set up"]
+    assert [t.value for t in at.title] == ["O login não está configurado"]
     assert "[auth]" in shown(at) and "server_metadata_url" in shown(at)
     assert not at.metric and not at.dataframe and not buttons(at)
     assert RECORD_NAME not in shown(at)
     for page in ("views/events.py", "views/status.py", "views/webhooks.py"):
         at.switch_page(page).run()
-        assert [t.value for t in at.title] == ["Sign-in is not set up"], page
+        assert [t.value for t in at.title] == ["O login não está configurado"], page
         assert not at.dataframe and RECORD_NAME not in shown(at)
 
 
@@ -126,17 +126,17 @@ def test_another_address_without_sign_in_shows_only_how_to_set_it_up(seeded, add
 def test_every_loopback_address_counts_as_this_machine(data_dir, address, where):
     address(where)
     at = dashboard(auth=None)
-    assert at.title[0].value == "Welcome to the Ploomes webhook monitor"
+    assert at.title[0].value == "Boas-vindas ao monitor de webhooks do Ploomes"
 
 
 def test_with_sign_in_set_up_nobody_sees_data_before_signing_in(seeded):
     at = dashboard({"is_logged_in": False})
     assert not at.exception
-    assert [t.value for t in at.title] == ["Ploomes webhook monitor"]
-    assert [b.label for b in at.button] == ["Sign in"]
+    assert [t.value for t in at.title] == ["Monitor de webhooks do Ploomes"]
+    assert [b.label for b in at.button] == ["Entrar"]
     assert not at.metric and not at.dataframe and RECORD_NAME not in shown(at)
     at.switch_page("views/records.py").run()
-    assert [t.value for t in at.title] == ["Ploomes webhook monitor"]
+    assert [t.value for t in at.title] == ["Monitor de webhooks do Ploomes"]
     assert not at.dataframe and RECORD_NAME not in shown(at)
 
 
@@ -145,18 +145,18 @@ def test_each_named_provider_gets_its_sign_in_button(data_dir):
     at = dashboard({"is_logged_in": False},
                    auth={"redirect_uri": AUTH["redirect_uri"], "cookie_secret": "s" * 32,
                          "google": provider, "microsoft": provider})
-    assert [b.label for b in at.button] == ["Sign in with google", "Sign in with microsoft"]
+    assert [b.label for b in at.button] == ["Entrar com google", "Entrar com microsoft"]
 
 
 def test_a_viewer_reads_everything_but_gets_no_write_action(seeded):
     at = dashboard(signed_in(VIEWER))
     assert not at.exception
-    assert at.title[0].value == "Overview"
-    assert f"Signed in as {VIEWER} · viewer" in rendered_all(at.sidebar.caption)
-    assert "Demo data is shown" in shown(at)  # the banner, without its button
+    assert at.title[0].value == "Visão geral"
+    assert f"Conectado como {VIEWER} · leitor" in rendered_all(at.sidebar.caption)
+    assert "Há dados de demonstração" in shown(at)  # the banner, without its button
     assert buttons(at) == {"sign_out"}
     at.switch_page("views/records.py").run()
-    assert not at.exception and at.title[0].value == "Records"
+    assert not at.exception and at.title[0].value == "Registros"
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         at.switch_page("views/audit.py")  # not in a viewer's navigation
     # and the page itself refuses a viewer who reaches it anyway
@@ -164,13 +164,13 @@ def test_a_viewer_reads_everything_but_gets_no_write_action(seeded):
     page.secrets["auth"] = AUTH
     page.user = signed_in(VIEWER)
     page.run()
-    assert "This page is for admins" in rendered_all(page.error) and not page.dataframe
+    assert "Esta página é para administradores" in rendered_all(page.error) and not page.dataframe
 
 
 def test_a_viewer_gets_no_key_or_demo_button_on_the_first_screen(data_dir):
     at = dashboard(signed_in(VIEWER))
-    assert at.title[0].value == "Welcome to the Ploomes webhook monitor"
-    assert "An admin can generate one here" in shown(at)
+    assert at.title[0].value == "Boas-vindas ao monitor de webhooks do Ploomes"
+    assert "Um administrador pode gerar uma aqui" in shown(at)
     assert buttons(at) == {"sign_out"}
 
 
@@ -186,7 +186,7 @@ def test_a_viewer_sees_subscriptions_but_cannot_change_them(data_dir, monkeypatc
         table = next(d.value for d in at.dataframe if "Deliveries 24 h" in d.value.columns)
         assert list(table["Id"]) == [made[0]["Id"]]
         assert not buttons(at) & WRITE_BUTTONS
-        assert "is for admins" in rendered_all(at.info)
+        assert "é para administradores" in rendered_all(at.info)
 
         admin = dashboard(signed_in(ADMIN))
         admin.switch_page("views/webhooks.py").run()
@@ -197,47 +197,47 @@ def test_a_viewer_sees_subscriptions_but_cannot_change_them(data_dir, monkeypatc
 
 def test_a_stranger_is_refused(seeded):
     at = dashboard(signed_in(STRANGER))
-    assert [t.value for t in at.title] == ["Not allowed"]
-    assert f"{STRANGER} may not use this dashboard" in rendered_all(at.error)
+    assert [t.value for t in at.title] == ["Sem permissão"]
+    assert f"{STRANGER} não pode usar este painel" in rendered_all(at.error)
     assert buttons(at) == {"sign_out"}
     assert not at.metric and not at.dataframe and RECORD_NAME not in shown(at)
 
 
 def test_an_address_the_provider_has_not_verified_is_refused(seeded):
     at = dashboard(signed_in(ADMIN, email_verified=False))
-    assert [t.value for t in at.title] == ["Not allowed"]
-    assert "not verified" in rendered_all(at.error)
+    assert [t.value for t in at.title] == ["Sem permissão"]
+    assert "não está verificado" in rendered_all(at.error)
 
 
 def test_entra_without_an_email_claim_uses_the_username(seeded):
     user = signed_in(ADMIN)
     del user["email"]
     at = dashboard({**user, "preferred_username": ADMIN})
-    assert at.title[0].value == "Overview"
+    assert at.title[0].value == "Visão geral"
     at = dashboard({**user, "name": "Ana"})
-    assert "carried no e-mail address" in rendered_all(at.error)
+    assert "não trouxe endereço de e-mail" in rendered_all(at.error)
 
 
 def test_an_old_sign_in_must_be_renewed(seeded):
     at = dashboard(signed_in(ADMIN, iat=int(time.time()) - 13 * 3600))
-    assert [b.label for b in at.button] == ["Sign in"]
-    assert "more than 12 hours old" in shown(at) and not at.metric
+    assert [b.label for b in at.button] == ["Entrar"]
+    assert "tem mais de 12 horas" in shown(at) and not at.metric
 
 
 def test_with_empty_allow_lists_nobody_gets_in(seeded, monkeypatch):
     monkeypatch.delenv("PLOOMES_DASHBOARD_ADMINS")
     monkeypatch.delenv("PLOOMES_DASHBOARD_VIEWERS")
     at = dashboard(signed_in(ADMIN))
-    assert [t.value for t in at.title] == ["Not allowed"]
-    assert "set PLOOMES_DASHBOARD_ADMINS" in rendered_all(at.error)
+    assert [t.value for t in at.title] == ["Sem permissão"]
+    assert "defina PLOOMES_DASHBOARD_ADMINS" in rendered_all(at.error)
 
 
 def test_signing_out_leaves_only_the_sign_in_page(seeded):
     at = dashboard(signed_in(ADMIN))
-    assert at.title[0].value == "Overview"
+    assert at.title[0].value == "Visão geral"
     at.button(key="sign_out").click().run()
     at.run()
-    assert [t.value for t in at.title] == ["Ploomes webhook monitor"]
+    assert [t.value for t in at.title] == ["Monitor de webhooks do Ploomes"]
     assert not at.metric
 
 
@@ -250,5 +250,5 @@ def test_an_admin_sees_who_did_what_on_the_audit_page(data_dir):
     [table] = [d.value for d in at.dataframe]
     row = table.iloc[0]
     assert (row["Who"], row["Role"], row["From"], row["Action"], row["Outcome"]) == (
-        ADMIN, "admin", "this machine", "generate_key", "done")
+        ADMIN, "administrador", "esta máquina", "generate_key", "concluída")
     assert row["Detail"].startswith("key ••••")

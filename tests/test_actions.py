@@ -114,7 +114,7 @@ def test_a_viewer_or_stranger_is_refused_by_every_action_and_it_is_recorded(
     }
     for who in (VIEWER, STRANGER):
         for name, attempt in attempts.items():
-            with pytest.raises(NotAllowed, match=f"{who.email} may not .*only admins"):
+            with pytest.raises(NotAllowed, match=f"{who.email} não pode .*só administradores"):
                 attempt(who)
 
     assert sandbox.webhooks() == [hook]  # nothing registered, changed or deleted
@@ -169,7 +169,7 @@ def test_a_failing_action_is_recorded_with_its_error(settings, store, client):
     rows = audit(settings)
     assert [(r[4], r[6]) for r in rows] == [("register_subscription", "failed"),
                                           ("test_delivery", "failed")]
-    assert "must use https" in rows[0][7] and "cannot reach" in rows[1][7]
+    assert "deve usar https" in rows[0][7] and "cannot reach" in rows[1][7]
     assert TEST_KEY not in repr(rows)
 
 
@@ -187,7 +187,7 @@ def test_nothing_is_done_when_the_audit_trail_cannot_be_written(settings, sandbo
     thread.start()
     try:
         assert holding.wait(10)
-        with pytest.raises(AuditUnavailable, match="nothing was done"):
+        with pytest.raises(AuditUnavailable, match="nada foi feito"):
             subscription_actions.register(ADMIN, settings, impatient, client, [], 2, [1],
                                           CALLBACK, TEST_KEY, Catalog({}, {}))
         with pytest.raises(AuditUnavailable):
@@ -218,7 +218,7 @@ def test_a_v4_store_gets_an_empty_audit_trail(settings):
         assert schema_version(con) == 4
         assert audit_entries(con).empty  # the Audit page before the upgrade
     with Store(settings).reader() as con:
-        assert schema_version(con) == SCHEMA_VERSION == 8  # 6: names per account, 7: the relay, 8: alerts
+        assert schema_version(con) == SCHEMA_VERSION > 4
         assert audit_entries(con).empty
     key_actions.generate(ADMIN, settings, Store(settings))
     assert [r[4] for r in audit(settings)] == ["generate_key"]

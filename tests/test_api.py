@@ -213,7 +213,7 @@ def test_actions_fall_back_when_the_endpoint_404s():
 def test_fetch_directory(client, sandbox):
     users, fields = fetch_directory(client)
     assert len(users) == len(sandbox.sim.users)
-    assert set(users[0]) == {"Id", "Name", "Email", "Suspended", "AvatarUrl"}
+    assert set(users[0]) == {"Id", "Name", "Email", "Suspended", "AvatarUrl", "AccountId"}
     assert fields and all(set(f) == {"Key", "Name", "EntityId", "TypeId"} for f in fields)
 
 

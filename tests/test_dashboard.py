@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -81,13 +80,14 @@ def texts(at: AppTest) -> str:
 def test_first_run_key_demo_and_back(data_dir):
     at = app().run()
     assert not at.exception
-    assert at.title[0].value == "Welcome to the Ploomes webhook monitor"
+    assert at.title[0].value == "Boas-vindas ao monitor de webhooks do Ploomes"
     shown = texts(at)
     assert f'python receiver.py --data-dir "{data_dir}"' in shown
-    port = os.environ["PLOOMES_RECEIVER_URL"].rsplit(":", 1)[1]
-    assert f":{port}/ploomes/webhook" in [c.value for c in at.code][1]
-    assert "Receiver not reachable" in shown
-    assert "Demo data is shown" not in shown
+    # no PLOOMES_CALLBACK_URL: no made-up address, but what to set and why
+    assert not any("/ploomes/webhook" in c.value for c in at.code)
+    assert any("PLOOMES_CALLBACK_URL" in w.value and "HTTPS" in w.value for w in at.warning)
+    assert "Receptor inacessível" in shown
+    assert "Há dados de demonstração" not in shown
 
     # no key yet: generate one, shown masked, revealed on request
     at.button(key="first_run_generate_key").click().run()
@@ -102,26 +102,26 @@ def test_first_run_key_demo_and_back(data_dir):
     # demo data: loaded from the button, then labelled on every page
     at.button(key="load_demo").click().run(timeout=60)
     assert not at.exception
-    assert at.title[0].value == "Overview"
+    assert at.title[0].value == "Visão geral"
     with Store(make_settings(data_dir)).reader() as con:
         demo = demo_count(con)
     assert demo > 1000
-    assert any("Demo data is shown — remove it" in w.value and f"{demo:,}" in w.value
-               for w in at.warning)
+    assert any("Há dados de demonstração — remova-os" in w.value
+               and f"{demo:,}".replace(",", ".") in w.value for w in at.warning)
     shown = metrics(at)
-    assert int(shown["Deliveries (7 d)"].replace(",", "")) > 0
-    assert int(shown["Active users (7 d)"]) >= 1
+    assert int(shown["Entregas (7 d)"].replace(".", "")) > 0
+    assert int(shown["Usuários ativos (7 d)"]) >= 1
     at.switch_page("views/status.py").run()
     assert not at.exception
-    assert any("Demo data is shown" in w.value for w in at.warning)
+    assert any("Há dados de demonstração" in w.value for w in at.warning)
 
     # one action removes it and the first-run screen is back
     at.button(key="remove_demo").click().run()
     assert not at.exception
     at.switch_page("views/overview.py").run()
     assert not at.exception
-    assert at.title[0].value == "Welcome to the Ploomes webhook monitor"
-    assert not any("Demo data is shown" in w.value for w in at.warning)
+    assert at.title[0].value == "Boas-vindas ao monitor de webhooks do Ploomes"
+    assert not any("Há dados de demonstração" in w.value for w in at.warning)
 
 
 def test_first_run_with_configured_url_and_key(data_dir, monkeypatch):
@@ -140,25 +140,24 @@ def test_overview_metrics_match_the_store(seeded):
     at = app().run()
     assert not at.exception
     shown = metrics(at)
-    assert {k: shown[f"{k} (24 h)"] for k in ("Deliveries", "Records changed", "Active users",
-                                              "Duplicates", "Refused")} == {
-        "Deliveries": "2", "Records changed": "1", "Active users": "1", "Duplicates": "1",
-        "Refused": "1"}
-    assert {k: shown[f"{k} (7 d)"] for k in ("Deliveries", "Records changed", "Active users",
-                                             "Duplicates", "Refused")} == {
-        "Deliveries": "4", "Records changed": "2", "Active users": "2", "Duplicates": "1",
-        "Refused": "1"}
-    assert shown["Last delivery"] == "59 min ago"
-    assert shown["Receiver"] == "not reachable"
-    assert any("Receiver not reachable" in e.value for e in at.error)
-    assert any("Demo data is shown — remove it" in w.value for w in at.warning)
+    named = ("Entregas", "Registros alterados", "Usuários ativos", "Duplicatas", "Recusadas")
+    assert {k: shown[f"{k} (24 h)"] for k in named} == {
+        "Entregas": "2", "Registros alterados": "1", "Usuários ativos": "1", "Duplicatas": "1",
+        "Recusadas": "1"}
+    assert {k: shown[f"{k} (7 d)"] for k in named} == {
+        "Entregas": "4", "Registros alterados": "2", "Usuários ativos": "2", "Duplicatas": "1",
+        "Recusadas": "1"}
+    assert shown["Última entrega"] == "há 1 hora"
+    assert shown["Receptor"] == "inacessível"
+    assert any("Receptor inacessível" in e.value for e in at.error)
+    assert any("Há dados de demonstração — remova-os" in w.value for w in at.warning)
 
     at.toggle(key="overview_duplicates").set_value(True).run()
     assert not at.exception
-    assert metrics(at)["Deliveries (24 h)"] == "3"
+    assert metrics(at)["Entregas (24 h)"] == "3"
     at.segmented_control(key="overview_range").set_value("30 d").run()
     assert not at.exception
-    assert "One bar per day" in texts(at)
+    assert "Uma barra por dia" in texts(at)
 
 
 def test_users_page_counts(seeded):
@@ -169,13 +168,14 @@ def test_users_page_counts(seeded):
     rows = {r["ActionUserId"]: r for r in table.to_dict("records")}
     assert [(r["User"], r["Events"], r["Records"]) for r in table.to_dict("records")] == [
         ("10", 2, 1), ("20", 2, 1), ("30", 1, 1)]
-    assert (rows[10]["Deals · Create"], rows[10]["Deals · Update"],
-            rows[10]["Contacts · Create"]) == (1, 1, 0)
-    assert (rows[20]["Contacts · Create"], rows[20]["Contacts · Update"]) == (1, 1)
-    assert rows[30]["Deals · Win"] == 1
+    # entities and actions as Ploomes names them
+    assert (rows[10]["Negócios · Criação"], rows[10]["Negócios · Alteração"],
+            rows[10]["Clientes · Criação"]) == (1, 1, 0)
+    assert (rows[20]["Clientes · Criação"], rows[20]["Clientes · Alteração"]) == (1, 1)
+    assert rows[30]["Negócios · Ganho"] == 1
     assert at.selectbox(key="users_selected").value == 10
     fields = at.dataframe[1].value
-    assert fields[["Field", "Changes"]].values.tolist()[0] == ["StageId", 2]
+    assert fields[["Field", "Changes"]].values.tolist()[0] == ["Estágio", 2]
     links = [(p.proto.page, p.proto.query_string) for p in at.get("page_link")]
     if (ROOT / "views/events.py").is_file():
         assert any("user=10" in q for _, q in links)
@@ -191,7 +191,7 @@ def test_users_page_follows_the_user_in_the_address(seeded):
     assert not at.exception
     assert at.selectbox(key="users_selected").value == 20
     fields = at.dataframe[1].value
-    assert fields[["Field", "Changes"]].values.tolist() == [["Name", 2]]
+    assert fields[["Field", "Changes"]].values.tolist() == [["Nome", 2]]
 
 
 def test_status_page(seeded):
@@ -201,19 +201,21 @@ def test_status_page(seeded):
     at.switch_page("views/status.py").run()
     assert not at.exception
     shown = metrics(at)
-    assert shown["Schema version"] == str(SCHEMA_VERSION)
-    assert shown["Journal records stored"] == "6"
+    assert shown["Versão do esquema"] == str(SCHEMA_VERSION)
+    assert shown["Registros do diário gravados"] == "6"
     assert str(seeded) in texts(at)
-    assert any("Receiver not reachable" in e.value for e in at.error)
-    assert at.text_input(key="export_user").value == "10"
-    assert "**3** events match" in texts(at)
-    labels = [b.proto.label for b in at.get("download_button")]
-    assert labels == ["Download CSV", "Download Parquet"]
-    at.text_input(key="export_user").set_value("").run()
-    at.checkbox(key="export_duplicates").set_value(False).run()
-    assert "**5** events match" in texts(at)
-    at.text_input(key="export_record").set_value("abc").run()
-    assert any("Record id must be a number" in e.value for e in at.error)
+    assert any("Receptor inacessível" in e.value for e in at.error)
+    # the refused requests: the one failed key attempt, none refused with a good key
+    assert (shown["Entregas recusadas"], shown["Tentativas com chave inválida"]) == ("0", "1")
+    assert not at.get("download_button")  # the export lives on the Events page now
+
+    # the Events page exports its list, with the link's filters (user 10, repeats shown)
+    at.switch_page("views/events.py").run()
+    assert not at.exception
+    assert at.selectbox(key="f_user").value == 10 and at.toggle(key="f_dups").value is True
+    assert [b.key for b in at.get("download_button")] == ["export_csv", "export_parquet"]
+    [listed] = [t.value for t in at.dataframe if "event" in t.value.columns]
+    assert len(listed) == 3
 
 
 @pytest.mark.parametrize("store_state", ["empty", "seeded"])
@@ -226,13 +228,13 @@ def test_every_page_renders(store_state, request):
         assert not at.exception, f"{page}: {at.exception}"
         assert at.title, f"{page} shows no title"
         if store_state == "empty" and page == "views/users.py":
-            assert "No events yet" in texts(at)
+            assert "Nenhum evento ainda" in texts(at)
 
 
 def test_format_bytes():
     assert format_bytes(0) == "0 B"
-    assert format_bytes(2048) == "2.0 KB"
-    assert format_bytes(5.5 * 1024 ** 2) == "5.5 MB"
+    assert format_bytes(2048) == "2,0 KB"
+    assert format_bytes(5.5 * 1024 ** 2) == "5,5 MB"
 
 
 def test_a_query_that_duckdb_refuses_is_a_message_not_a_traceback(seeded, data_dir):
@@ -243,4 +245,4 @@ def test_a_query_that_duckdb_refuses_is_a_message_not_a_traceback(seeded, data_d
     at.switch_page("views/events.py")
     at.run()
     assert not at.exception
-    assert any("cannot be read" in e.value and "rebuild" in e.value for e in at.error)
+    assert any("não pode ser lida" in e.value and "rebuild" in e.value for e in at.error)

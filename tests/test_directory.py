@@ -47,7 +47,11 @@ def test_sync_fills_users_and_custom_fields_with_accents(sandbox, client, store)
     users = dict(rows(store, "SELECT id, name FROM users"))
     assert result.users == len(users) == len(sandbox.sim.users)
     assert users == {u["Id"]: u["Name"] for u in sandbox.sim.users}
-    assert "João Araújo" in users.values() and "Integração ERP" in users.values()
+    # the sandbox's account has people of its own, apart from the demo data's
+    assert "Rafael Teixeira" in users.values() and "Integração Site" in users.values()
+    assert "João Araújo" not in users.values()
+    assert {a for (a,) in rows(store, "SELECT DISTINCT account_id FROM users")} == {
+        result.account_id} == {sandbox.sim.account_id}
     fields = {k: (e, n, t) for k, e, n, t in
               rows(store, "SELECT key, entity_id, name, type_id FROM fields")}
     assert result.fields == len(fields)
@@ -57,8 +61,12 @@ def test_sync_fills_users_and_custom_fields_with_accents(sandbox, client, store)
     assert fields["contact_employees"][1] == "Nº de funcionários"
     with store.reader() as con:
         assert qstatus.last_synced_at(con) == NOW
-        assert qusers.user_names(con)[sandbox.sim.users[1]["Id"]] == "Márcia Conceição"
-        assert qusers.field_names(con)["contact_check"] == "Cliente verificado"
+        own = sandbox.sim.account_id
+        assert qusers.user_names(con, own)[sandbox.sim.users[1]["Id"]] == "Juliana Castro"
+        assert qusers.field_names(con, own)["contact_check"] == "Cliente verificado"
+        # another account's data is never labelled with them
+        assert qusers.user_names(con, own + 1) == {}
+        assert "contact_check" not in qusers.field_names(con, own + 1)
 
 
 def test_second_sync_updates_instead_of_duplicating(sandbox, client, store):

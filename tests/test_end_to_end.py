@@ -46,7 +46,7 @@ def submit(at: AppTest, entity: str, actions: list[str]) -> None:
         [ACTION_IDS[a] for a in actions])
     at.button(key="register_submit").click().run()
     assert not at.exception, at.exception
-    assert f"Created {len(actions)} subscription(s)" in text(at.success)
+    assert f"{len(actions)} inscriç" in text(at.success)
 
 
 def subscription_table(at: AppTest):
@@ -119,8 +119,8 @@ def test_register_activity_receive_and_count(live):
     table = subscription_table(at).set_index("Id")
     for webhook_id, count in expected.items():
         assert table.loc[webhook_id, "Deliveries 24 h"] == count
-        assert table.loc[webhook_id, "Last delivery"] != "never"
-    assert set(table["Key accepted here"]) == {"yes"}
+        assert table.loc[webhook_id, "Last delivery"] != "nunca"
+    assert set(table["Key accepted here"]) == {"sim"}
     assert not any("looks silent" in w.value for w in at.warning)
     names = {u["Name"] for u in sandbox.sim.users}
     assert set(table["Creator"]) <= names
@@ -130,7 +130,7 @@ def test_register_activity_receive_and_count(live):
     at.selectbox(key="manage_subscription").set_value(win_id)
     at.button(key="test_delivery").click().run()
     assert not at.exception, at.exception
-    assert f"HTTP 200 to the test delivery for {win_id}" in text(at.success)
+    assert f"HTTP 200 à entrega de teste da inscrição {win_id}" in text(at.success)
     assert at.json[0].value and '"accepted"' in at.json[0].value
     receiver.wait_ingested()
     assert query(receiver.data_dir, "SELECT count(*) FROM events WHERE webhook_id = ?",

@@ -36,6 +36,7 @@ from ploomes.crm.api import PloomesClient
 from ploomes.crm.directory import sync_directory
 from ploomes.demo import generator
 from ploomes.demo.sandbox import Sandbox
+from ploomes.model.names import action_label
 from ploomes.store import Store
 from views.text import HEADER_LIMIT
 
@@ -210,33 +211,34 @@ def test_names_from_ploomes_render_as_text(tabs, data):
         for tab, path in zip(tabs, paths, strict=True):
             tab.start(path)
 
-        page = events.finish("Events")
-        what = page.get_by_test_id("stMarkdownContainer").filter(has_text="What:")
+        page = events.finish("Eventos")
+        what = page.get_by_test_id("stMarkdownContainer").filter(has_text="O quê:")
         expect(what).to_have_count(1)
-        events.assert_text_only(paths[0], f"of Contacts {record} “{shown}”",
-                                f"Who: {shown} ({user})", hostile.LINK)
+        action = hostile.update_action(name)  # an unknown action keeps its own name
+        events.assert_text_only(paths[0], f"de Clientes ({action} Contacts) {record} “{shown}”",
+                                f"Quem: {shown} ({user})", hostile.LINK)
         assert len(what.inner_text()) < 1000
         assert len(alert_texts(page)) == 1 and len(alert_texts(page)[0]) < 2000  # the gap
 
-        page = records.finish("Records")
-        header = page.locator("h2").filter(has_text=f"Contacts {record}")
+        page = records.finish("Registros")
+        header = page.locator("h2").filter(has_text=f"Clientes {record}")
         expect(header).to_have_count(1)
-        assert header.inner_text().replace("\u2060", "") == f"Contacts {record} — {shown}"
+        assert header.inner_text().replace("\u2060", "") == f"Clientes {record} — {shown}"
         quoted = json.dumps(f"Antes: {name}", ensure_ascii=False)[:60]  # as the gap says it
-        records.assert_text_only(paths[1], f"Name was {quoted}", hostile.LINK,
-                                 f"after event #{event} ({hostile.update_action(name)}, ")
+        records.assert_text_only(paths[1], f"Nome era {quoted}", hostile.LINK,
+                                 f"após o evento nº {event} ({action_label(action)}, ")
         assert all(len(text) < 2000 for text in alert_texts(page))
 
-        page = users.finish("Users")
+        page = users.finish("Usuários")
         expect(page.locator("h3").filter(has_text=f"({user})")).to_have_count(1)
-        users.assert_text_only(paths[2], f"{shown} ({user})", f"See {shown} ({user})'s events")
+        users.assert_text_only(paths[2], f"{shown} ({user})", f"Ver os eventos de {shown} ({user})")
 
     # the record of an entity named LINK, and the pages that show every name at once
     visits = [(f"/records?entity={quote(hostile.LINK)}&record={hostile.ENTITY_RECORD}",
-               "Records", [f"{hostile.LINK} {hostile.ENTITY_RECORD} — {hostile.RED}"]),
-              (f"/events?event={data.events[-1]}", "Events",
-               [f"Create of {hostile.LINK} {hostile.ENTITY_RECORD}"]),
-              ("/", "Overview", []), ("/status", "Status", [])]
+               "Registros", [f"{hostile.LINK} {hostile.ENTITY_RECORD} — {hostile.RED}"]),
+              (f"/events?event={data.events[-1]}", "Eventos",
+               [f"Criação de {hostile.LINK} (Create {hostile.LINK}) {hostile.ENTITY_RECORD}"]),
+              ("/", "Visão geral", []), ("/status", "Status", [])]
     for batch in (visits[:3], visits[3:]):
         for tab, (path, _, _) in zip(tabs, batch, strict=False):
             tab.start(path)
@@ -252,9 +254,8 @@ def test_values_from_a_link_render_as_text(visitor, data):
             # the event id, then filters: entity, from (its message quotes it in backticks),
             # user, field
             (f"/events?event={value}&entity={value}&from={value}&user={value}&field={value}",
-             "Events", 5),
-            (f"/records?entity={value}&record=1", "Records", 1),
-            (f"/status?user={value}&from={value}", "Status", 2)):
+             "Eventos", 5),
+            (f"/records?entity={value}&record=1", "Registros", 1)):
         visitor.open(path, title)
         visitor.assert_text_only(path, REFLECTED)
         assert visitor.shown().count(" ".join(REFLECTED.split())) == messages, path
@@ -263,8 +264,8 @@ def test_values_from_a_link_render_as_text(visitor, data):
 def test_the_dashboard_asks_nothing_of_other_machines(visitor):
     """The tab's icon (also when moving between pages), the pages' icons and Streamlit's
     usage statistics (`.streamlit/config.toml`) are nothing fetched from outside."""
-    page = visitor.open("/", "Overview")
-    for title in ("Events", "Records", "Users", "Status"):
+    page = visitor.open("/", "Visão geral")
+    for title in ("Eventos", "Registros", "Usuários", "Status"):
         page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
         expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible()
         wait_until_idle(page)

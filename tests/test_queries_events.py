@@ -184,8 +184,8 @@ def test_real_wins_show_only_real_changes(real):
     first = run(real, qevents.event_detail, 1)
     shown = first.changes[~first.changes["bookkeeping"]]
     assert rows(shown, ["field", "before", "after"]) == [
-        ("StatusId", "Em aberto (1)", "Ganho (2)"), ("LastStageId", "(empty)", "40114886"),
-        ("FinishDate", "(empty)", "2024-03-18T19:32:40.31")]
+        ("StatusId", "Em aberto (1)", "Ganho (2)"), ("LastStageId", "(vazio)", "40114886"),
+        ("FinishDate", "(vazio)", "2024-03-18T19:32:40.31")]
     assert list(first.changes[first.changes["bookkeeping"]]["field"]) == ["LastUpdateDate"]
     assert first.event["title"] == "Negócio #1"
     counts = run(real, qevents.events_page, EventFilter(), 1, 100).rows["changed_fields"]
@@ -259,6 +259,6 @@ def test_filter_from_params():
     assert bad.filter.action_user_id is None and bad.filter.start is None
     assert bad.filter.include_demo is False
     assert bad.filter.end == datetime(2026, 11, 20, 13, 0, tzinfo=UTC)
-    assert bad.problems == ("`from=yesterday` is not a date (use YYYY-MM-DD)",
-                            "`user=joão` is not a number")
+    assert bad.problems == ("`from=yesterday` não é uma data (use AAAA-MM-DD)",
+                            "`user=joão` não é um número")
     assert qevents.filter_from_params({}).filter == EventFilter()

@@ -190,9 +190,10 @@ def test_gap_from_a_missing_delivery(tmp_path):
                        "is_demo"]) == [(3, 2, "Deals", DEAL_ID, "Valor", True)]
     assert gaps["fields"].iloc[0] == [
         {"field": "Amount", "expected": 1000.0, "found": 1500.0, "label": "Valor"}]
-    assert gaps["explanation"].iloc[0] == (
-        "Old said Amount was 1500.0 but our last delivery said 1000.0: a change was missed "
-        "between event 2 and event 3.")
+    # the field by the name Ploomes shows, both values and both events
+    explanation = gaps["explanation"].iloc[0]
+    assert "Valor" in explanation and "Amount" not in explanation
+    assert all(part in explanation for part in ("1500.0", "1000.0", " 2 ", " 3"))
     assert list(run(settings, qrecords.continuity_gaps)["event_id"]) == [3]
     assert run(settings, qrecords.continuity_gaps, "Deals", 1).empty
     assert run(settings, qrecords.continuity_gaps, include_demo=False).empty
@@ -230,8 +231,9 @@ def test_gap_explanation_uses_field_labels():
                "label": "Cliente verificado"},
               {"field": "StatusId", "expected": 2, "found": 1}]
     assert qrecords.explain_gap(fields, 4, 9) == (
-        "Old said Cliente verificado was false but our last delivery said true; StatusId was 1 "
-        "but our last delivery said 2: a change was missed between event 4 and event 9.")
+        "O Old dizia Cliente verificado era false, mas a nossa última entrega dizia true; "
+        "StatusId era 1, mas a nossa última entrega dizia 2: uma alteração se perdeu entre o "
+        "evento 4 e o evento 9.")
 
 
 # --- the 51 real Win deliveries ---------------------------------------------------------
@@ -267,9 +269,10 @@ def test_real_won_reopened_and_won_again_is_a_gap(real):
     assert rows(gaps, ["event_id", "previous_event_id", "record_id", "field_labels"]) == REAL_GAPS
     mine = run(real, qrecords.continuity_gaps, "Deals", 406008051)
     assert mine["explanation"].iloc[-1] == (
-        "Old said Situação was 1 but our last delivery said 2; LastQuoteId was 402954823 but "
-        "our last delivery said 402945475; Último estágio was null but our last delivery said "
-        "40054572: a change was missed between event 15 and event 16.")
+        "O Old dizia Situação era 1, mas a nossa última entrega dizia 2; LastQuoteId era "
+        "402954823, mas a nossa última entrega dizia 402945475; Último estágio era null, mas a "
+        "nossa última entrega dizia 40054572: uma alteração se perdeu entre o evento 15 e o "
+        "evento 16.")
     events = run(real, qrecords.record_events, "Deals", 406008051)
     assert rows(events, ["event_id", "action", "changed_fields"]) == [
         (15, "Win", "Situação, Último estágio, Data de finalização, LastOrderId"),

@@ -65,15 +65,17 @@ def test_user_top_fields(con):
         ["Deals", "StageId", 2, 1], ["Deals", "Amount", 1, 1], ["Deals", "Title", 1, 1]]
     labelled = qusers.user_top_fields(con, 20)
     assert labelled[["field", "label", "changes"]].values.tolist() == [
-        ["Name", "Name", 2], ["OtherProperties.contact_vip", "Cliente VIP", 1]]
+        ["Name", "Nome", 2], ["OtherProperties.contact_vip", "Cliente VIP", 1]]
     assert qusers.user_top_fields(con, 10, limit=1)["field"].tolist() == ["StageId"]
     assert qusers.user_top_fields(con, 10, since=NOW - timedelta(minutes=45))[
         "field"].tolist() == ["StageId"]
 
 
 def test_user_names_and_field_names(con):
-    assert qusers.user_names(con) == {10: "João Araújo"}
-    assert qusers.field_names(con) == {"contact_vip": "Cliente VIP"}
+    # names kept without an account label any account's data that has none of its own
+    assert qusers.user_names(con, None) == {10: "João Araújo"}
+    assert qusers.field_names(con, None) == {"contact_vip": "Cliente VIP"}
+    assert qusers.user_names(con, 777) == {10: "João Araújo"}
 
 
 def test_user_changes(tmp_path):

@@ -41,7 +41,7 @@ ADMIN, VIEWER, STRANGER = "ana@empresa.com.br", "vera@empresa.com.br", "eve@outr
 USER_KEY = "sign-in-user-key-0123456789abcdef"
 CALLBACK = "https://hooks.empresa.com.br/ploomes/webhook"
 RECORD_NAME = "Padaria Pão Quente"
-SIGN_IN_TITLE = "Ploomes webhook monitor"
+SIGN_IN_TITLE = "Monitor de webhooks do Ploomes"
 
 
 def seed(data_dir) -> None:
@@ -159,7 +159,7 @@ def sign_in(page: Page, provider: OidcProvider, dashboard: StreamlitProcess,
             email: str) -> None:
     """Sign in from the dashboard's sign-in page through the provider's form."""
     goto(page, "/", SIGN_IN_TITLE)
-    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.get_by_role("button", name="Entrar", exact=True).click()
     page.wait_for_url(re.compile(re.escape(provider.url) + "/oauth2/authorize"))
     page.get_by_placeholder("sub").fill(email)
     page.get_by_role("button", name="Authorize").click()
@@ -169,7 +169,7 @@ def sign_in(page: Page, provider: OidcProvider, dashboard: StreamlitProcess,
 
 def sign_out(page: Page, provider: OidcProvider) -> None:
     """Sign out (sidebar, or the refusal page), and end the session at the provider too."""
-    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sair").click()
     page.wait_for_url(re.compile(re.escape(provider.url) + "/oauth2/end_session"))
     page.get_by_role("button", name="End session").click()
     expect(heading(page, SIGN_IN_TITLE)).to_be_visible(timeout=TIMEOUT_MS)
@@ -183,25 +183,25 @@ def test_an_admin_signs_in_changes_a_subscription_sees_it_audited_and_signs_out(
     expect(sidebar(page).get_by_role("link")).to_have_count(0)
 
     sign_in(page, provider, signed, ADMIN)
-    expect(heading(page, "Overview")).to_be_visible()
-    expect(sidebar(page)).to_contain_text(on_screen(f"Signed in as {ADMIN} · admin"))
-    expect(sidebar(page).get_by_role("link", name="Audit")).to_be_visible()
-    expect(page.get_by_role("button", name="Remove demo data")).to_be_visible()
+    expect(heading(page, "Visão geral")).to_be_visible()
+    expect(sidebar(page)).to_contain_text(on_screen(f"Conectado como {ADMIN} · administrador"))
+    expect(sidebar(page).get_by_role("link", name="Auditoria")).to_be_visible()
+    expect(page.get_by_role("button", name="Remover dados de demonstração")).to_be_visible()
 
     goto(page, "/webhooks", "Webhooks")
-    choose(page, "Entity", "Deals")
-    choose(page, "Actions (one subscription each)", "Win")
-    page.get_by_role("button", name="Register").click()
-    expect(page.get_by_text(on_screen(f"Created 1 subscription(s) for {CALLBACK}."))
+    choose(page, "Entidade", "Negócios")
+    choose(page, "Ações (uma inscrição para cada)", "Ganho")
+    page.get_by_role("button", name="Cadastrar").click()
+    expect(page.get_by_text(on_screen(f"1 inscrição criada para {CALLBACK}."))
            ).to_be_visible()
     [win] = [w for w in sandbox.webhooks() if w["ActionId"] == ACTION_IDS["Win"]]
     assert win["EntityId"] == ENTITY_IDS["Deals"]
 
-    goto(page, "/audit", "Audit trail")
-    trail = data_grid(page, "Outcome")
-    expect(grid_cell(trail, "register_subscription", "Who")).to_have_text(ADMIN)
-    expect(grid_cell(trail, "register_subscription", "Outcome")).to_have_text("done")
-    expect(grid_cell(trail, "register_subscription", "From")).to_have_text("this machine")
+    goto(page, "/audit", "Trilha de auditoria")
+    trail = data_grid(page, "Resultado")
+    expect(grid_cell(trail, "register_subscription", "Quem")).to_have_text(ADMIN)
+    expect(grid_cell(trail, "register_subscription", "Resultado")).to_have_text("concluída")
+    expect(grid_cell(trail, "register_subscription", "De onde")).to_have_text("esta máquina")
 
     sign_out(page, provider)
     goto(page, "/audit", SIGN_IN_TITLE)  # the identity cookie is gone
@@ -211,25 +211,25 @@ def test_an_admin_signs_in_changes_a_subscription_sees_it_audited_and_signs_out(
 def test_a_viewer_sees_the_data_but_no_write_action(open_page, provider, signed, sandbox):
     page = open_page(signed.url)
     sign_in(page, provider, signed, VIEWER)
-    expect(heading(page, "Overview")).to_be_visible()
-    expect(sidebar(page)).to_contain_text(on_screen(f"Signed in as {VIEWER} · viewer"))
-    expect(page.get_by_text("Demo data is shown")).to_be_visible()
-    expect(page.get_by_role("button", name="Remove demo data")).to_have_count(0)
-    expect(sidebar(page).get_by_role("link", name="Audit")).to_have_count(0)
+    expect(heading(page, "Visão geral")).to_be_visible()
+    expect(sidebar(page)).to_contain_text(on_screen(f"Conectado como {VIEWER} · leitor"))
+    expect(page.get_by_text("Há dados de demonstração")).to_be_visible()
+    expect(page.get_by_role("button", name="Remover dados de demonstração")).to_have_count(0)
+    expect(sidebar(page).get_by_role("link", name="Auditoria")).to_have_count(0)
 
     goto(page, "/webhooks", "Webhooks")
-    expect(data_grid(page, "Deliveries 24 h")).to_have_attribute(
+    expect(data_grid(page, "Entregas 24 h")).to_have_attribute(
         "aria-rowcount", str(len(sandbox.webhooks()) + 1))  # + the header row
-    expect(page.get_by_text("is for admins")).to_be_visible()
-    for label in ("Register", "Generate a new validation key", "Sync users and fields",
-                  "Send a test delivery", "Delete…"):
+    expect(page.get_by_text("é para administradores")).to_be_visible()
+    for label in ("Cadastrar", "Gerar uma nova chave de validação", "Sincronizar usuários e campos",
+                  "Enviar uma entrega de teste", "Excluir…"):
         expect(page.get_by_role("button", name=label)).to_have_count(0)
 
     page.goto("/audit")  # not a viewer's page: Streamlit runs the first one instead
     dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text("Page not found")
-    expect(heading(page, "Overview")).to_be_visible()
-    expect(heading(page, "Audit trail")).to_have_count(0)
+    expect(heading(page, "Visão geral")).to_be_visible()
+    expect(heading(page, "Trilha de auditoria")).to_have_count(0)
     dialog.get_by_role("button", name="Close").click()
     expect(dialog).to_have_count(0)
     before = sandbox.webhooks()
@@ -240,10 +240,10 @@ def test_a_viewer_sees_the_data_but_no_write_action(open_page, provider, signed,
 def test_a_stranger_is_refused_and_sees_no_data(open_page, provider, signed):
     page = open_page(signed.url)
     sign_in(page, provider, signed, STRANGER)
-    expect(heading(page, "Not allowed")).to_be_visible()
-    expect(page.get_by_text(on_screen(f"{STRANGER} may not use this dashboard"))).to_be_visible()
+    expect(heading(page, "Sem permissão")).to_be_visible()
+    expect(page.get_by_text(on_screen(f"{STRANGER} não pode usar este painel"))).to_be_visible()
     for path in ("/events", "/records?entity=Deals&record=100", "/status"):
-        goto(page, path, "Not allowed")
+        goto(page, path, "Sem permissão")
         expect(page.get_by_test_id("stDataFrame")).to_have_count(0)
         expect(page.get_by_text(RECORD_NAME)).to_have_count(0)
     sign_out(page, provider)
@@ -252,11 +252,11 @@ def test_a_stranger_is_refused_and_sees_no_data(open_page, provider, signed):
 def test_a_local_dashboard_without_sign_in_refuses_what_came_through_a_proxy(open_page,
                                                                              local):
     page = open_page(local.url)
-    goto(page, "/", "Overview")  # this machine's own browser
-    expect(sidebar(page)).to_contain_text("This machine, without sign-in · admin")
+    goto(page, "/", "Visão geral")  # this machine's own browser
+    expect(sidebar(page)).to_contain_text("Esta máquina, sem login · administrador")
 
     proxied = open_page(local.url, extra_http_headers={"X-Forwarded-For": "203.0.113.9"})
-    goto(proxied, "/", "Sign-in is not set up")
-    goto(proxied, "/records?entity=Deals&record=100", "Sign-in is not set up")
+    goto(proxied, "/", "O login não está configurado")
+    goto(proxied, "/records?entity=Deals&record=100", "O login não está configurado")
     expect(proxied.get_by_text(RECORD_NAME)).to_have_count(0)
     expect(proxied.get_by_test_id("stDataFrame")).to_have_count(0)

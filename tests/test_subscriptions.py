@@ -57,9 +57,9 @@ def test_silence_warnings(store):
     warnings = subscriptions.silence_warnings([201, 202, 203, 204, 205], stats, NOW,
                                               created=created)
     assert sorted(warnings) == [201, 203, 204]
-    assert "more than 3× its usual gap of 10 min" in warnings[201]
-    assert "no delivery for 8.0 days" in warnings[203]
-    assert "since it was created 9.0 days ago" in warnings[204]
+    assert "mais de 3× o intervalo habitual de 10 min" in warnings[201]
+    assert "nenhuma entrega há 8,0 dias" in warnings[203]
+    assert "desde que foi criada, há 9,0 dias" in warnings[204]
     # alone, a quiet subscription is not singled out: nobody else receives either
     assert subscriptions.silence_warnings([203], stats, NOW) == {}
     # a subscription with too few gaps has no trustworthy median
@@ -121,7 +121,7 @@ def test_register_refuses_bad_urls_and_duplicates(sandbox, client):
                                              URL + "/", key, CATALOG)
     with pytest.raises(ValueError, match="https://"):
         subscriptions.register_subscriptions(client, [], 2, [5], "http://example.com/x", key)
-    with pytest.raises(ValueError, match="at least one action"):
+    with pytest.raises(ValueError, match="ao menos uma ação"):
         subscriptions.register_subscriptions(client, [], 2, [], URL, key)
     assert len(sandbox.webhooks()) == 2
 

@@ -78,8 +78,9 @@ def test_gap_message_cuts_long_values_and_keeps_the_events():
     fields = [{"field": "Name", "label": "Name", "found": "x" * 5000, "expected": "y" * 5000},
               {"field": "Tags", "label": "**Tags**", "found": [1, 2], "expected": [3]}]
     message = rendered(gap_message(fields, 41, 42))
-    assert message == (f'Old said Name was "{"x" * (VALUE_LIMIT - 1)}…" but our last delivery '
-                       f'said "{"y" * (VALUE_LIMIT - 1)}…"; **Tags** was [1,2] but our last '
-                       "delivery said [3]: a change was missed between event 41 and event 42.")
+    assert message == (f'O Old dizia Name era "{"x" * (VALUE_LIMIT - 1)}…", mas a nossa última '
+                       f'entrega dizia "{"y" * (VALUE_LIMIT - 1)}…"; **Tags** era [1,2], mas a '
+                       "nossa última entrega dizia [3]: uma alteração se perdeu entre o evento "
+                       "41 e o evento 42.")
     huge = [{"field": "Items", "found": list(range(5000)), "expected": []}]
     assert len(rendered(gap_message(huge, 1, 2))) == MESSAGE_LIMIT

@@ -53,7 +53,7 @@ def subscriptions(at: AppTest):
 
 def coverage(at: AppTest):
     """Return the coverage grid shown on the page."""
-    return next(d.value for d in at.dataframe if d.value.index.name == "Entity")
+    return next(d.value for d in at.dataframe if d.value.index.name == "Entidade")
 
 
 def register(at: AppTest, entity: str, actions: list[str], url: str | None = None) -> AppTest:
@@ -74,17 +74,17 @@ def test_lists_subscriptions_with_names(page_env):
     at = run_page()
     table = subscriptions(at)
     assert list(table["Id"]) == [w["Id"] for w in made]
-    assert list(table["Entity"]) == ["Deals", "Contacts"]
-    assert list(table["Action"]) == ["Win", "Update"]
+    assert list(table["Entity"]) == ["Negócios", "Clientes"]  # as Ploomes names them
+    assert list(table["Action"]) == ["Ganho", "Alteração"]
     assert set(table["Callback URL"]) == {CALLBACK}
     assert list(table["Deliveries 24 h"]) == [0, 0]
-    assert set(table["Key accepted here"]) == {"yes"}
+    assert set(table["Key accepted here"]) == {"sim"}
     # The page synced the directory on its first run, so the creator has a name.
     assert set(table["Creator"]) == {sandbox.sim.users[0]["Name"]}
     assert "•" in table["Validation key"][0] and RECEIVER_KEY not in table.to_string()
     grid = coverage(at)
-    assert grid.loc["Deals", "Win"] == "✓" and grid.loc["Contacts", "Update"] == "✓"
-    assert grid.loc["Deals", "Create"] == ""
+    assert grid.loc["Negócios", "Ganho"] == "✓" and grid.loc["Clientes", "Alteração"] == "✓"
+    assert grid.loc["Negócios", "Criação"] == ""
     assert USER_KEY not in texts(at.markdown) + texts(at.caption) + texts(at.error)
 
 
@@ -96,7 +96,7 @@ def test_registers_through_the_form(page_env):
     made = sorted(sandbox.webhooks(), key=lambda w: w["ActionId"])
     assert [(w["EntityId"], w["ActionId"], w["CallbackUrl"], w["ValidationKey"])
             for w in made] == [(2, 1, CALLBACK, RECEIVER_KEY), (2, 4, CALLBACK, RECEIVER_KEY)]
-    assert "Created 2 subscription(s)" in texts(at.success)
+    assert "2 inscrições criadas" in texts(at.success)
     assert len(subscriptions(at)) == 2
 
 
@@ -105,26 +105,26 @@ def test_refuses_plain_http_and_duplicates(page_env):
     sandbox.subscribe_all(CALLBACK, RECEIVER_KEY, pairs=(("Deals", "Win"),))
     at = run_page()
     register(at, "Deals", ["Lose"], url="http://example.com/hook")
-    assert "must use https://" in texts(at.error)
+    assert "deve usar https://" in texts(at.error)
     assert len(sandbox.webhooks()) == 1
 
     at = run_page()
     register(at, "Deals", ["Win", "Lose"])
     errors = texts(at.error)
-    assert "already subscribed" in errors and "Deals Win" in errors
-    assert "Nothing was created" in errors
+    assert "já tem inscrição" in errors and "Negócios Ganho" in errors
+    assert "Nada foi criado" in errors
     assert len(sandbox.webhooks()) == 1
 
     at = run_page()
     register(at, "Deals", [])
-    assert "choose at least one action" in texts(at.error)
+    assert "escolha ao menos uma ação" in texts(at.error)
 
 
 def test_generate_key_is_stored_and_used(page_env, tmp_path):
     sandbox = page_env
     at = run_page()
     at.button(key="generate_key").click().run()
-    assert "stored" in texts(at.success)
+    assert "guardada" in texts(at.success)
     register(at, "Contacts", ["Create"])
     [hook] = sandbox.webhooks()
     stored = (tmp_path / "data" / "keys" / "validation-keys.txt").read_text().split()
@@ -138,18 +138,18 @@ def test_deletes_only_after_confirmation(page_env):
     at = run_page()
     at.selectbox(key="manage_subscription").set_value(made[1]["Id"])
     at.button(key="delete_start").click().run()
-    assert "Delete subscription" in texts(at.warning)
+    assert "Excluir a inscrição" in texts(at.warning)
     assert len(sandbox.webhooks()) == 2  # nothing yet
 
     at.button(key="delete_cancel").click().run()
     assert len(sandbox.webhooks()) == 2
-    assert not any("Delete subscription" in w.value for w in at.warning)
+    assert not any("Excluir a inscrição" in w.value for w in at.warning)
 
     at.button(key="delete_start").click().run()
     at.button(key="delete_confirm").click().run()
     assert not at.exception
     assert [w["Id"] for w in sandbox.webhooks()] == [made[0]["Id"]]
-    assert f"Deleted subscription {made[1]['Id']}" in texts(at.success)
+    assert f"Inscrição {made[1]['Id']}" in texts(at.success)
     assert list(subscriptions(at)["Id"]) == [made[0]["Id"]]
 
 
@@ -161,7 +161,7 @@ def test_test_delivery_to_a_dead_callback_is_a_message(page_env):
     at.button(key="test_delivery").click().run()
     assert not at.exception, at.exception
     errors = texts(at.error)
-    assert "could not be sent" in errors and "receiver is running" in errors
+    assert "não pôde ser enviada" in errors and "receptor está rodando" in errors
     assert RECEIVER_KEY not in errors
 
 
@@ -198,22 +198,55 @@ def test_edits_a_subscription_and_the_audit_trail_says_who(page_env, tmp_path):
     sandbox = page_env
     [hook] = sandbox.subscribe_all(CALLBACK, "old-key-0123456789abcdef",
                                    pairs=(("Deals", "Win"),))
+    hook_id = hook["Id"]
     at = run_page()
-    at.selectbox(key="manage_subscription").set_value(hook["Id"])
-    at.text_input(key=f"edit_callback_url_{hook['Id']}").set_value(CALLBACK + "/v2")
-    at.checkbox(key=f"edit_active_{hook['Id']}").set_value(False)
-    at.checkbox(key=f"edit_rekey_{hook['Id']}").set_value(True)
-    at.button(key=f"edit_submit_{hook['Id']}").click().run()
+    at.selectbox(key="manage_subscription").set_value(hook_id)
+    at.text_input(key=f"edit_callback_url_{hook_id}").set_value(CALLBACK + "/v2")
+    at.radio(key=f"edit_key_{hook_id}").set_value("receiver")
+    at.button(key=f"edit_submit_{hook_id}").click().run()
+    assert not at.exception, at.exception
+    # asked first: nothing changes in Ploomes until it is confirmed
+    assert [w for w in at.warning if f"{CALLBACK}/v2" in w.value and "••••" in w.value]
+    assert sandbox.webhooks()[0]["CallbackUrl"] == CALLBACK
+    at.button(key="edit_confirm").click().run()
     assert not at.exception, at.exception
     [changed] = sandbox.webhooks()
     assert (changed["CallbackUrl"], changed["Active"], changed["ValidationKey"]) == (
-        CALLBACK + "/v2", False, RECEIVER_KEY)
-    assert (f"Changed subscription {hook['Id']}: active, callback_url, validation_key"
-            in texts(at.success))
-    rows = query(tmp_path / "data", "SELECT actor, role, action, outcome, detail FROM audit_log")
-    assert rows == [("local", "admin", "edit_subscription", "done",
-                     f"callback_url = {CALLBACK}/v2, active = False, "
-                     f"validation_key = ••••{RECEIVER_KEY[-4:]}")]
+        CALLBACK + "/v2", True, RECEIVER_KEY)
 
-    at.button(key=f"edit_submit_{hook['Id']}").click().run()  # nothing changed this time
-    assert "Nothing was changed" in texts(at.info)
+    # pause, confirmed; then re-activate, confirmed; a cancel changes nothing
+    at.button(key="active_start").click().run()
+    at.button(key="active_cancel").click().run()
+    assert sandbox.webhooks()[0]["Active"] is True
+    at.button(key="active_start").click().run()
+    at.button(key="active_confirm").click().run()
+    assert not at.exception, at.exception
+    assert sandbox.webhooks()[0]["Active"] is False
+    at.button(key="active_start").click().run()
+    at.button(key="active_confirm").click().run()
+    assert sandbox.webhooks()[0]["Active"] is True
+
+    rows = query(tmp_path / "data", "SELECT actor, role, action, outcome, detail FROM audit_log "
+                                    "ORDER BY id")
+    assert rows == [
+        ("local", "admin", "edit_subscription", "done",
+         f"callback_url = {CALLBACK}/v2, validation_key = ••••{RECEIVER_KEY[-4:]}"),
+        ("local", "admin", "pause_subscription", "done", "active = False"),
+        ("local", "admin", "activate_subscription", "done", "active = True")]
+
+    at.button(key=f"edit_submit_{hook_id}").click().run()  # nothing changed this time
+    assert "Nada foi alterado" in texts(at.info)
+
+
+def test_one_callback_url_from_the_setting(page_env, monkeypatch):
+    at = run_page()  # PLOOMES_CALLBACK_URL set: the form and the coverage say that one
+    assert at.text_input(key="register_callback_url").value == CALLBACK
+    assert CALLBACK in texts(at.caption)
+    assert "PLOOMES_CALLBACK_URL" not in texts(at.warning)
+
+    monkeypatch.delenv("PLOOMES_CALLBACK_URL")
+    at = run_page()  # unset: no made-up address, but what to set and why
+    assert at.text_input(key="register_callback_url").value == ""
+    explained = texts(at.warning)
+    assert "PLOOMES_CALLBACK_URL" in explained and "HTTPS" in explained
+    assert "127.0.0.1" not in explained and "/ploomes/webhook" in explained

@@ -23,6 +23,7 @@ from streamlit.errors import StreamlitAPIException
 
 from ploomes.actions import Actor, Role, role_of
 from ploomes.config import Settings
+from ploomes.i18n import N_, _
 from views.common import settings
 from views.text import plain
 
@@ -31,6 +32,7 @@ SIGN_IN_HOURS = 12  # a sign-in older than this is asked again (the cookie lasts
 FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-Ip")
 PROXY_HEADERS = (*FORWARDING_HEADERS, "X-Forwarded-Host", "X-Forwarded-Proto")
 ADMIN_PAGES = frozenset({"views/audit.py"})
+ROLE_NAMES = {"viewer": N_("viewer"), "admin": N_("admin")}
 
 AUTH_EXAMPLE = """\
 # top-level keys go before the first [section]
@@ -164,58 +166,61 @@ def _providers() -> list[str | None]:
 
 def _sign_in_buttons() -> None:
     for provider in _providers():
-        label = "Sign in" if provider is None else f"Sign in with {plain(provider)}"
+        label = (_("Sign in") if provider is None
+                 else _("Sign in with {provider}").format(provider=plain(provider)))
         if st.button(label, key=f"sign_in_{provider or 'default'}", type="primary"):
             try:
                 st.login(provider)
             except StreamlitAPIException as exc:  # a misconfigured [auth] section
-                st.error(f"Sign-in is not set up correctly: {plain(exc)}")
+                st.error(_("Sign-in is not set up correctly: {problem}").format(
+                    problem=plain(exc)))
 
 
 def _sign_out_button(in_sidebar: bool = False) -> None:
-    if (st.sidebar if in_sidebar else st).button("Sign out", key="sign_out"):
+    if (st.sidebar if in_sidebar else st).button(_("Sign out"), key="sign_out"):
         st.logout()
 
 
 def _show_refusal(refusal: _Refusal, config: Settings) -> None:
     who = plain(refusal.email or "")
     if refusal.why == "setup":
-        st.title("Sign-in is not set up")
-        st.write("This dashboard shows personal data from the CRM and can be reached from "
-                 "other machines (it does not listen on 127.0.0.1 only, or the request "
-                 "came through a reverse proxy), so it opens only after sign-in.")
-        st.subheader("Set up sign-in (Google Workspace or Microsoft Entra)")
-        st.write("Register the dashboard as a web application with your identity provider, "
-                 "with the redirect URI `https://<its public address>/oauth2callback`, then "
-                 "add to `.streamlit/secrets.toml` beside `dashboard.py` and restart it:")
+        st.title(_("Sign-in is not set up"))
+        st.write(_("This dashboard shows personal data from the CRM and can be reached from "
+                   "other machines (it does not listen on 127.0.0.1 only, or the request "
+                   "came through a reverse proxy), so it opens only after sign-in."))
+        st.subheader(_("Set up sign-in (Google Workspace or Microsoft Entra)"))
+        st.write(_("Register the dashboard as a web application with your identity provider, "
+                   "with the redirect URI `https://<its public address>/oauth2callback`, "
+                   "then add to `.streamlit/secrets.toml` beside `dashboard.py` and restart "
+                   "it:"))
         st.code(AUTH_EXAMPLE, language="toml")
-        st.subheader("Or keep it on this machine")
+        st.subheader(_("Or keep it on this machine"))
         st.code(LOCAL_ONLY, language="toml")
-        st.write("and reach it from another computer through an SSH tunnel:")
+        st.write(_("and reach it from another computer through an SSH tunnel:"))
         st.code(TUNNEL, language="bash")
     elif refusal.why in ("sign_in", "expired"):
-        st.title("Ploomes webhook monitor")
-        st.write("Your sign-in is more than "
-                 f"{SIGN_IN_HOURS} hours old: sign in again to continue."
+        st.title(_("Ploomes webhook monitor"))
+        st.write(_("Your sign-in is more than {hours} hours old: sign in again to continue.")
+                 .format(hours=SIGN_IN_HOURS)
                  if refusal.why == "expired" else
-                 "Sign in with your company account to continue.")
+                 _("Sign in with your company account to continue."))
         _sign_in_buttons()
     else:
-        st.title("Not allowed")
+        st.title(_("Not allowed"))
         if refusal.why == "no_email":
-            st.error("Your sign-in carried no e-mail address, and access is granted by "
-                     "address. (Microsoft Entra: add the optional claim `email` to the ID "
-                     "token.)")
+            st.error(_("Your sign-in carried no e-mail address, and access is granted by "
+                       "address. (Microsoft Entra: add the optional claim `email` to the ID "
+                       "token.)"))
         elif refusal.why == "unverified":
-            st.error(f"{who} is not verified by your identity provider, so it cannot be "
-                     "used to sign in here.")
+            st.error(_("{who} is not verified by your identity provider, so it cannot be "
+                       "used to sign in here.").format(who=who))
         elif not (config.dashboard_admins or config.dashboard_viewers):
-            st.error(f"{who} signed in, but nobody is allowed in yet: set "
-                     "PLOOMES_DASHBOARD_ADMINS (and PLOOMES_DASHBOARD_VIEWERS) in the "
-                     "environment or `.streamlit/secrets.toml`.")
+            st.error(_("{who} signed in, but nobody is allowed in yet: set "
+                       "PLOOMES_DASHBOARD_ADMINS (and PLOOMES_DASHBOARD_VIEWERS) in the "
+                       "environment or `.streamlit/secrets.toml`.").format(who=who))
         else:
-            st.error(f"{who} may not use this dashboard. Ask an admin to add the address, "
-                     "or its domain, to PLOOMES_DASHBOARD_VIEWERS.")
+            st.error(_("{who} may not use this dashboard. Ask an admin to add the address, "
+                       "or its domain, to PLOOMES_DASHBOARD_VIEWERS.").format(who=who))
         _sign_out_button()
 
 
@@ -234,17 +239,19 @@ def gate() -> Access:
     """Like `current`, and say in the sidebar who is signed in (with a sign-out button)."""
     access = current()
     if access.signed_in:
-        st.sidebar.caption(f"Signed in as {plain(access.actor.name)} · {access.role.value}")
+        st.sidebar.caption(_("Signed in as {name} · {role}").format(
+            name=plain(access.actor.name), role=_(ROLE_NAMES.get(access.role.value,
+                                                                 access.role.value))))
         _sign_out_button(in_sidebar=True)
     else:
-        st.sidebar.caption("This machine, without sign-in · admin")
+        st.sidebar.caption(_("This machine, without sign-in · admin"))
     return access
 
 
 def require_admin(access: Access) -> None:
     """Stop a page that only admins may see, saying so."""
     if not access.is_admin:
-        st.error("This page is for admins (PLOOMES_DASHBOARD_ADMINS).")
+        st.error(_("This page is for admins (PLOOMES_DASHBOARD_ADMINS)."))
         st.stop()
 
 

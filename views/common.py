@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, TypeVar
 import pandas as pd
 import streamlit as st
 
+from ploomes import i18n
 from ploomes.actions import NotAllowed
 from ploomes.actions import demo_data as demo_actions
 from ploomes.config import PROJECT_ROOT, ConfigError, Settings, load_settings
+from ploomes.i18n import N_, _, ngettext
 from ploomes.ingest.upgrade import UPGRADES
 from ploomes.intake.probe import receiver_health as fetch_receiver_health
 from ploomes.model.names import action_label, entity_label
@@ -35,11 +37,14 @@ ACCOUNT_KEY = "account"  # the account choice (sidebar), and its query parameter
 def settings() -> Settings:
     """Return the project settings (environment, secrets.toml); stops the page on error."""
     try:
-        return load_settings()
+        config = load_settings()
     except ConfigError as exc:
-        st.error(f"Configuration problem: {plain(exc)}. Fix the setting and reload the page.")
+        st.error(_("Configuration problem: {problem}. Fix the setting and reload the page.")
+                 .format(problem=plain(exc)))
         st.stop()
         raise  # unreachable: st.stop() ends the script run
+    i18n.activate(config.language)  # PLOOMES_LANGUAGE: pages speak it from here on
+    return config
 
 
 @st.cache_resource(show_spinner=False)
@@ -57,10 +62,10 @@ def store() -> Store:
 
 def _stop_on_store_error(exc: StoreError) -> None:
     if isinstance(exc, StoreBusy):
-        st.error(f"The data store is busy: {plain(exc)}")
+        st.error(_("The data store is busy: {problem}").format(problem=plain(exc)))
     else:
-        st.error(f"The data store cannot be read: {plain(exc)}. Check the data dir in Status, "
-                 "or rebuild it with `python -m ploomes rebuild`.")
+        st.error(_("The data store cannot be read: {problem}. Check the data dir in Status, "
+                   "or rebuild it with `python -m ploomes rebuild`.").format(problem=plain(exc)))
     st.stop()
 
 
@@ -128,8 +133,13 @@ def clear_query_cache() -> None:
 
 
 def page_available(path: str) -> bool:
-    """Return whether a page file (relative to the project root) exists."""
-    return (PROJECT_ROOT / path).is_file()
+    """Return whether a page file (relative to the project root) can be linked to: it
+    exists and the dashboard's navigation runs (a page run on its own has no other page)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    routed = ctx is None or ctx.main_script_path == str(PROJECT_ROOT / "dashboard.py")
+    return routed and (PROJECT_ROOT / path).is_file()
 
 
 def demo_banner(access: Access) -> None:
@@ -139,21 +149,24 @@ def demo_banner(access: Access) -> None:
     if not count:
         return
     text, action = st.columns([5, 1], vertical_alignment="center")
-    text.warning(f"**Demo data is shown — remove it** when you are done exploring: "
-                 f"{count:,} invented events are mixed with any real ones and marked as demo.",
-                 icon=":material/science:")
+    text.warning(ngettext(
+        "**Demo data is shown — remove it** when you are done exploring: {count} invented "
+        "event is mixed with any real ones and marked as demo.",
+        "**Demo data is shown — remove it** when you are done exploring: {count} invented "
+        "events are mixed with any real ones and marked as demo.", count)
+        .format(count=i18n.format_number(count)), icon=":material/science:")
     if not access.is_admin:
         return
-    if action.button("Remove demo data", key="remove_demo", type="primary"):
-        with st.spinner("Removing demo data…"):
+    if action.button(_("Remove demo data"), key="remove_demo", type="primary"):
+        with st.spinner(_("Removing demo data…")):
             try:
                 demo_actions.remove(access.actor, settings(), store())
             except NotAllowed as exc:
-                st.error(f"Demo data was not removed: {plain(exc)}.")
+                st.error(_("Demo data was not removed: {problem}.").format(problem=plain(exc)))
                 st.stop()
             except StoreError as exc:
-                st.error(f"Demo data could not be removed: {plain(exc)}. Try again in a "
-                         "moment.")
+                st.error(_("Demo data could not be removed: {problem}. Try again in a "
+                           "moment.").format(problem=plain(exc)))
                 st.stop()
         clear_query_cache()
         st.rerun()
@@ -170,43 +183,49 @@ def to_local(value: datetime | pd.Series | None, tz: str | None = None):
 
 
 def fmt_time(value: datetime | None) -> str:
-    """Format a timestamp for display in the configured time zone (dd/mm/yyyy HH:MM:SS)."""
+    """Format a timestamp for display in the configured time zone (07/12/2026 19:17:05)."""
     if value is None or pd.isna(value):
         return "—"
-    return to_local(value).strftime("%d/%m/%Y %H:%M:%S")
+    return i18n.format_datetime(pd.Timestamp(value).to_pydatetime(), settings().timezone,
+                                seconds=True)
+
+
+def time_column(values: pd.Series, tz: str, seconds: bool = True) -> pd.Series:
+    """Return a column of timestamps as text in the language's format and time zone `tz`."""
+    return to_local(values, tz).dt.strftime(i18n.date_pattern(seconds))
 
 
 def fmt_ago(seconds: float | None) -> str:
-    """Return '3 min ago' style text for an age in seconds."""
+    """Return 'há 3 minutos' style text for an age in seconds."""
     if seconds is None:
-        return "never"
-    if seconds < 60:
-        return f"{int(seconds)} s ago"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min ago"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f} h ago"
-    return f"{seconds / 86400:.1f} days ago"
+        return _("never")
+    return i18n.format_ago(seconds)
 
 
 def format_bytes(size: float) -> str:
-    """Return a size such as '12.3 MB'."""
+    """Return a size such as '12,3 MB'."""
     if size < 1024:
-        return f"{int(size)} B"
+        return f"{i18n.format_number(int(size))} B"
     exponent = min(int(math.log(size, 1024)), 4)
-    return f"{size / 1024 ** exponent:.1f} {('B', 'KB', 'MB', 'GB', 'TB')[exponent]}"
+    return (f"{i18n.format_number(size / 1024 ** exponent, 1)} "
+            f"{('B', 'KB', 'MB', 'GB', 'TB')[exponent]}")
 
 
 # -- Ploomes' names -------------------------------------------------------------------
 
 def entity_name(entity: object) -> str:
     """Return an entity as Ploomes names it (Negócios for Deals); plain text."""
-    return entity_label(None if entity is None else str(entity))
+    return entity_label(None if entity is None else str(entity), _ploomes_language())
 
 
 def action_name(action: object) -> str:
     """Return an action as Ploomes names it (Ganho for Win); plain text."""
-    return action_label(None if action is None else str(action))
+    return action_label(None if action is None else str(action), _ploomes_language())
+
+
+def _ploomes_language() -> str:
+    # Ploomes' own names come in pairs (ploomes.model.names): its Portuguese, or English
+    return "en" if i18n.is_english() else "pt"
 
 
 # -- accounts -------------------------------------------------------------------------
@@ -227,8 +246,9 @@ class AccountChoice:
 
 def _account_text(account_id: int | None, name: str | None) -> str:
     if account_id is None:
-        return "No AccountId"
-    return f"{cut(name, HEADER_LIMIT)} ({account_id})" if name else f"Account {account_id}"
+        return _("No AccountId")
+    return (f"{cut(name, HEADER_LIMIT)} ({account_id})" if name
+            else _("Account {id}").format(id=account_id))
 
 
 def account_choice() -> AccountChoice:
@@ -252,17 +272,17 @@ def account_choice() -> AccountChoice:
         st.session_state.pop(ACCOUNT_KEY, None)  # an account no longer in the store
     # selectbox options show text as it is: account names are cut, never escaped
     chosen = st.sidebar.selectbox(
-        "Ploomes account", ids, key=ACCOUNT_KEY,
+        _("Ploomes account"), ids, key=ACCOUNT_KEY,
         format_func=lambda i: _account_text(i, names.get(i)),
-        help="This store holds deliveries from several Ploomes accounts; the pages show "
-             "one account at a time, named with that account's own users and fields.")
+        help=_("This store holds deliveries from several Ploomes accounts; the pages show "
+               "one account at a time, named with that account's own users and fields."))
     st.query_params[ACCOUNT_KEY] = "none" if chosen is None else str(chosen)
     return AccountChoice(chosen, chosen, len(ids))
 
 
 # -- the callback URL -----------------------------------------------------------------
 
-CALLBACK_MISSING = (
+CALLBACK_MISSING = N_(
     "PLOOMES_CALLBACK_URL is not set. Ploomes posts every delivery to this receiver from "
     "the internet, so it needs the receiver's public HTTPS address, for example "
     "https://hooks.empresa.com.br/ploomes/webhook: a reverse proxy or tunnel in front of "
@@ -281,5 +301,5 @@ def show_callback_url() -> str | None:
     if url:
         st.code(url, language=None)
     else:
-        st.warning(CALLBACK_MISSING, icon=":material/link_off:")
+        st.warning(_(CALLBACK_MISSING), icon=":material/link_off:")
     return url

@@ -11,6 +11,7 @@ import re
 import pandas as pd
 import streamlit as st
 
+from ploomes.i18n import _, ngettext
 from ploomes.queries import events as event_queries
 from ploomes.queries import records
 from views.common import (
@@ -24,7 +25,7 @@ from views.common import (
     page_available,
     run_query,
     settings,
-    to_local,
+    time_column,
 )
 from views.text import HEADER_LIMIT, VALUE_LIMIT, cut, gap_message, plain
 
@@ -74,30 +75,34 @@ def _search(data_dir: str) -> tuple[str, int] | None:
     st.session_state.setdefault("r_record", wanted_record)
     choices = sorted(set(entities) | ({wanted_entity} if wanted_entity else set()))
     c1, c2, c3 = st.columns([1, 1, 2])
-    entity = c1.selectbox("Entity", choices or ["Deals"], key="r_entity",
+    entity = c1.selectbox(_("Entity"), choices or ["Deals"], key="r_entity",
                           index=choices.index(wanted_entity) if wanted_entity in choices else 0,
                           format_func=lambda name: cut(entity_name(name), HEADER_LIMIT))
-    record_text = c2.text_input("Record id", key="r_record").strip()
-    text = c3.text_input("…or a name or title in the record", key="r_text").strip()
+    record_text = c2.text_input(_("Record id"), key="r_record").strip()
+    text = c3.text_input(_("…or a name or title in the record"), key="r_text").strip()
     if record_text:
         # ASCII digits that fit a BIGINT: `str.isdigit` also takes "²", which int() refuses
         if not re.fullmatch(r"[0-9]{1,18}", record_text):
-            st.error("Record id must be a whole number, such as 405531355.")
+            st.error(_("Record id must be a whole number, such as 405531355."))
             return None
         return entity, int(record_text)
     if not text:
-        st.info("Type a record id, or part of a name (Name, LegalName or Title), to find "
-                "a record.")
+        st.info(_("Type a record id, or part of a name (Name, LegalName or Title), to find "
+                  "a record."))
         return None
     found = _find(data_dir, entity, None, text)
     if found.empty:
-        st.warning(f"No record of {plain(entity_name(entity), VALUE_LIMIT)} has "
-                   f"“{plain(text, VALUE_LIMIT)}” in its name or title. Try another entity or "
-                   "fewer letters.")
+        st.warning(_("No record of {entity} has “{text}” in its name or title. Try another "
+                     "entity or fewer letters.").format(
+                         entity=plain(entity_name(entity), VALUE_LIMIT),
+                         text=plain(text, VALUE_LIMIT)))
         return None
-    labels = {int(r.record_id): f"{r.record_id} · {cut(r.title or 'untitled', HEADER_LIMIT)}"
+    untitled = _("untitled")
+    labels = {int(r.record_id): f"{r.record_id} · {cut(r.title or untitled, HEADER_LIMIT)}"
               for r in found.itertuples(index=False)}
-    chosen = st.selectbox(f"{len(found)} record(s) found", list(labels), key="r_pick",
+    chosen = st.selectbox(ngettext("{count} record found", "{count} records found",
+                                   len(found)).format(count=len(found)),
+                          list(labels), key="r_pick",
                           format_func=labels.get)
     return entity, int(chosen)
 
@@ -106,23 +111,27 @@ def _open_event(event_id: int) -> None:
     """Show one event of the history on the Events page."""
     if page_available(EVENTS_PAGE):
         st.switch_page(EVENTS_PAGE, query_params={"event": str(event_id)})
-    st.markdown(f"[Open event #{event_id}](events?event={event_id})")
+    st.markdown(_("[Open event #{id}](events?event={id})").format(id=event_id))
 
 
 def _timeline(events: pd.DataFrame, zone: str) -> None:
-    st.subheader("Timeline")
+    st.subheader(_("Timeline"))
     state = st.dataframe(pd.DataFrame({
         "event": events["event_id"],
-        "received": to_local(events["received_at"], zone).dt.strftime("%d/%m/%Y %H:%M:%S"),
+        "received": time_column(events["received_at"], zone),
         "action": events["action"].map(action_name),
         "user": events["user_name"],
         "changed fields": events["changed_fields"],
         "demo": events["is_demo"],
     }), hide_index=True, width="stretch", key=TIMELINE_KEY, on_select="rerun",
         selection_mode="single-row", placeholder="—", column_config={
-            "event": st.column_config.NumberColumn("event", format="%d", pinned=True),
-            "changed fields": st.column_config.TextColumn("changed fields", width="large")})
-    st.caption("Pick a row to open that event.")
+            "event": st.column_config.NumberColumn(_("event"), format="%d", pinned=True),
+            "received": st.column_config.TextColumn(_("received")),
+            "action": st.column_config.TextColumn(_("action")),
+            "user": st.column_config.TextColumn(_("user")),
+            "changed fields": st.column_config.TextColumn(_("changed fields"), width="large"),
+            "demo": st.column_config.CheckboxColumn(_("demo"))})
+    st.caption(_("Pick a row to open that event."))
     picked = [i for i in state.selection.rows if 0 <= i < len(events)]
     if picked:
         st.session_state.pop(TIMELINE_KEY, None)  # back on this page, nothing is picked
@@ -130,30 +139,34 @@ def _timeline(events: pd.DataFrame, zone: str) -> None:
 
 
 def _changes(entity: str, record_id: int) -> None:
-    with st.expander("Every field change"):
-        bookkeeping = st.toggle("Show bookkeeping fields", key="r_bookkeeping")
+    with st.expander(_("Every field change")):
+        bookkeeping = st.toggle(_("Show bookkeeping fields"), key="r_bookkeeping")
         rows = _history(entity, record_id, bookkeeping)
         rows = rows[rows["field"].notna()]
         if rows.empty:
-            st.write("No field changes to show.")
+            st.write(_("No field changes to show."))
             return
         st.dataframe(pd.DataFrame({
             "event": rows["event_id"],
-            "received": to_local(rows["received_at"]).dt.strftime("%d/%m/%Y %H:%M:%S"),
+            "received": time_column(rows["received_at"], settings().timezone),
             "user": rows["user_name"],
             "field": rows["field_label"],
             "before": rows["before"],
             "after": rows["after"],
             "API name": rows["field"],
         }), hide_index=True, width="stretch", key="changes_table", placeholder="—",
-            column_config={"event": st.column_config.NumberColumn("event", format="%d",
+            column_config={"event": st.column_config.NumberColumn(_("event"), format="%d",
                                                                   pinned=True),
-                           "before": st.column_config.TextColumn("before", width="large"),
-                           "after": st.column_config.TextColumn("after", width="large")})
+                           "received": st.column_config.TextColumn(_("received")),
+                           "user": st.column_config.TextColumn(_("user")),
+                           "field": st.column_config.TextColumn(_("field")),
+                           "before": st.column_config.TextColumn(_("before"), width="large"),
+                           "after": st.column_config.TextColumn(_("after"), width="large"),
+                           "API name": st.column_config.TextColumn(_("API name"))})
 
 
 def _state_view(entity: str, record_id: int, events: pd.DataFrame) -> None:
-    st.subheader("State at a moment")
+    st.subheader(_("State at a moment"))
     ids = [int(i) for i in events["event_id"]]
     # a select_slider shows its options as Markdown (unlike a selectbox)
     labels = {int(r.event_id): f"#{r.event_id} · {fmt_time(r.received_at)} · "
@@ -162,16 +175,19 @@ def _state_view(entity: str, record_id: int, events: pd.DataFrame) -> None:
     if len(ids) > 1:
         if st.session_state.get("r_moment") not in labels:
             st.session_state.pop("r_moment", None)  # a refresh brought a newer event
-        chosen = st.select_slider("After event", ids, value=ids[-1], key="r_moment",
+        chosen = st.select_slider(_("After event"), ids, value=ids[-1], key="r_moment",
                                   format_func=labels.get)
     else:
         chosen = ids[0]
     snapshot = _state(entity, record_id, chosen)
-    note = " — the record was deleted here" if snapshot.deleted else ""
-    st.caption(f"As known right after event #{snapshot.event_id} "
-               f"({plain(action_name(snapshot.action), HEADER_LIMIT)}, "
-               f"{fmt_time(snapshot.received_at)}), folding {snapshot.events_folded} "
-               f"event(s){note}. [Open the event](events?event={snapshot.event_id})")
+    note = _(" — the record was deleted here") if snapshot.deleted else ""
+    st.caption(ngettext(
+        "As known right after event #{id} ({action}, {time}), folding {count} event{note}. "
+        "[Open the event](events?event={id})",
+        "As known right after event #{id} ({action}, {time}), folding {count} events{note}. "
+        "[Open the event](events?event={id})", snapshot.events_folded).format(
+            id=snapshot.event_id, action=plain(action_name(snapshot.action), HEADER_LIMIT),
+            time=fmt_time(snapshot.received_at), count=snapshot.events_folded, note=note))
     st.json(snapshot.state or {}, expanded=False)
 
 
@@ -180,8 +196,9 @@ def _record(data_dir: str, entity: str, record_id: int, zone: str) -> None:
     """One record's history; reruns by itself every LIVE_SECONDS seconds."""
     events = _events(entity, record_id)
     if events.empty:
-        st.warning(f"No event of {plain(entity_name(entity), VALUE_LIMIT)} {record_id} is "
-                   "stored. Check the entity and id, or search by name.")
+        st.warning(_("No event of {entity} {id} is stored. Check the entity and id, or "
+                     "search by name.").format(entity=plain(entity_name(entity), VALUE_LIMIT),
+                                               id=record_id))
         return
     found = _find(data_dir, entity, record_id, None)
     title = found["title"].iloc[0] if not found.empty else None
@@ -189,17 +206,21 @@ def _record(data_dir: str, entity: str, record_id: int, zone: str) -> None:
     st.header(f"{plain(entity_name(entity), HEADER_LIMIT)} {record_id}"
               + (f" — {plain(title, HEADER_LIMIT)}" if title else ""))
     if bool(events["is_demo"].any()):
-        st.info("Demo record: generated sample data.")
+        st.info(_("Demo record: generated sample data."))
     if not found.empty and bool(found["deleted"].iloc[0]):
-        st.caption("This record was deleted.")
-    st.caption(f"{len(events)} event(s), first {fmt_time(events['received_at'].iloc[0])}, "
-               f"last {fmt_time(events['received_at'].iloc[-1])}; times in {zone}. "
-               f"Refreshes every {LIVE_SECONDS} s.")
+        st.caption(_("This record was deleted."))
+    st.caption(ngettext(
+        "{count} event, first {first}, last {last}; times in {zone}. Refreshes every "
+        "{seconds} s.",
+        "{count} events, first {first}, last {last}; times in {zone}. Refreshes every "
+        "{seconds} s.", len(events)).format(
+            count=len(events), first=fmt_time(events["received_at"].iloc[0]),
+            last=fmt_time(events["received_at"].iloc[-1]), zone=zone, seconds=LIVE_SECONDS))
     gaps = _gaps(entity, record_id)
     if gaps.empty:
-        st.success("No continuity gap: each delivery's Old matched what we knew.")
+        st.success(_("No continuity gap: each delivery's Old matched what we knew."))
     else:
-        st.subheader("Continuity gaps")
+        st.subheader(_("Continuity gaps"))
         for gap in gaps.itertuples(index=False):
             st.warning(gap_message(gap.fields, gap.previous_event_id, gap.event_id))
     _timeline(events, zone)
@@ -209,7 +230,7 @@ def _record(data_dir: str, entity: str, record_id: int, zone: str) -> None:
 
 config = settings()
 data_dir, zone = str(config.data_dir), config.timezone
-st.title("Records")
+st.title(_("Records"))
 account_choice()  # the sidebar's account choice stays in place on every page
 chosen = _search(data_dir)
 if chosen is not None:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
+from ploomes import i18n
 from ploomes.actions import NotAllowed
 from ploomes.actions import keys as key_actions
 from ploomes.actions import subscriptions as subscription_actions
@@ -25,6 +26,7 @@ from ploomes.crm.api import (
     PloomesRateLimited,
     PloomesUnavailable,
 )
+from ploomes.i18n import N_, _, ngettext
 from ploomes.intake.keys import accepted_keys
 from ploomes.queries import status as status_queries
 from ploomes.queries.users import user_names
@@ -46,14 +48,21 @@ CHOSEN_KEY = "webhooks_validation_key"
 TEST_ANSWER = "webhooks_test_answer"
 AUTO_SYNC_TRIED = "webhooks_auto_sync_tried"
 
-NO_KEY_HELP = """
+NO_KEY_HELP = N_("""
 This page talks to the Ploomes API, which needs the integration's **User-Key**
 (Ploomes → Administração → Integração). Set it in the environment as `PLOOMES_USER_KEY`,
 or in `.streamlit/secrets.toml` beside `dashboard.py`:
-"""
+""")
 SECRETS_EXAMPLE = 'PLOOMES_USER_KEY = "your-user-key"'
-SANDBOX_HELP = "To try everything offline, start the local Ploomes sandbox and point the " \
-               "dashboard at it:"
+SANDBOX_HELP = N_("To try everything offline, start the local Ploomes sandbox and point the "
+                 "dashboard at it:")
+# the subscriptions table: the crm module's columns, as the page names them
+FRAME_COLUMNS = {"Entity": N_("Entity"), "Action": N_("Action"), "Callback URL": N_("Callback URL"),
+                 "Active": N_("Active"), "Validation key": N_("Validation key"),
+                 "Key accepted here": N_("Key accepted here"), "Creator": N_("Creator"),
+                 "Created": N_("Created"), "Last delivery": N_("Last delivery"),
+                 "Warning": N_("Warning"), "Deliveries 24 h": N_("Deliveries 24 h")}
+KEY_MATCHES = {"yes": N_("yes"), "no": N_("no"), "unknown": N_("unknown")}
 SANDBOX_COMMANDS = (
     "python -m ploomes sandbox --port 8765\n"
     "PLOOMES_API_URL=http://127.0.0.1:8765 PLOOMES_USER_KEY=sandbox-key "
@@ -73,19 +82,21 @@ def _scrub(text: str, cfg: Settings) -> str:
 def _show_api_error(exc: PloomesError, doing: str, cfg: Settings) -> None:
     """Show a Ploomes failure as st.error: what failed, Ploomes' words, what to do."""
     if isinstance(exc, PloomesAuthError):
-        hint = ("Ploomes refused the User-Key: check `PLOOMES_USER_KEY` (or "
-                "`.streamlit/secrets.toml`) and that the integration user may manage webhooks.")
+        hint = _("Ploomes refused the User-Key: check `PLOOMES_USER_KEY` (or "
+                 "`.streamlit/secrets.toml`) and that the integration user may manage "
+                 "webhooks.")
     elif isinstance(exc, PloomesRateLimited):
-        hint = "Ploomes limits calls to about 120 a minute per key: wait a minute and retry."
+        hint = _("Ploomes limits calls to about 120 a minute per key: wait a minute and retry.")
     elif isinstance(exc, PloomesUnavailable):
-        hint = (f"Check that {code(cfg.api_url)} is reachable (`PLOOMES_API_URL`) and retry "
-                "in a moment.")
+        hint = _("Check that {url} is reachable (`PLOOMES_API_URL`) and retry in a moment.")\
+            .format(url=code(cfg.api_url))
     elif isinstance(exc, PloomesNotFound):
-        hint = "It may have been removed meanwhile: reload the page."
+        hint = _("It may have been removed meanwhile: reload the page.")
     else:
-        hint = "Check the values and try again."
-    st.error(f"Could not {plain(doing)}. Ploomes answered: “{plain(_scrub(exc.message, cfg))}”"
-             f"{f' (HTTP {exc.status})' if exc.status else ''}. {hint}")
+        hint = _("Check the values and try again.")
+    status = f" (HTTP {exc.status})" if exc.status else ""
+    st.error(_("Could not {doing}. Ploomes answered: “{answer}”{status}. {hint}").format(
+        doing=plain(doing), answer=plain(_scrub(exc.message, cfg)), status=status, hint=hint))
 
 
 def _flash(kind: str, text: str, table: list[dict] | None = None) -> None:
@@ -101,10 +112,10 @@ def _show_flash() -> None:
 
 
 def _show_instructions() -> None:
-    st.warning("No Ploomes User-Key is configured, so subscriptions cannot be listed.")
-    st.markdown(NO_KEY_HELP)
+    st.warning(_("No Ploomes User-Key is configured, so subscriptions cannot be listed."))
+    st.markdown(_(NO_KEY_HELP))
     st.code(SECRETS_EXAMPLE, language="toml")
-    st.markdown(SANDBOX_HELP)
+    st.markdown(_(SANDBOX_HELP))
     st.code(SANDBOX_COMMANDS, language="bash")
 
 
@@ -125,7 +136,7 @@ def _named(catalog: subscriptions.Catalog) -> subscriptions.Catalog:
 def _fmt_local(value: datetime | None, tz: str) -> str:
     if value is None or pd.isna(value):
         return "—"
-    return pd.Timestamp(value).tz_convert(tz).strftime("%d/%m/%Y %H:%M")
+    return i18n.format_datetime(pd.Timestamp(value).to_pydatetime(), tz)
 
 
 def _receiver_key(cfg: Settings) -> str | None:
@@ -141,13 +152,13 @@ def _receiver_key(cfg: Settings) -> str | None:
 
 def _refused(exc: NotAllowed | StoreError, doing: str) -> None:
     """Say why an action was not done: not an admin, or the audit trail cannot be written."""
-    st.error(f"Could not {plain(doing)}: {plain(exc)}.")
+    st.error(_("Could not {doing}: {problem}.").format(doing=plain(doing), problem=plain(exc)))
 
 
 def _sync(client: PloomesClient, cfg: Settings, access: Access | None) -> None:
     """Sync users and fields: automatically (access None), or an admin's audited request."""
     try:
-        with st.spinner("Syncing users and custom fields from Ploomes…"):
+        with st.spinner(_("Syncing users and custom fields from Ploomes…")):
             if access is None:
                 result = directory.sync_directory(client, common.store())
             else:
@@ -155,34 +166,39 @@ def _sync(client: PloomesClient, cfg: Settings, access: Access | None) -> None:
                                                              common.store(), client)
     except PloomesError as exc:
         if access is None:
-            st.warning(f"Automatic sync of users and fields failed: "
-                       f"{plain(_scrub(exc.message, cfg))}. Names may be missing; an admin "
-                       "can retry with the button.")
+            st.warning(_("Automatic sync of users and fields failed: {problem}. Names may be "
+                         "missing; an admin can retry with the button.").format(
+                             problem=plain(_scrub(exc.message, cfg))))
         else:
-            _show_api_error(exc, "sync users and fields", cfg)
+            _show_api_error(exc, _("sync users and fields"), cfg)
         return
     except NotAllowed as exc:
-        _refused(exc, "sync users and fields")
+        _refused(exc, _("sync users and fields"))
         return
     except StoreError as exc:
-        st.warning(f"Users and fields could not be saved: {plain(exc)}")
+        st.warning(_("Users and fields could not be saved: {problem}").format(
+            problem=plain(exc)))
         return
     if access is not None:
-        account = (f" of account {plain(result.account_name, HEADER_LIMIT)} "
-                   f"({result.account_id})" if result.account_name else
-                   f" of account {result.account_id}" if result.account_id is not None
-                   else " (Ploomes did not say which account: kept as “unknown account”)")
-        st.success(f"Synced {result.users} users, {result.fields} custom fields and "
-                   f"{result.lookups} names of stages, pipelines, tags…{account}.")
+        account = (_(" of account {name} ({id})").format(
+                       name=plain(result.account_name, HEADER_LIMIT), id=result.account_id)
+                   if result.account_name else
+                   _(" of account {id}").format(id=result.account_id)
+                   if result.account_id is not None
+                   else _(" (Ploomes did not say which account: kept as “unknown account”)"))
+        st.success(_("Synced {users} users, {fields} custom fields and {lookups} names of "
+                     "stages, pipelines, tags…{account}.").format(
+                         users=result.users, fields=result.fields, lookups=result.lookups,
+                         account=account))
 
 
 def _sync_section(client: PloomesClient, cfg: Settings, access: Access) -> None:
     left, right = st.columns([3, 1])
     last = common.run_query(status_queries.last_synced_at)
     pressed = access.is_admin and right.button(
-        "Sync users and fields", key="sync_directory",
-        help="Fetch user names and custom-field labels from Ploomes so every page shows "
-             "names.")
+        _("Sync users and fields"), key="sync_directory",
+        help=_("Fetch user names and custom-field labels from Ploomes so every page shows "
+               "names."))
     if pressed:
         _sync(client, cfg, access)
         last = common.run_query(status_queries.last_synced_at)
@@ -196,16 +212,18 @@ def _sync_section(client: PloomesClient, cfg: Settings, access: Access) -> None:
             _sync(client, cfg, None)
             last = common.run_query(status_queries.last_synced_at)
     with left:
-        st.caption(f"Ploomes API: {code(cfg.api_url)} · users and fields synced "
-                   f"{common.fmt_time(last) if last else 'never'} "
-                   f"(automatically every {SYNC_EVERY_MINUTES} min)")
+        st.caption(_("Ploomes API: {url} · users and fields synced {when} (automatically "
+                     "every {minutes} min)").format(
+                         url=code(cfg.api_url),
+                         when=common.fmt_time(last) if last else _("never"),
+                         minutes=SYNC_EVERY_MINUTES))
 
 
 def _subscriptions_section(webhooks: list[dict], catalog: subscriptions.Catalog,
                            cfg: Settings) -> None:
-    st.subheader("Subscriptions")
+    st.subheader(_("Subscriptions"))
     if not webhooks:
-        st.info("This account has no webhook subscriptions yet.")
+        st.info(_("This account has no webhook subscriptions yet."))
         return
     now = datetime.now(UTC)
     stats = common.run_query(status_queries.webhook_stats, now=now)
@@ -220,29 +238,36 @@ def _subscriptions_section(webhooks: list[dict], catalog: subscriptions.Catalog,
                                           cfg.timezone, accepted_keys(cfg))
     frame["Created"] = [_fmt_local(v, cfg.timezone) for v in frame["Created"]]
     frame["Last delivery"] = [
-        "never" if v is None or pd.isna(v) else
+        _("never") if v is None or pd.isna(v) else
         f"{_fmt_local(v, cfg.timezone)} ({common.fmt_ago((now - v).total_seconds())})"
         for v in frame["Last delivery"]]
-    st.dataframe(frame, hide_index=True, key="subscriptions_table", column_config={
-        "Id": st.column_config.NumberColumn("Id", format="%d"),
-        "Key accepted here": st.column_config.TextColumn(
-            "Key accepted here", help="Whether this receiver accepts the subscription's "
-                                      "validation key (unknown when Ploomes hides it)"),
-    })
-    st.caption(f"Times in {cfg.timezone}. Deliveries counted from what this receiver stored "
-               "(demo data and test deliveries excluded).")
-    for webhook_id, why in warnings.items():
-        hook = next(w for w in webhooks if int(w["Id"]) == webhook_id)
-        st.warning(f"Subscription {webhook_id} ({plain(catalog.entity(hook.get('EntityId')))} "
-                   f"{plain(catalog.action(hook.get('ActionId')))}) looks silent: "
-                   f"{plain(why)}. Check that it is active in Ploomes and that its callback URL "
-                   "reaches this receiver.")
     refused = frame[(frame["Key accepted here"] == "no") & frame["Callback URL"].map(
         lambda u: subscriptions.same_callback(u, _callback_default(cfg)))]
+    shown = frame.assign(**{"Key accepted here": frame["Key accepted here"].map(
+        lambda v: _(KEY_MATCHES[v]) if v in KEY_MATCHES else v)})
+    st.dataframe(shown, hide_index=True, key="subscriptions_table", column_config={
+        "Id": st.column_config.NumberColumn("Id", format="%d"),
+        **{name: st.column_config.Column(_(label)) for name, label in FRAME_COLUMNS.items()},
+        "Key accepted here": st.column_config.TextColumn(
+            _("Key accepted here"), help=_("Whether this receiver accepts the subscription's "
+                                           "validation key (unknown when Ploomes hides it)")),
+    })
+    st.caption(_("Times in {zone}. Deliveries counted from what this receiver stored (demo "
+                 "data and test deliveries excluded).").format(zone=cfg.timezone))
+    for webhook_id, why in warnings.items():
+        hook = next(w for w in webhooks if int(w["Id"]) == webhook_id)
+        st.warning(_("Subscription {id} ({entity} {action}) looks silent: {why}. Check that it "
+                     "is active in Ploomes and that its callback URL reaches this receiver.")
+                   .format(id=webhook_id, entity=plain(catalog.entity(hook.get("EntityId"))),
+                           action=plain(catalog.action(hook.get("ActionId"))),
+                           why=plain(why)))
     if len(refused):
-        st.warning(f"{len(refused)} subscription(s) for this receiver carry a validation key "
-                   "it does not accept, so their deliveries are refused: "
-                   f"{', '.join(str(i) for i in refused['Id'])}.")
+        st.warning(ngettext(
+            "{count} subscription for this receiver carries a validation key it does not "
+            "accept, so its deliveries are refused: {ids}.",
+            "{count} subscriptions for this receiver carry a validation key it does not "
+            "accept, so their deliveries are refused: {ids}.", len(refused)).format(
+                count=len(refused), ids=", ".join(str(i) for i in refused["Id"])))
 
 
 def _is_active(webhooks: list[dict], webhook_id: int) -> bool:
@@ -258,56 +283,59 @@ def _callback_default(cfg: Settings) -> str:
 def _coverage_section(webhooks: list[dict], catalog: subscriptions.Catalog,
                       cfg: Settings) -> None:
     url = common.callback_url()
-    st.subheader("Coverage")
+    st.subheader(_("Coverage"))
     if url:
-        st.caption(f"Which entity × action pairs are subscribed for {code(url)} (✓ active, "
-                   "“paused” inactive).")
+        st.caption(_("Which entity × action pairs are subscribed for {url} (✓ active, "
+                     "“paused” inactive).").format(url=code(url)))
     else:
-        st.caption("Which entity × action pairs are subscribed, for any callback URL "
-                   "(✓ active, “paused” inactive): PLOOMES_CALLBACK_URL is not set.")
-    st.dataframe(subscriptions.coverage_grid(webhooks, url, catalog), key="coverage_grid")
+        st.caption(_("Which entity × action pairs are subscribed, for any callback URL "
+                     "(✓ active, “paused” inactive): PLOOMES_CALLBACK_URL is not set."))
+    grid = subscriptions.coverage_grid(webhooks, url, catalog).replace("paused", _("paused"))
+    grid.index.name = _("Entity")
+    st.dataframe(grid, key="coverage_grid")
 
 
 def _generate_key(access: Access, cfg: Settings) -> None:
     try:
         key = key_actions.generate(access.actor, cfg, common.store())
     except (NotAllowed, StoreError) as exc:
-        _refused(exc, "generate a validation key")
+        _refused(exc, _("generate a validation key"))
     except (OSError, ValueError) as exc:
-        st.error(f"The new key could not be stored in the data dir: {plain(exc)}")
+        st.error(_("The new key could not be stored in the data dir: {problem}").format(
+            problem=plain(exc)))
     else:
         st.session_state[CHOSEN_KEY] = key
-        st.success(f"New validation key {plain(mask_secret(key))} stored: the receiver "
-                   "accepts it from now on.")
+        st.success(_("New validation key {key} stored: the receiver accepts it from now on.")
+                   .format(key=plain(mask_secret(key))))
 
 
 def _register_section(client: PloomesClient, webhooks: list[dict],
                       catalog: subscriptions.Catalog, cfg: Settings, access: Access) -> None:
-    st.subheader("Register a subscription")
+    st.subheader(_("Register a subscription"))
     configured = common.callback_url()
     if not configured:
-        st.warning(common.CALLBACK_MISSING, icon=":material/link_off:")
-    if st.button("Generate a new validation key", key="generate_key",
-                 help="Create a strong key, store it so this receiver accepts it, and use "
-                      "it for the subscriptions registered below."):
+        st.warning(_(common.CALLBACK_MISSING), icon=":material/link_off:")
+    if st.button(_("Generate a new validation key"), key="generate_key",
+                 help=_("Create a strong key, store it so this receiver accepts it, and use "
+                        "it for the subscriptions registered below.")):
         _generate_key(access, cfg)
     key = _receiver_key(cfg)
     entity_ids = sorted(catalog.entities) or sorted(subscriptions.KNOWN_ENTITIES)
     action_ids = sorted(catalog.actions)
     with st.form("register_form"):
         entity_id = st.selectbox(
-            "Entity", entity_ids, format_func=catalog.entity, key="register_entity",
+            _("Entity"), entity_ids, format_func=catalog.entity, key="register_entity",
             index=entity_ids.index(2) if 2 in entity_ids else 0)
-        chosen = st.multiselect("Actions (one subscription each)", action_ids,
+        chosen = st.multiselect(_("Actions (one subscription each)"), action_ids,
                                 format_func=catalog.action, key="register_actions")
-        url = st.text_input("Callback URL", value=configured or "",
+        url = st.text_input(_("Callback URL"), value=configured or "",
                             key="register_callback_url",
                             placeholder="https://hooks.empresa.com.br/ploomes/webhook",
-                            help="The receiver's public HTTPS address, from "
-                                 "PLOOMES_CALLBACK_URL (plain http only for localhost).")
-        st.markdown(f"Validation key: `{mask_secret(key)}`"
-                    + ("" if key else " — none yet: one is generated and stored on submit"))
-        submitted = st.form_submit_button("Register", key="register_submit")
+                            help=_("The receiver's public HTTPS address, from "
+                                   "PLOOMES_CALLBACK_URL (plain http only for localhost)."))
+        st.markdown(_("Validation key: {key}").format(key=code(mask_secret(key)))
+                    + ("" if key else _(" — none yet: one is generated and stored on submit")))
+        submitted = st.form_submit_button(_("Register"), key="register_submit")
     if not submitted:
         return
     try:
@@ -315,22 +343,26 @@ def _register_section(client: PloomesClient, webhooks: list[dict],
             access.actor, cfg, common.store(), client, webhooks, entity_id, chosen, url, key,
             catalog)
     except (NotAllowed, StoreError) as exc:
-        _refused(exc, "register the subscription")
+        _refused(exc, _("register the subscription"))
         return
     except ValueError as exc:  # DuplicateSubscription too: a bad URL, no action, a duplicate
-        st.error(f"Refused: {plain(exc)}.")
+        st.error(_("Refused: {problem}.").format(problem=plain(exc)))
         return
     except OSError as exc:
-        st.error(f"A validation key could not be stored in the data dir: {plain(exc)}")
+        st.error(_("A validation key could not be stored in the data dir: {problem}").format(
+            problem=plain(exc)))
         return
     except PloomesError as exc:
-        _show_api_error(exc, "register the subscription", cfg)
+        _show_api_error(exc, _("register the subscription"), cfg)
         return
     st.session_state[CHOSEN_KEY] = key
-    _flash("success", f"Created {len(created)} subscription(s) for {code(url)}.", [
-        {"Id": c.get("Id"), "Entity": catalog.entity(c.get("EntityId")),
-         "Action": catalog.action(c.get("ActionId")), "Callback URL": c.get("CallbackUrl"),
-         "Validation key": mask_secret(c.get("ValidationKey")), "Active": c.get("Active")}
+    _flash("success", ngettext("Created {count} subscription for {url}.",
+                               "Created {count} subscriptions for {url}.", len(created))
+           .format(count=len(created), url=code(url)), [
+        {"Id": c.get("Id"), _("Entity"): catalog.entity(c.get("EntityId")),
+         _("Action"): catalog.action(c.get("ActionId")), _("Callback URL"): c.get("CallbackUrl"),
+         _("Validation key"): mask_secret(c.get("ValidationKey")),
+         _("Active"): c.get("Active")}
         for c in created])
     st.rerun()
 
@@ -339,33 +371,34 @@ def _manage_section(client: PloomesClient, webhooks: list[dict],
                     catalog: subscriptions.Catalog, cfg: Settings, access: Access) -> None:
     if not webhooks:
         return
-    st.subheader("Test, pause, change or delete a subscription")
+    st.subheader(_("Test, pause, change or delete a subscription"))
     by_id = {int(w["Id"]): w for w in webhooks if w.get("Id") is not None}
 
     def label(webhook_id: int) -> str:
         hook = by_id[webhook_id]
-        state = "" if hook.get("Active", True) is not False else " (paused)"
+        state = "" if hook.get("Active", True) is not False else _(" (paused)")
         return (f"{webhook_id} · {catalog.entity(hook.get('EntityId'))} "
                 f"{catalog.action(hook.get('ActionId'))}{state} → {hook.get('CallbackUrl')}")
 
     # selectbox options show text as it is: cut, not escaped
-    webhook_id = st.selectbox("Subscription", sorted(by_id),
+    webhook_id = st.selectbox(_("Subscription"), sorted(by_id),
                               format_func=lambda i: cut(label(i), HEADER_LIMIT),
                               key="manage_subscription")
     hook = by_id[webhook_id]
     active = hook.get("Active", True) is not False
     test_col, pause_col, delete_col = st.columns(3)
-    if test_col.button("Send a test delivery", key="test_delivery",
-                       help="POST an example delivery with this subscription's WebhookId "
-                            "and key to its callback URL, as Ploomes would. The receiver "
-                            "stores it as a test: left out of histories, counts and health."):
+    if test_col.button(_("Send a test delivery"), key="test_delivery",
+                       help=_("POST an example delivery with this subscription's WebhookId "
+                              "and key to its callback URL, as Ploomes would. The receiver "
+                              "stores it as a test: left out of histories, counts and "
+                              "health.")):
         _send_test(hook, cfg, access)
-    if pause_col.button("Pause…" if active else "Re-activate…", key="active_start",
-                        help="Ploomes stops delivering while a subscription is paused; it "
-                             "keeps its settings." if active else
-                             "Ploomes delivers this subscription's changes again."):
+    if pause_col.button(_("Pause…") if active else _("Re-activate…"), key="active_start",
+                        help=_("Ploomes stops delivering while a subscription is paused; it "
+                               "keeps its settings.") if active else
+                        _("Ploomes delivers this subscription's changes again.")):
         st.session_state[CONFIRM_ACTIVE] = (webhook_id, not active)
-    if delete_col.button("Delete…", key="delete_start"):
+    if delete_col.button(_("Delete…"), key="delete_start"):
         st.session_state[CONFIRM_DELETE] = webhook_id
     _test_answer(webhook_id)
     _edit_form(hook, cfg)
@@ -378,16 +411,17 @@ def _test_answer(webhook_id: int) -> None:
     answer = st.session_state.get(TEST_ANSWER)
     if not answer or answer[0] != webhook_id:
         return
-    _, status, body = answer
+    status, body = answer[1], answer[2]
     (st.success if 200 <= status < 300 else st.error)(
-        f"The receiver answered HTTP {status} to the test delivery for {webhook_id}.")
+        _("The receiver answered HTTP {status} to the test delivery for {id}.").format(
+            status=status, id=webhook_id))
     if isinstance(body, dict | list):
         st.json(body)
     else:
         st.code(str(body))
     delivery_id = body.get("delivery_id") if isinstance(body, dict) else None
     if isinstance(delivery_id, int) and common.page_available(EVENTS_PAGE):
-        st.page_link(EVENTS_PAGE, label="Open the test delivery (marked “test”)",
+        st.page_link(EVENTS_PAGE, label=_("Open the test delivery (marked “test”)"),
                      icon=":material/science:",
                      query_params={"event": str(delivery_id), "tests": "1"})
 
@@ -402,15 +436,17 @@ def _confirm_active(client: PloomesClient, by_id: dict[int, dict], label, cfg: S
         st.session_state.pop(CONFIRM_ACTIVE, None)
         return
     if active:
-        st.info(f"Re-activate subscription {plain(label(webhook_id))}? Ploomes delivers its "
-                "changes again from now on (what happened while it was paused is not sent).")
+        st.info(_("Re-activate subscription {name}? Ploomes delivers its changes again from "
+                  "now on (what happened while it was paused is not sent).").format(
+                      name=plain(label(webhook_id))))
     else:
-        st.warning(f"Pause subscription {plain(label(webhook_id))}? Ploomes stops delivering "
-                   "these changes until it is re-activated; changes made meanwhile are never "
-                   "delivered.")
+        st.warning(_("Pause subscription {name}? Ploomes stops delivering these changes until "
+                     "it is re-activated; changes made meanwhile are never delivered.").format(
+                         name=plain(label(webhook_id))))
     yes, no = st.columns(2)
-    doing = f"{'re-activate' if active else 'pause'} subscription {webhook_id}"
-    if yes.button("Yes, re-activate it" if active else "Yes, pause it",
+    doing = (_("re-activate subscription {id}") if active
+             else _("pause subscription {id}")).format(id=webhook_id)
+    if yes.button(_("Yes, re-activate it") if active else _("Yes, pause it"),
                   key="active_confirm", type="primary"):
         try:
             subscription_actions.set_active(access.actor, cfg, common.store(), client,
@@ -422,10 +458,11 @@ def _confirm_active(client: PloomesClient, by_id: dict[int, dict], label, cfg: S
             _show_api_error(exc, doing, cfg)
             return
         st.session_state.pop(CONFIRM_ACTIVE, None)
-        _flash("success", f"{'Re-activated' if active else 'Paused'} subscription "
-                          f"{plain(label(webhook_id))}.")
+        _flash("success", (_("Re-activated subscription {name}.") if active
+                           else _("Paused subscription {name}.")).format(
+                               name=plain(label(webhook_id))))
         st.rerun()
-    if no.button("Cancel", key="active_cancel"):
+    if no.button(_("Cancel"), key="active_cancel"):
         st.session_state.pop(CONFIRM_ACTIVE, None)
         st.rerun()
 
@@ -438,23 +475,24 @@ def _confirm_delete(client: PloomesClient, by_id: dict[int, dict], label, cfg: S
     if pending not in by_id:
         st.session_state.pop(CONFIRM_DELETE, None)
         return
-    st.warning(f"Delete subscription {plain(label(pending))}? Ploomes stops delivering these "
-               "changes at once; events already stored stay.")
+    st.warning(_("Delete subscription {name}? Ploomes stops delivering these changes at "
+                 "once; events already stored stay.").format(name=plain(label(pending))))
     yes, no = st.columns(2)
-    if yes.button("Yes, delete it", key="delete_confirm", type="primary"):
+    doing = _("delete subscription {id}").format(id=pending)
+    if yes.button(_("Yes, delete it"), key="delete_confirm", type="primary"):
         try:
             subscription_actions.delete(access.actor, cfg, common.store(), client,
                                         by_id[pending])
         except (NotAllowed, StoreError) as exc:
-            _refused(exc, f"delete subscription {pending}")
+            _refused(exc, doing)
             return
         except PloomesError as exc:
-            _show_api_error(exc, f"delete subscription {pending}", cfg)
+            _show_api_error(exc, doing, cfg)
             return
         st.session_state.pop(CONFIRM_DELETE, None)
-        _flash("success", f"Deleted subscription {plain(label(pending))}.")
+        _flash("success", _("Deleted subscription {name}.").format(name=plain(label(pending))))
         st.rerun()
-    if no.button("Cancel", key="delete_cancel"):
+    if no.button(_("Cancel"), key="delete_cancel"):
         st.session_state.pop(CONFIRM_DELETE, None)
         st.rerun()
 
@@ -464,19 +502,20 @@ def _edit_form(hook: dict, cfg: Settings) -> None:
     webhook_id = int(hook["Id"])
     key = _receiver_key(cfg)
     choices = [KEEP_KEY, RECEIVER_KEY, NEW_KEY] if key else [KEEP_KEY, NEW_KEY]
-    shown = {KEEP_KEY: "Keep its key",
-             RECEIVER_KEY: f"This receiver's key ({mask_secret(key)})",
-             NEW_KEY: "A new key, generated and stored here"}
-    with st.expander(f"Change subscription {webhook_id}"):
+    shown = {KEEP_KEY: _("Keep its key"),
+             RECEIVER_KEY: _("This receiver's key ({key})").format(key=mask_secret(key)),
+             NEW_KEY: _("A new key, generated and stored here")}
+    with st.expander(_("Change subscription {id}").format(id=webhook_id)):
         with st.form(f"edit_form_{webhook_id}"):
-            url = st.text_input("Callback URL", value=hook.get("CallbackUrl") or "",
+            url = st.text_input(_("Callback URL"), value=hook.get("CallbackUrl") or "",
                                 key=f"edit_callback_url_{webhook_id}",
-                                help="The receiver's public HTTPS address (plain http only "
-                                     "for localhost).")
+                                help=_("The receiver's public HTTPS address (plain http only "
+                                       "for localhost)."))
             # radio options are Markdown: the masked key is escaped
-            rekey = st.radio("Validation key", choices, key=f"edit_key_{webhook_id}",
+            rekey = st.radio(_("Validation key"), choices, key=f"edit_key_{webhook_id}",
                              format_func=lambda c: plain(shown[c]), horizontal=True)
-            saved = st.form_submit_button("Save changes…", key=f"edit_submit_{webhook_id}")
+            saved = st.form_submit_button(_("Save changes…"),
+                                          key=f"edit_submit_{webhook_id}")
     if not saved:
         return
     changes: dict = {}
@@ -487,7 +526,7 @@ def _edit_form(hook: dict, cfg: Settings) -> None:
     elif rekey == NEW_KEY:
         changes["validation_key"] = NEW_KEY
     if not changes:
-        st.info("Nothing was changed.")
+        st.info(_("Nothing was changed."))
         return
     st.session_state[CONFIRM_EDIT] = (webhook_id, changes)
 
@@ -503,25 +542,28 @@ def _confirm_edit(client: PloomesClient, by_id: dict[int, dict], label, cfg: Set
         return
     said = []
     if "callback_url" in changes:
-        said.append(f"callback URL → {code(changes['callback_url'])}")
+        said.append(_("callback URL → {url}").format(url=code(changes["callback_url"])))
     if changes.get("validation_key") == NEW_KEY:
-        said.append("validation key → a new one, generated and stored here")
+        said.append(_("validation key → a new one, generated and stored here"))
     elif "validation_key" in changes:
-        said.append(f"validation key → {plain(mask_secret(changes['validation_key']))}")
-    st.warning(f"Change subscription {plain(label(webhook_id))}: {'; '.join(said)}? "
-               "Ploomes uses the new values for its next deliveries.")
+        said.append(_("validation key → {key}").format(
+            key=plain(mask_secret(changes["validation_key"]))))
+    st.warning(_("Change subscription {name}: {changes}? Ploomes uses the new values for its "
+                 "next deliveries.").format(name=plain(label(webhook_id)),
+                                            changes="; ".join(said)))
     yes, no = st.columns(2)
-    doing = f"change subscription {webhook_id}"
-    if yes.button("Yes, change it", key="edit_confirm", type="primary"):
+    doing = _("change subscription {id}").format(id=webhook_id)
+    if yes.button(_("Yes, change it"), key="edit_confirm", type="primary"):
         if changes.get("validation_key") == NEW_KEY:
             try:
                 changes = {**changes, "validation_key": key_actions.generate(
                     access.actor, cfg, common.store())}
             except (NotAllowed, StoreError) as exc:
-                _refused(exc, "generate a validation key")
+                _refused(exc, _("generate a validation key"))
                 return
             except (OSError, ValueError) as exc:
-                st.error(f"The new key could not be stored in the data dir: {plain(exc)}")
+                st.error(_("The new key could not be stored in the data dir: {problem}")
+                         .format(problem=plain(exc)))
                 return
             st.session_state[CHOSEN_KEY] = changes["validation_key"]
         try:
@@ -531,16 +573,17 @@ def _confirm_edit(client: PloomesClient, by_id: dict[int, dict], label, cfg: Set
             _refused(exc, doing)
             return
         except ValueError as exc:
-            st.error(f"Refused: {plain(exc)}.")
+            st.error(_("Refused: {problem}.").format(problem=plain(exc)))
             return
         except PloomesError as exc:
             _show_api_error(exc, doing, cfg)
             return
         st.session_state.pop(CONFIRM_EDIT, None)
-        _flash("success", f"Changed subscription {webhook_id}: "
-                          f"{plain(', '.join(sorted(changes)))}.")
+        names = {"callback_url": _("callback URL"), "validation_key": _("validation key")}
+        _flash("success", _("Changed subscription {id}: {changes}.").format(
+            id=webhook_id, changes=plain(", ".join(sorted(names.get(c, c) for c in changes)))))
         st.rerun()
-    if no.button("Cancel", key="edit_cancel"):
+    if no.button(_("Cancel"), key="edit_cancel"):
         st.session_state.pop(CONFIRM_EDIT, None)
         st.rerun()
 
@@ -549,18 +592,18 @@ def _send_test(hook: dict, cfg: Settings, access: Access) -> None:
     key = hook.get("ValidationKey")
     if not key:
         key = _receiver_key(cfg)
-        st.info("Ploomes does not show this subscription's validation key; the test "
-                "delivery carries this receiver's key instead.")
+        st.info(_("Ploomes does not show this subscription's validation key; the test "
+                  "delivery carries this receiver's key instead."))
     account = common.run_query(status_queries.synced_account)
     try:
         answer = subscription_actions.send_test(access.actor, cfg, common.store(), hook, key,
                                                 account)
     except (NotAllowed, StoreError) as exc:
-        _refused(exc, "send a test delivery")
+        _refused(exc, _("send a test delivery"))
         return
     except (ValueError, subscriptions.CallbackUnreachable) as exc:
-        st.error(f"The test delivery could not be sent: {plain(exc)}. Check that the "
-                 "receiver is running and that the callback URL reaches it.")
+        st.error(_("The test delivery could not be sent: {problem}. Check that the receiver is "
+                   "running and that the callback URL reaches it.").format(problem=plain(exc)))
         return
     st.session_state[TEST_ANSWER] = (int(hook["Id"]), answer.status, answer.body)
 
@@ -571,7 +614,7 @@ def main() -> None:
     """Render the Webhooks page."""
     cfg = common.settings()
     access = current()
-    st.title("Webhooks")
+    st.title(_("Webhooks"))
     _show_flash()
     if not cfg.user_key:
         _show_instructions()
@@ -580,7 +623,7 @@ def main() -> None:
         client = PloomesClient(cfg.api_url, cfg.user_key, timeout=10.0, retry_total=2,
                                backoff_factor=0.3)
     except PloomesError as exc:
-        _show_api_error(exc, "use the Ploomes API", cfg)
+        _show_api_error(exc, _("use the Ploomes API"), cfg)
         return
     try:
         account = hashlib.sha256(cfg.user_key.encode("utf-8")).hexdigest()[:16]
@@ -588,14 +631,14 @@ def main() -> None:
             catalog = _named(_catalog(cfg.api_url, account, client))
             webhooks = client.list_webhooks()
         except PloomesError as exc:
-            _show_api_error(exc, "list the subscriptions", cfg)
+            _show_api_error(exc, _("list the subscriptions"), cfg)
             return
         _sync_section(client, cfg, access)
         _subscriptions_section(webhooks, catalog, cfg)
         _coverage_section(webhooks, catalog, cfg)
         if not access.is_admin:
-            st.info("You can see everything here; registering, changing, testing and "
-                    "deleting subscriptions is for admins (PLOOMES_DASHBOARD_ADMINS).")
+            st.info(_("You can see everything here; registering, changing, testing and "
+                      "deleting subscriptions is for admins (PLOOMES_DASHBOARD_ADMINS)."))
             return
         _register_section(client, webhooks, catalog, cfg, access)
         _manage_section(client, webhooks, catalog, cfg, access)

@@ -16,31 +16,32 @@ from datetime import UTC, datetime
 
 from ploomes.actions.roles import Actor, NotAllowed, Role, role_of
 from ploomes.config import Settings
+from ploomes.i18n import N_, _
 from ploomes.store import Store, StoreError, fetch_row, transaction
 
 log = logging.getLogger(__name__)
 
 # The actions the trail knows, as the sentence "may not …" finishes them.
 ACTIONS = {
-    "register_subscription": "register subscriptions",
-    "edit_subscription": "change subscriptions",
-    "pause_subscription": "pause subscriptions",
-    "activate_subscription": "re-activate subscriptions",
-    "delete_subscription": "delete subscriptions",
-    "test_delivery": "send test deliveries",
-    "sync_directory": "sync users and fields",
-    "generate_key": "generate validation keys",
-    "load_demo": "load demo data",
-    "remove_demo": "remove demo data",
-    "add_destination": "add relay destinations",
-    "pause_destination": "pause relay destinations",
-    "resume_destination": "resume relay destinations",
-    "remove_destination": "remove relay destinations",
-    "replay_deliveries": "replay deliveries",
-    "add_alert_rule": "add alert rules",
-    "mute_alert_rule": "mute alert rules",
-    "unmute_alert_rule": "unmute alert rules",
-    "remove_alert_rule": "remove alert rules",
+    "register_subscription": N_("register subscriptions"),
+    "edit_subscription": N_("change subscriptions"),
+    "pause_subscription": N_("pause subscriptions"),
+    "activate_subscription": N_("re-activate subscriptions"),
+    "delete_subscription": N_("delete subscriptions"),
+    "test_delivery": N_("send test deliveries"),
+    "sync_directory": N_("sync users and fields"),
+    "generate_key": N_("generate validation keys"),
+    "load_demo": N_("load demo data"),
+    "remove_demo": N_("remove demo data"),
+    "add_destination": N_("add relay destinations"),
+    "pause_destination": N_("pause relay destinations"),
+    "resume_destination": N_("resume relay destinations"),
+    "remove_destination": N_("remove relay destinations"),
+    "replay_deliveries": N_("replay deliveries"),
+    "add_alert_rule": N_("add alert rules"),
+    "mute_alert_rule": N_("mute alert rules"),
+    "unmute_alert_rule": N_("unmute alert rules"),
+    "remove_alert_rule": N_("remove alert rules"),
 }
 _TEXT_LIMIT = 500  # characters of a target or detail: an error message can be long
 
@@ -105,13 +106,15 @@ def admin_action(store: Store, settings: Settings, actor: Actor, action: str,
         except StoreError as exc:
             log.warning("a refused %s by %s could not be recorded: %s", action, actor.name,
                         exc)
-        raise NotAllowed(f"{actor.name} may not {ACTIONS[action]}: only admins may change "
-                         "things (PLOOMES_DASHBOARD_ADMINS)")
+        # the page shows this message: in the interface's language
+        raise NotAllowed(_("{who} may not {action}: only admins may change things "
+                           "(PLOOMES_DASHBOARD_ADMINS)").format(who=actor.name,
+                                                               action=_(ACTIONS[action])))
     try:
         entry = Entry(record(store, actor, role, action, target, "started"))
     except StoreError as exc:
-        raise AuditUnavailable(f"the audit trail cannot be written ({exc}), so nothing was "
-                               "done; try again in a moment") from exc
+        raise AuditUnavailable(_("the audit trail cannot be written ({problem}), so nothing "
+                                 "was done; try again in a moment").format(problem=exc)) from exc
     try:
         yield entry
     except BaseException as exc:

@@ -15,6 +15,7 @@ from ploomes.config import Settings, mask_secret
 from ploomes.crm import directory
 from ploomes.crm import subscriptions as crm_subscriptions
 from ploomes.crm.api import PloomesClient, validate_callback_url
+from ploomes.i18n import _
 from ploomes.intake.keys import add_key, generate_key
 from ploomes.store import Store
 
@@ -34,7 +35,7 @@ def register(actor: Actor, settings: Settings, store: Store, client: PloomesClie
     with admin_action(store, settings, actor, "register_subscription", target) as entry:
         callback_url = validate_callback_url(callback_url)
         if not action_ids:
-            raise ValueError("choose at least one action")
+            raise ValueError(_("choose at least one action"))
         notes = []
         if not validation_key:  # checked first: a refused form stores no key
             validation_key = generate_key()
@@ -57,7 +58,7 @@ def edit(actor: Actor, settings: Settings, store: Store, client: PloomesClient,
     with admin_action(store, settings, actor, "edit_subscription",
                       f"subscription {webhook_id} → {webhook.get('CallbackUrl')}") as entry:
         if not changes:
-            raise ValueError("nothing to change")
+            raise ValueError(_("nothing to change"))
         updated = client.update_webhook(webhook_id, **changes)
         entry.detail = ", ".join(f"{name} = {value}" for name, value in shown.items())
     return updated

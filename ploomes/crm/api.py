@@ -23,6 +23,7 @@ from urllib3.exceptions import TimeoutError as TransportTimeout
 from urllib3.util import Retry
 
 from ploomes.config import mask_secret
+from ploomes.i18n import _
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -135,16 +136,18 @@ def validate_callback_url(url: str) -> str:
     try:
         host = parts.hostname
     except ValueError as exc:
-        raise ValueError(f"callback URL {url!r} is not a valid URL: {exc}") from exc
+        raise ValueError(_("callback URL {url} is not a valid URL: {problem}").format(
+            url=repr(url), problem=exc)) from exc
     if parts.scheme not in ("http", "https") or not host:
-        raise ValueError(f"callback URL {url!r} must start with https:// and name a host")
+        raise ValueError(_("callback URL {url} must start with https:// and name a host")
+                         .format(url=repr(url)))
     if parts.username is not None or parts.password is not None:
-        raise ValueError("callback URL must not embed a user name or password")
+        raise ValueError(_("callback URL must not embed a user name or password"))
     if parts.scheme == "http" and host.lower() not in LOCAL_HOSTS:
-        raise ValueError(
-            f"callback URL {url!r} must use https:// (plain http is allowed only for "
-            "localhost, 127.0.0.1 and ::1): deliveries carry the validation key"
-        )
+        # pages show this message, in the interface's language
+        raise ValueError(_(
+            "callback URL {url} must use https:// (plain http is allowed only for localhost, "
+            "127.0.0.1 and ::1): deliveries carry the validation key").format(url=repr(url)))
     return url
 
 

@@ -20,6 +20,7 @@ import requests
 
 from ploomes.config import mask_secret
 from ploomes.crm.api import KNOWN_ACTIONS, PloomesClient, PloomesNotFound, validate_callback_url
+from ploomes.i18n import _, format_number
 from ploomes.model.vocabulary import (
     ACTION_NAMES,
     ENTITY_NAMES,
@@ -89,21 +90,24 @@ def silence_warnings(subscription_ids: Iterable[int], stats: pd.DataFrame,
         if row is None or last is None:
             made = created.get(webhook_id)
             if others_receive and made is not None and now - made >= quiet:
-                warnings[webhook_id] = (f"no delivery since it was created {_days(now - made)} "
-                                        "ago, while other subscriptions receive")
+                warnings[webhook_id] = _("no delivery since it was created {days} ago, while "
+                                         "other subscriptions receive").format(
+                                             days=_days(now - made))
             continue
         silent = now - last
         if silent >= quiet and others_receive:
-            warnings[webhook_id] = (f"no delivery for {_days(silent)}, while other "
-                                    "subscriptions receive")
+            warnings[webhook_id] = _("no delivery for {days}, while other subscriptions "
+                                     "receive").format(days=_days(silent))
             continue
         median = row.median_gap_seconds
         if row.gaps_30d >= min_gaps and median is not None and not pd.isna(median):
             limit = max(factor * float(median), floor_seconds)
             if silent.total_seconds() > limit:
-                warnings[webhook_id] = (
-                    f"silent for {_span(silent.total_seconds())}, more than {factor:g}× its "
-                    f"usual gap of {_span(float(median))} (median, last 30 days)")
+                warnings[webhook_id] = _(
+                    "silent for {span}, more than {factor}× its usual gap of {gap} (median, "
+                    "last 30 days)").format(span=_span(silent.total_seconds()),
+                                            factor=format_number(factor),
+                                            gap=_span(float(median)))
     return warnings
 
 
@@ -117,17 +121,17 @@ def _timestamp(value: Any) -> datetime | None:
 
 
 def _days(delta: timedelta) -> str:
-    return f"{delta.total_seconds() / 86400:.1f} days"
+    return _("{count} days").format(count=format_number(delta.total_seconds() / 86400, 1))
 
 
 def _span(seconds: float) -> str:
     if seconds < 120:
-        return f"{seconds:.0f} s"
+        return f"{format_number(seconds, 0)} s"
     if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
+        return f"{format_number(seconds / 60, 0)} min"
     if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+        return f"{format_number(seconds / 3600, 1)} h"
+    return _days(timedelta(seconds=seconds))
 
 
 # -- subscriptions: names, table, grid ---------------------------------------------------
@@ -290,9 +294,9 @@ def register_subscriptions(client: PloomesClient, existing: list[dict], entity_i
     callback_url = validate_callback_url(callback_url)
     action_ids = list(dict.fromkeys(int(a) for a in action_ids))
     if not action_ids:
-        raise ValueError("choose at least one action")
+        raise ValueError(_("choose at least one action"))
     if not validation_key:
-        raise ValueError("a validation key is needed so the receiver accepts the deliveries")
+        raise ValueError(_("a validation key is needed so the receiver accepts the deliveries"))
     catalog = catalog or Catalog({}, {})
     duplicates = [(a, hook) for a in action_ids
                   if (hook := find_existing(existing, entity_id, a, callback_url))]
@@ -300,8 +304,8 @@ def register_subscriptions(client: PloomesClient, existing: list[dict], entity_i
         listed = ", ".join(f"{catalog.entity(entity_id)} {catalog.action(a)} (Id {h.get('Id')})"
                            for a, h in duplicates)
         raise DuplicateSubscription(
-            f"already subscribed for {callback_url}: {listed}. Nothing was created; "
-            "unselect the action(s) that already exist")
+            _("already subscribed for {url}: {listed}. Nothing was created; unselect the "
+              "action(s) that already exist").format(url=callback_url, listed=listed))
     return [client.create_webhook(entity_id, a, callback_url, validation_key)
             for a in action_ids]
 

@@ -20,13 +20,14 @@ from typing import overload
 import duckdb
 import pandas as pd
 
+from ploomes.i18n import N_, _
 from ploomes.model.vocabulary import TITLE_KEYS
 from ploomes.queries.names import NamesCache
 
 # The title of a record as Ploomes names it, from one JSON side (evaluated per row shown).
 TITLE_SQL = "coalesce(" + ", ".join(f"{{s}}->>'$.{key}'" for key in TITLE_KEYS) + ")"
 
-UNKNOWN_BEFORE = "previous value unknown"
+UNKNOWN_BEFORE = N_("previous value unknown")  # translated where shown
 DEFAULT_LIMIT = 1000
 MAX_PAGE_SIZE = 1000
 # A free-text search of payloads reads the newest events first, in time windows that grow
@@ -180,12 +181,12 @@ def newest_first(con: duckdb.DuckDBPyConnection, sql: str, params: list, table: 
 def show_value(text: str | None, known: bool = True) -> str:
     """Render a stored JSON value for people: strings bare, null as '(empty)'."""
     if not known:
-        return UNKNOWN_BEFORE
+        return _(UNKNOWN_BEFORE)
     if text is None:
-        return "(removed)"
+        return _("(removed)")
     value = json.loads(text)
     if value is None:
-        return "(empty)"
+        return _("(empty)")
     if isinstance(value, str):
         return value
     return json_text(value)

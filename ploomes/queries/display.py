@@ -8,9 +8,13 @@ import json
 import duckdb
 import pandas as pd
 
+from ploomes.i18n import format_money
 from ploomes.model.vocabulary import TAGS as TAG_FIELD
 from ploomes.queries.base import json_text, list_delta, show_value
 from ploomes.queries.names import Names, add_record_titles, record_refs
+
+# Amounts shown as money: Brazilian accounts keep them in reais (CurrencyId 1, BRL)
+MONEY_FIELDS = frozenset({"Amount", "StartAmount"})
 
 
 def named_value(names: Names, entity: str | None, path: str, text: str | None,
@@ -20,6 +24,8 @@ def named_value(names: Names, entity: str | None, path: str, text: str | None,
     if not known or text is None:
         return shown
     value = json.loads(text)
+    if path in MONEY_FIELDS and isinstance(value, int | float) and not isinstance(value, bool):
+        return format_money(value)
     if _is_tags(path) and isinstance(value, list) and value:
         return ", ".join(_item(names, path, item) for item in value)
     name = names.value(entity, path, value)

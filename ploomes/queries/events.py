@@ -19,6 +19,7 @@ import duckdb
 import pandas as pd
 
 from ploomes.config import DEFAULT_TIMEZONE
+from ploomes.i18n import _
 from ploomes.model.diff import diff_record
 from ploomes.queries.base import (
     CHANGE_COLUMNS,
@@ -427,13 +428,14 @@ def filter_from_params(params: Mapping[str, str | list[str]], tz: str = DEFAULT_
             try:
                 values[attr] = _parse_moment(raw, zone, end)
             except ValueError:
-                problems.append(f"`{name}={raw}` is not a date (use YYYY-MM-DD)")
+                problems.append(_("`{name}={raw}` is not a date (use YYYY-MM-DD)").format(
+                    name=name, raw=raw))
     for name, attr in (("user", "action_user_id"), ("record", "record_id")):
         if (raw := get(name)) is not None:
             try:
                 values[attr] = int(raw)
             except ValueError:
-                problems.append(f"`{name}={raw}` is not a number")
+                problems.append(_("`{name}={raw}` is not a number").format(name=name, raw=raw))
     for name, attr in (("entity", "entity"), ("action", "action"), ("field", "field"),
                        ("q", "text")):
         if (raw := get(name)) is not None:
@@ -451,7 +453,8 @@ def filter_from_params(params: Mapping[str, str | list[str]], tz: str = DEFAULT_
             try:
                 values["account"] = int(raw)
             except ValueError:
-                problems.append(f"`account={raw}` is not a number")
+                problems.append(_("`{name}={raw}` is not a number").format(name="account",
+                                                                            raw=raw))
     return ParsedFilter(EventFilter(**values), tuple(problems))
 
 

@@ -10,6 +10,7 @@ from datetime import datetime
 import duckdb
 import pandas as pd
 
+from ploomes.i18n import _
 from ploomes.model.state import merge_state
 from ploomes.queries.base import (
     CHANGE_COLUMNS,
@@ -301,11 +302,12 @@ def explain_gap(fields: list[dict], previous_event_id: int, event_id: int) -> st
     parts = []
     for item in fields:
         label = item.get("label") or item["field"]
-        parts.append(f"{label} was {json_text(item.get('found'))} but our last delivery "
-                     f"said {json_text(item.get('expected'))}")
-    said = "; ".join(parts) if parts else "the record differed from what we knew"
-    return (f"Old said {said}: a change was missed between event {previous_event_id} "
-            f"and event {event_id}.")
+        parts.append(_("{field} was {found} but our last delivery said {expected}").format(
+            field=label, found=json_text(item.get("found")),
+            expected=json_text(item.get("expected"))))
+    said = "; ".join(parts) if parts else _("the record differed from what we knew")
+    return _("Old said {said}: a change was missed between event {previous} and event {event}."
+             ).format(said=said, previous=previous_event_id, event=event_id)
 
 
 def continuity_gaps(con: duckdb.DuckDBPyConnection, entity: str | None = None,

@@ -11,6 +11,7 @@ import duckdb
 import pandas as pd
 
 from ploomes.config import DEFAULT_TIMEZONE
+from ploomes.i18n import N_
 from ploomes.queries.base import aware_now, dup_clause, frame
 from ploomes.queries.names import ALL_ACCOUNTS, AccountScope, account_clause
 from ploomes.store import fetch_row
@@ -181,11 +182,12 @@ def demo_count(con: duckdb.DuckDBPyConnection) -> int:
 
 # What each refused count includes, in the words the Status page and
 # `python -m ploomes status` both print.
-REFUSED_DELIVERIES_MEANING = (
+# marked for the catalog: pages show them translated, the command line in English
+REFUSED_DELIVERIES_MEANING = N_(
     "refused deliveries: requests with an accepted validation key that were not a delivery "
     "(HTTP 400: not JSON, not a Ploomes body…) or too large (413); each is kept with its "
     "body (up to 64 KiB)")
-KEY_ATTEMPTS_MEANING = (
+KEY_ATTEMPTS_MEANING = N_(
     "failed key attempts: requests with a missing or wrong validation key (HTTP 401); only "
     "the newest 1,000 are kept, without their body")
 

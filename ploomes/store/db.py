@@ -10,9 +10,11 @@ outside the project holding the file is retried until `busy_timeout`, then surfa
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -66,6 +68,18 @@ def make_private(path: Path) -> None:
                 os.chmod(part, PRIVATE_FILE)
         except FileNotFoundError:
             pass
+
+
+# Stores holding a kept read connection, closed at exit before the interpreter stops its
+# daemon threads: a watcher stopped inside DuckDB's close (C++) aborts the whole process
+# ("FATAL: exception not rethrown", exit status 134) even though all went well.
+_KEPT: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_kept_at_exit() -> None:
+    for store in list(_KEPT):
+        store.close_kept_reader()
 
 
 class Store:
@@ -191,6 +205,7 @@ class Store:
                 self._close_kept()
             if self._kept is None:
                 self._kept = self._open_kept()
+                _KEPT.add(self)
                 threading.Thread(target=self._watch_kept, name="store-kept-reader",
                                  daemon=True).start()
             self._kept_users += 1
@@ -217,6 +232,12 @@ class Store:
         except BaseException:
             held.__exit__(None, None, None)
             raise
+
+    def close_kept_reader(self) -> None:
+        """Close the kept read connection now, unless a query is using it."""
+        with self._kept_cond:
+            if not self._kept_users:
+                self._close_kept()
 
     def _close_kept(self) -> None:
         # called with _kept_cond held and nobody using the kept connection
