@@ -16,15 +16,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, make_settings
 from rendered import rendered
 from store_seeds import ACTIVITY, seed_activity
 from streamlit.testing.v1 import AppTest
 
 from ploomes import i18n
+from ploomes.actions import alerts as alert_actions
+from ploomes.actions import relay as relay_actions
+from ploomes.actions.roles import Actor
 from ploomes.config import ConfigError, load_settings
 from ploomes.demo.sandbox import Sandbox
 from ploomes.model import names
+from ploomes.relay.destinations import generate_secret
+from ploomes.store import Store
 
 TIMEOUT = 60
 USER_KEY = "i18n-test-user-key-0123456789"
@@ -275,3 +280,37 @@ def test_english_on_request(seeded, monkeypatch):
     assert "newest first" in caption
     users = run("views/users.py", monkeypatch, seeded, "en")
     assert users.title[0].value == "Users"
+
+
+# the relay and the alerts, seeded the way an admin would (ploomes.actions: checked, audited)
+LOCAL = Actor(None)  # the machine's own user: an admin while no sign-in is set up
+DESTINATION = "erp"
+RULE = "Ganhos"
+
+
+@pytest.fixture
+def relay_and_alerts(seeded, tmp_path) -> Path:
+    data_dir = tmp_path / "data"
+    shutil.copytree(seeded, data_dir)
+    settings = make_settings(data_dir)
+    store = Store(settings)
+    relay_actions.add(LOCAL, settings, store, DESTINATION, "http://127.0.0.1:9/hook",
+                      entities=["Deals"], secret=generate_secret())
+    alert_actions.add(LOCAL, settings, store, RULE, "change",
+                      {"entity": "Deals", "actions": ["Win"]}, "json://127.0.0.1:9/segredo")
+    return data_dir
+
+
+def test_every_text_on_the_relay_page_comes_from_the_catalog(relay_and_alerts, monkeypatch):
+    at = run("views/relay.py", monkeypatch, relay_and_alerts, "pseudo")
+    shown = shown_texts(at)
+    assert ("table column", "⟦Nome⟧") in shown and ("subheader", "⟦Destinos⟧") in shown
+    assert any(what.startswith("text_input") for what, _ in shown)  # the admin's form
+    assert untranslated(at) == []
+
+
+def test_every_text_on_the_alerts_page_comes_from_the_catalog(relay_and_alerts, monkeypatch):
+    at = run("views/alerts.py", monkeypatch, relay_and_alerts, "pseudo")
+    shown = shown_texts(at)
+    assert ("table column", "⟦Condições⟧") in shown and ("subheader", "⟦Nova regra⟧") in shown
+    assert untranslated(at) == []
