@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import make_settings
 
+from ploomes import i18n
 from ploomes.alerts.matching import EventFacts, matching_change
 from ploomes.alerts.rules import (
     RuleError,
@@ -30,20 +31,30 @@ def facts(action: str, entity: str, old: dict | None, new: dict | None, user: in
 
 
 @pytest.mark.parametrize(("kind", "spec", "message"), [
-    ("change", {"entity": "Clientes"}, "unknown entity"),
-    ("change", {"actions": ["Won"]}, "unknown action"),
-    ("change", {"field": "contact_check", "condition": "changed_to"}, "needs the new value"),
-    ("change", {"field": "Amount", "condition": "greater", "value": "muito"}, "a number"),
-    ("change", {"condition": "equals", "value": "1"}, "needs a field"),
-    ("change", {"field": "x'); DROP TABLE events; --"}, "a field is a Ploomes field key"),
-    ("burst", {"actions": ["Delete"], "count": 0, "minutes": 5}, "above zero"),
-    ("silence", {"minutes": -1}, "above zero"),
-    ("quality", {"what": "everything"}, "data quality watches"),
-    ("other", {}, "unknown kind"),
+    ("change", {"entity": "Clientes"}, "entidade desconhecida"),
+    ("change", {"actions": ["Won"]}, "ação desconhecida"),
+    ("change", {"field": "contact_check", "condition": "changed_to"}, "precisa do valor novo"),
+    ("change", {"field": "Amount", "condition": "greater", "value": "muito"}, "um número"),
+    ("change", {"condition": "equals", "value": "1"}, "precisa de um campo"),
+    ("change", {"field": "x'); DROP TABLE events; --"}, "chave de campo do Ploomes"),
+    ("burst", {"actions": ["Delete"], "count": 0, "minutes": 5}, "maior que zero"),
+    ("silence", {"minutes": -1}, "maior que zero"),
+    ("quality", {"what": "everything"}, "a qualidade dos dados observa"),
+    ("other", {}, "tipo desconhecido"),
 ])
 def test_a_wrong_rule_says_what_is_wrong(kind, spec, message):
     with pytest.raises(RuleError, match=message):
         check_spec(kind, spec)
+
+
+def test_a_wrong_rule_is_explained_in_english_on_request():
+    # the command line speaks English (and so does the page with PLOOMES_LANGUAGE=en)
+    i18n.activate("en")
+    try:
+        with pytest.raises(RuleError, match="a burst's count must be above zero"):
+            check_spec("burst", {"count": 0, "minutes": 5})
+    finally:
+        i18n.activate("pt_BR")
 
 
 def test_a_custom_field_changed_from_false_to_true():

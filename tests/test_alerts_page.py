@@ -92,5 +92,5 @@ def test_a_wrong_rule_is_refused_with_a_message(page_env):
     at.text_input(key="new_field").set_value("Amount")
     at.text_input(key="new_value").set_value("muito")
     at.button(key="new_save").click().run()
-    assert any("needs a number" in e.value for e in at.error), [e.value for e in at.error]
+    assert any("precisa de um número" in e.value for e in at.error), [e.value for e in at.error]
     assert query(page_env.data_dir, "SELECT count(*) FROM alert_rules") == [(0,)]

@@ -27,6 +27,7 @@ import duckdb
 import orjson
 
 from ploomes.config import ConfigError, Settings, mask_secret
+from ploomes.i18n import N_, _
 from ploomes.model.names import ACTION_LABELS, ENTITY_LABELS
 from ploomes.store import Store, StoreError, fetch_one, fetch_row, transaction
 
@@ -41,7 +42,8 @@ _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,99}")
 
 
 class RuleError(ValueError):
-    """A rule cannot be stored as given; the message says which part and why."""
+    """A rule cannot be stored as given; the message says which part and why (in the
+    interface's language: the Alerts page shows it)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ def _ids(value: object, what: str) -> list[int]:
         try:
             out.append(int(str(item).strip()))
         except ValueError:
-            raise RuleError(f"{what}: {str(item)!r} is not a number (an id)") from None
+            raise RuleError(_("{what}: {item} is not a number (an id)").format(
+                what=_(what), item=repr(str(item)))) from None
     return out
 
 
@@ -74,71 +77,78 @@ def _positive(spec: dict[str, Any], key: str, what: str) -> float:
     try:
         value = float(spec.get(key) or 0)
     except (TypeError, ValueError):
-        raise RuleError(f"{what} must be a number") from None
+        raise RuleError(_("{what} must be a number").format(what=_(what))) from None
     if not value > 0:
-        raise RuleError(f"{what} must be above zero")
+        raise RuleError(_("{what} must be above zero").format(what=_(what)))
     return value
 
 
 def check_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Return a rule's conditions checked and normalised; RuleError says what is wrong."""
     if kind not in KINDS:
-        raise RuleError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
+        raise RuleError(_("unknown kind {kind}: one of {kinds}").format(
+            kind=repr(kind), kinds=", ".join(KINDS)))
     out: dict[str, Any] = {}
     if kind in ("change", "burst"):
         entity = spec.get("entity") or None
         if entity is not None and entity not in ENTITY_LABELS:
-            raise RuleError(f"unknown entity {entity!r}: one of {', '.join(ENTITY_LABELS)}")
+            raise RuleError(_("unknown entity {entity}: one of {entities}").format(
+                entity=repr(entity), entities=", ".join(ENTITY_LABELS)))
         actions = [a for a in (spec.get("actions") or []) if a]
         for action in actions:
             if action not in ACTION_LABELS:
-                raise RuleError(f"unknown action {action!r}: one of {', '.join(ACTION_LABELS)}")
+                raise RuleError(_("unknown action {action}: one of {actions}").format(
+                    action=repr(action), actions=", ".join(ACTION_LABELS)))
         condition = spec.get("condition") or ("changed" if spec.get("field") else "any")
         if condition not in CONDITIONS:
-            raise RuleError(f"unknown condition {condition!r}: one of {', '.join(CONDITIONS)}")
+            raise RuleError(_("unknown condition {condition}: one of {conditions}").format(
+                condition=repr(condition), conditions=", ".join(CONDITIONS)))
         field_name = spec.get("field") or None
         if condition != "any" and not field_name:
-            raise RuleError(f"the condition {condition!r} needs a field")
+            raise RuleError(_("the condition {condition} needs a field").format(
+                condition=repr(condition)))
         if field_name is not None and not _FIELD.fullmatch(str(field_name)):
-            raise RuleError(f"a field is a Ploomes field key such as Amount or "
-                            f"contact_check, got {field_name!r}")
+            raise RuleError(_("a field is a Ploomes field key such as Amount or contact_check, "
+                              "got {field}").format(field=repr(field_name)))
         out.update(entity=entity, actions=actions, field=field_name, condition=condition)
         for key in ("from", "to", "value"):
             value = spec.get(key)
             out[key] = None if value in (None, "") else str(value)
         if condition == "changed_to" and out["to"] is None:
-            raise RuleError("'changed to' needs the new value (--to)")
+            raise RuleError(_("'changed to' needs the new value (--to)"))
         if condition == "changed_from" and out["from"] is None:
-            raise RuleError("'changed from' needs the old value (--from)")
+            raise RuleError(_("'changed from' needs the old value (--from)"))
         if condition in ("equals", "greater", "contains") and out["value"] is None:
-            raise RuleError(f"the condition {condition!r} needs a value")
+            raise RuleError(_("the condition {condition} needs a value").format(
+                condition=repr(condition)))
         if condition == "greater":
             try:
                 float(str(out["value"]).replace(",", "."))
             except ValueError:
-                raise RuleError("'greater than' needs a number") from None
-        out["users"] = _ids(spec.get("users"), "users")
-        out["not_users"] = _ids(spec.get("not_users"), "users left out")
-        out["accounts"] = _ids(spec.get("accounts"), "accounts")
+                raise RuleError(_("'greater than' needs a number")) from None
+        out["users"] = _ids(spec.get("users"), N_("users"))
+        out["not_users"] = _ids(spec.get("not_users"), N_("users left out"))
+        out["accounts"] = _ids(spec.get("accounts"), N_("accounts"))
         if kind == "burst":
-            out["count"] = int(_positive(spec, "count", "a burst's count"))
-            out["minutes"] = _positive(spec, "minutes", "a burst's minutes")
+            out["count"] = int(_positive(spec, "count", N_("a burst's count")))
+            out["minutes"] = _positive(spec, "minutes", N_("a burst's minutes"))
     elif kind == "silence":
-        out["minutes"] = _positive(spec, "minutes", "the silence's minutes")
+        out["minutes"] = _positive(spec, "minutes", N_("the silence's minutes"))
         entity = spec.get("entity") or None
         if entity is not None and entity not in ENTITY_LABELS:
-            raise RuleError(f"unknown entity {entity!r}")
+            raise RuleError(_("unknown entity {entity}").format(entity=repr(entity)))
         out["entity"] = entity
-        webhook = _ids(spec.get("webhook_id"), "subscription")
+        webhook = _ids(spec.get("webhook_id"), N_("subscription"))
         out["webhook_id"] = webhook[0] if webhook else None
     else:
         what = spec.get("what")
         if what not in QUALITY:
-            raise RuleError(f"data quality watches one of {', '.join(QUALITY)}")
+            raise RuleError(_("data quality watches one of {kinds}").format(
+                kinds=", ".join(QUALITY)))
         out["what"] = what
         if what != "relay_paused":
-            out["count"] = int(_positive(spec, "count", "the count"))
-            out["minutes"] = _positive(spec, "minutes", "the window's minutes")
+            out["count"] = int(_positive(spec, "count", N_("the count")))
+            out["minutes"] = _positive(spec, "minutes", N_("the window's minutes"))
     return out
 
 
@@ -150,15 +160,16 @@ def check_notify(url: str | None) -> str | None:
 
     url = url.strip()
     if apprise.Apprise.instantiate(url) is None:
-        raise RuleError(f"Apprise does not understand the address {masked_notify(url)} "
-                        "(see https://github.com/caronc/apprise/wiki)")
+        raise RuleError(_("Apprise does not understand the address {address} (see "
+                          "https://github.com/caronc/apprise/wiki)").format(
+            address=masked_notify(url)))
     return url
 
 
 def masked_notify(url: str | None) -> str:
     """Return an Apprise URL for display: its scheme and a masked rest."""
     if not url:
-        return "(padrão das configurações)"
+        return _("(the settings' default)")
     scheme = urlsplit(url).scheme
     return f"{scheme}://{mask_secret(url)}" if scheme else mask_secret(url)
 
@@ -186,7 +197,8 @@ def find_rule(con: duckdb.DuckDBPyConnection, name: str) -> Rule:
     """Return the rule of that name; RuleError if there is none."""
     row = fetch_one(con, _SELECT + " WHERE name = ?", [name])
     if row is None:
-        raise RuleError(f"no alert rule named {name!r} (see `alerts list`)")
+        raise RuleError(_("no alert rule named {name} (see `alerts list`)").format(
+            name=repr(name)))
     return _rule(row)
 
 
@@ -195,15 +207,17 @@ def add_rule(store: Store, name: str, kind: str, spec: dict[str, Any],
     """Check and store a new rule; RuleError if it is wrong or the name is taken."""
     name = name.strip()
     if not _NAME.fullmatch(name):
-        raise RuleError("a rule's name has 1 to 80 letters, digits, spaces, '.', ':' or '-'")
+        raise RuleError(_("a rule's name has 1 to 80 letters, digits, spaces, '.', ':' or "
+                           "'-'"))
     checked = check_spec(kind, spec)
     notify = check_notify(notify)
     if per_hour < 1:
-        raise RuleError("the rate limit is at least one message an hour")
+        raise RuleError(_("the rate limit is at least one message an hour"))
     now = datetime.now(UTC)
     with store.writer() as con, transaction(con):
         if fetch_one(con, "SELECT 1 FROM alert_rules WHERE name = ?", [name]):
-            raise RuleError(f"an alert rule named {name!r} exists already")
+            raise RuleError(_("an alert rule named {name} exists already").format(
+                name=repr(name)))
         # past the ids of removed rules too: an alert's id names its rule
         rule_id = int(fetch_row(con, "SELECT greatest((SELECT coalesce(max(id), 0) FROM "
                                 "alert_rules), (SELECT coalesce(max(rule_id), 0) FROM "
@@ -277,7 +291,7 @@ class BusinessHours:
 
 
 def _minutes(text: str) -> int:
-    hours, _, minutes = text.strip().partition(":")
+    hours, _colon, minutes = text.strip().partition(":")
     value = int(hours) * 60 + int(minutes or 0)
     if not 0 <= value <= 1440:
         raise ValueError(text)
@@ -289,9 +303,9 @@ def business_hours(settings: Settings) -> BusinessHours:
     try:
         days: set[int] = set()
         for part in settings.business_days.split(","):
-            first, _, last = part.strip().partition("-")
+            first, _dash, last = part.strip().partition("-")
             days.update(range(int(first), int(last or first) + 1))
-        start_text, _, end_text = settings.business_hours.partition("-")
+        start_text, _dash, end_text = settings.business_hours.partition("-")
         start, end = _minutes(start_text), _minutes(end_text)
     except ValueError:
         raise ConfigError("PLOOMES_BUSINESS_DAYS is days 0 (Monday) to 6, such as 0-4, and "
