@@ -22,6 +22,7 @@ from ploomes.alerts.rules import (
     set_muted,
 )
 from ploomes.config import ConfigError, Settings, load_settings
+from ploomes.i18n import _, format_number
 from ploomes.model.names import action_label, entity_label
 from ploomes.store import Store, StoreError
 
@@ -29,36 +30,42 @@ StoreFor = Callable[[Settings], Store]
 
 
 def describe(kind: str, spec: dict) -> str:
-    """Return a rule's conditions in a line of Portuguese."""
+    """Return a rule's conditions in a line of the interface's language (English on the
+    command line, Portuguese on the Alerts page by default)."""
     if kind in ("change", "burst"):
-        parts = [entity_label(spec.get("entity")) or "qualquer entidade",
+        parts = [entity_label(spec.get("entity")) or _("any entity"),
                  ", ".join(action_label(a) for a in spec.get("actions") or ()) or
-                 "qualquer ação"]
+                 _("any action")]
         if spec.get("field"):
             condition = spec.get("condition")
             text = spec["field"]
             if spec.get("from") is not None or spec.get("to") is not None:
                 text += f": {spec.get('from') or '*'} → {spec.get('to') or '*'}"
             elif condition in ("equals", "greater", "contains"):
-                text += {"equals": " = ", "greater": " > ", "contains": " contém "}[
+                text += {"equals": " = ", "greater": " > ", "contains": " " + _("contains") + " "}[
                     condition] + str(spec.get("value"))
             else:
-                text += " alterado"
+                text = _("{field} changed").format(field=text)
             parts.append(text)
         if spec.get("users"):
-            parts.append("usuários " + ", ".join(map(str, spec["users"])))
+            parts.append(_("users {ids}").format(ids=", ".join(map(str, spec["users"]))))
         if spec.get("not_users"):
-            parts.append("exceto usuários " + ", ".join(map(str, spec["not_users"])))
+            parts.append(_("except users {ids}").format(
+                ids=", ".join(map(str, spec["not_users"]))))
         if kind == "burst":
-            parts.append(f"≥ {spec['count']} por usuário em {spec['minutes']:g} min")
+            parts.append(_("≥ {count} per user in {minutes} min").format(
+                count=spec["count"], minutes=format_number(spec["minutes"])))
         return " · ".join(parts)
     if kind == "silence":
-        scope = spec.get("entity") or (f"inscrição {spec['webhook_id']}"
-                                       if spec.get("webhook_id") is not None else "tudo")
-        return f"silêncio de {spec['minutes']:g} min em horário comercial ({scope})"
+        scope = spec.get("entity") or (
+            _("subscription {id}").format(id=spec["webhook_id"])
+            if spec.get("webhook_id") is not None else _("everything"))
+        return _("silence of {minutes} min in business hours ({scope})").format(
+            minutes=format_number(spec["minutes"]), scope=scope)
     if spec["what"] == "relay_paused":
-        return "destino do relay pausado"
-    return f"{spec['what']} ≥ {spec['count']} em {spec['minutes']:g} min"
+        return _("relay destination paused")
+    return _("{what} ≥ {count} in {minutes} min").format(
+        what=spec["what"], count=spec["count"], minutes=format_number(spec["minutes"]))
 
 
 def _run(args: argparse.Namespace, store_for: StoreFor) -> int:
