@@ -314,3 +314,14 @@ def test_every_text_on_the_alerts_page_comes_from_the_catalog(relay_and_alerts, 
     shown = shown_texts(at)
     assert ("table column", "⟦Condições⟧") in shown and ("subheader", "⟦Nova regra⟧") in shown
     assert untranslated(at) == []
+
+
+@pytest.mark.parametrize("params", [{}, {"event": 2}], ids=["list", "detail"])
+def test_the_relay_parts_of_the_events_page_come_from_the_catalog(params, relay_and_alerts,
+                                                                    monkeypatch):
+    at = run("views/events.py", monkeypatch, relay_and_alerts, "pseudo", **params)
+    shown = shown_texts(at)
+    relay_part = ("subheader", "⟦Relay⟧") if params else (
+        "expander.label", "⟦Reenviar estes eventos a um destino do relay⟧")
+    assert relay_part in shown
+    assert untranslated(at) == []
