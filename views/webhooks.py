@@ -426,15 +426,25 @@ def _test_answer(webhook_id: int) -> None:
                      query_params={"event": str(delivery_id), "tests": "1"})
 
 
+def _pending(key: str, by_id: dict[int, dict]):
+    """The confirmation waiting under `key` (its webhook id first, or alone), or None;
+    one whose subscription is gone is dropped."""
+    pending = st.session_state.get(key)
+    if pending is None:
+        return None
+    webhook_id = pending[0] if isinstance(pending, tuple | list) else pending
+    if webhook_id not in by_id:
+        st.session_state.pop(key, None)
+        return None
+    return pending
+
+
 def _confirm_active(client: PloomesClient, by_id: dict[int, dict], label, cfg: Settings,
                     access: Access) -> None:
-    pending = st.session_state.get(CONFIRM_ACTIVE)
+    pending = _pending(CONFIRM_ACTIVE, by_id)
     if pending is None:
         return
     webhook_id, active = pending
-    if webhook_id not in by_id:
-        st.session_state.pop(CONFIRM_ACTIVE, None)
-        return
     if active:
         st.info(_("Re-activate subscription {name}? Ploomes delivers its changes again from "
                   "now on (what happened while it was paused is not sent).").format(
@@ -469,11 +479,8 @@ def _confirm_active(client: PloomesClient, by_id: dict[int, dict], label, cfg: S
 
 def _confirm_delete(client: PloomesClient, by_id: dict[int, dict], label, cfg: Settings,
                     access: Access) -> None:
-    pending = st.session_state.get(CONFIRM_DELETE)
+    pending = _pending(CONFIRM_DELETE, by_id)
     if pending is None:
-        return
-    if pending not in by_id:
-        st.session_state.pop(CONFIRM_DELETE, None)
         return
     st.warning(_("Delete subscription {name}? Ploomes stops delivering these changes at "
                  "once; events already stored stay.").format(name=plain(label(pending))))
@@ -533,13 +540,10 @@ def _edit_form(hook: dict, cfg: Settings) -> None:
 
 def _confirm_edit(client: PloomesClient, by_id: dict[int, dict], label, cfg: Settings,
                   access: Access) -> None:
-    pending = st.session_state.get(CONFIRM_EDIT)
+    pending = _pending(CONFIRM_EDIT, by_id)
     if pending is None:
         return
     webhook_id, changes = pending
-    if webhook_id not in by_id:
-        st.session_state.pop(CONFIRM_EDIT, None)
-        return
     said = []
     if "callback_url" in changes:
         said.append(_("callback URL → {url}").format(url=code(changes["callback_url"])))
