@@ -14,7 +14,7 @@ from typing import Any
 
 import duckdb
 
-from ploomes.alerts.decide import RuleState, burst_fired
+from ploomes.alerts.decide import RuleState, burst_fired, silence_conditions
 from ploomes.alerts.matching import EventFacts, field_paths, value_matches
 from ploomes.alerts.rules import BusinessHours, Rule
 from ploomes.model.diff import FieldChange
@@ -133,14 +133,8 @@ def backtest(con: duckdb.DuckDBPyConnection, rule: Rule, days: float = 30.0,
 
 def _silences(con: duckdb.DuckDBPyConnection, rule: Rule, since: datetime,
               hours: BusinessHours | None, out: Backtest) -> None:
-    where, params = ["received_at >= ?", "NOT is_demo", "NOT coalesce(is_test, false)"], \
-        [since]
-    if rule.spec.get("entity"):
-        where.append("entity = ?")
-        params.append(rule.spec["entity"])
-    if rule.spec.get("webhook_id") is not None:
-        where.append("webhook_id = ?")
-        params.append(rule.spec["webhook_id"])
+    where, params = silence_conditions(rule)
+    where, params = ["received_at >= ?", *where], [since, *params]
     span = int(rule.spec["minutes"] * 60e6)
     rows = con.execute(
         "SELECT id, prev_at, received_at FROM (SELECT id, received_at, lag(received_at) "

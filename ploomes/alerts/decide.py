@@ -38,6 +38,20 @@ log = logging.getLogger("ploomes.alerts")
 HOUR_NS = 3600 * 10**9
 
 
+def silence_conditions(rule: Rule) -> tuple[list[str], list[object]]:
+    """The events a silence rule watches: SQL conditions on `events` and their values
+    (no demo, no test delivery; its entity and subscription if it names them)."""
+    where: list[str] = ["NOT is_demo", "NOT coalesce(is_test, false)"]
+    params: list[object] = []
+    if rule.spec.get("entity"):
+        where.append("entity = ?")
+        params.append(rule.spec["entity"])
+    if rule.spec.get("webhook_id") is not None:
+        where.append("webhook_id = ?")
+        params.append(rule.spec["webhook_id"])
+    return where, params
+
+
 @dataclass
 class Decision:
     """One alert decided: what the sender needs and what `alerts` stores."""
@@ -310,13 +324,7 @@ class AlertDecider:
                  hours: BusinessHours) -> Decision | None:
         if not hours.open_at(now):
             return None
-        where, params = ["NOT is_demo", "NOT coalesce(is_test, false)"], []
-        if rule.spec.get("entity"):
-            where.append("entity = ?")
-            params.append(rule.spec["entity"])
-        if rule.spec.get("webhook_id") is not None:
-            where.append("webhook_id = ?")
-            params.append(rule.spec["webhook_id"])
+        where, params = silence_conditions(rule)
         row = fetch_one(con, "SELECT max(id), max(epoch_ns(received_at)) FROM events WHERE "
                         + " AND ".join(where), params)
         if not row or row[0] is None:
